@@ -1,0 +1,1 @@
+"""Users, API keys, session and API-key authentication, login lockout."""

@@ -1,0 +1,107 @@
+"""Writes for users and API keys; login with atomic Redis lockout; all audited."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+from django.contrib.auth import authenticate, login, logout
+from django.http import HttpRequest
+from django.utils import timezone
+from rest_framework import exceptions
+
+from apps.accounts import keys
+from apps.accounts.models import ApiKey, User
+from apps.audit.services import audit_record, audited_change
+from apps.common import ratelimit
+from apps.common.context import Actor, get_context
+from apps.common.errors import Conflict
+from apps.tenancy.models import Tenant
+
+
+def user_create(*, email: str, password: str | None, full_name: str = "", is_staff: bool = False,
+                actor: Actor | None = None) -> User:
+    with audited_change():
+        user = User.objects.create_user(email=email, password=password, full_name=full_name, is_staff=is_staff)
+        audit_record(action="user.created", actor=actor, target=user, details={"is_staff": is_staff})
+    return user
+
+
+class LoginLocked(exceptions.Throttled):
+    default_detail = "Too many failed sign-in attempts. Try again later."
+    default_code = "login_locked"
+
+
+def _account_key(email: str) -> str:
+    return "login:acct:" + hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
+
+
+def login_attempt(*, request: HttpRequest, email: str, password: str) -> User:
+    """Check lockout, authenticate, start a session. Every outcome is audited.
+
+    Counters are per account and per source IP, incremented atomically in Redis, so parallel
+    guesses cannot overshoot the limit.
+    """
+    ip = get_context().source_ip or "?"
+    window = settings.COHORT_LOGIN_LOCKOUT_SECONDS
+    acct_key, ip_key = _account_key(email), f"login:ip:{ip}"
+    # Every attempt is counted before the password is checked: INCR is atomic, so N parallel
+    # guesses get N distinct counts and at most the limit of them ever reach the hasher.
+    acct_count, acct_ttl = ratelimit.hit(acct_key, window)
+    ip_count, ip_ttl = ratelimit.hit(ip_key, window)
+    if acct_count > settings.COHORT_LOGIN_MAX_FAILURES or ip_count > settings.COHORT_LOGIN_IP_MAX_FAILURES:
+        audit_record(action="auth.login_locked", outcome="denied", actor=Actor(type="anonymous", label=email[:255]),
+                     details={"reason": "too_many_failures"})
+        exc = LoginLocked(wait=max(acct_ttl, ip_ttl) or window)
+        exc.audit = {"skip": True}  # type: ignore[attr-defined]
+        raise exc
+    user = authenticate(request, username=email.strip().lower(), password=password)
+    if user is None:  # the user_login_failed signal has audited it
+        exc2 = exceptions.AuthenticationFailed("Invalid e-mail or password.", code="invalid_credentials")
+        exc2.audit = {"skip": True}  # type: ignore[attr-defined]
+        raise exc2
+    ratelimit.redis_client().decr(f"cohort:rl:{ip_key}")
+    ratelimit.clear(acct_key)
+    login(request, user)  # the user_logged_in signal audits it; last_login is bookkeeping
+    return user
+
+
+def logout_user(*, request: HttpRequest) -> None:
+    logout(request)  # the user_logged_out signal audits it
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    key: ApiKey
+    secret: str
+
+
+def api_key_create(*, tenant: Tenant, created_by: User, name: str, scopes: list[str],
+                   expires_at: datetime | None) -> CreatedKey:
+    """Create a key; the full secret is returned once and only its HMAC is stored."""
+    if expires_at is not None and expires_at <= timezone.now():
+        raise exceptions.ValidationError({"expires_at": ["Must be in the future."]})
+    bad = sorted(set(scopes) - set(ApiKey.Scope.values))
+    if bad or not scopes:
+        raise exceptions.ValidationError({"scopes": [f"Choose from {ApiKey.Scope.values}."]})
+    secret, prefix = keys.generate()
+    with audited_change():
+        key = ApiKey.objects.create(tenant=tenant, name=name, prefix=prefix, key_hash=keys.hash_key(secret),
+                                    scopes=sorted(set(scopes)), created_by=created_by, expires_at=expires_at)
+        audit_record(action="api_key.created", tenant=tenant, target=key,
+                     details={"key_prefix": prefix, "scopes": key.scopes, "name": name,
+                              "expires_at": expires_at.isoformat() if expires_at else None})
+    return CreatedKey(key=key, secret=secret)
+
+
+def api_key_revoke(*, tenant: Tenant, key: ApiKey) -> ApiKey:
+    with audited_change():
+        key = ApiKey.objects.select_for_update().get(pk=key.pk)
+        if key.revoked_at is not None:
+            raise Conflict("The key is already revoked.", code="already_revoked")
+        key.revoked_at = timezone.now()
+        key.save(update_fields=["revoked_at"])
+        audit_record(action="api_key.revoked", tenant=tenant, target=key, details={"key_prefix": key.prefix})
+    return key

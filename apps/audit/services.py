@@ -1,0 +1,134 @@
+"""Writing the audit log: ``audit_record`` (one event) and ``audited_change`` (declares that a
+service records its own event, so row-capture triggers stay quiet for that change)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from django.db import connections, transaction
+
+from apps.common.context import Actor, get_context
+from apps.tenancy.scope import get_db_context, set_db_context
+
+_SECRET_KEY_RE = re.compile(r"(password|secret|token|api_key|apikey|private|credential)", re.I)
+_MAX_DETAILS = 8192
+
+
+class AuditDetailsError(ValueError):
+    """Details that must never be written to the audit log (secrets, bad values, too big)."""
+
+
+def _check_details(value: Any, path: str = "") -> None:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise AuditDetailsError(f"details key at {path!r} is not a string")
+            if _SECRET_KEY_RE.search(key) and not key.endswith(("_prefix", "_id", "_count")):
+                raise AuditDetailsError(f"details key {path + key!r} looks like a secret")
+            _check_details(item, f"{path}{key}.")
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_details(item, path)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise AuditDetailsError("details contain a non-finite number")
+    elif value is not None and not isinstance(value, str | int | float | bool):
+        raise AuditDetailsError(f"details value of type {type(value).__name__} is not JSON")
+
+
+def canonical_details(details: Mapping[str, Any] | None) -> str:
+    data = dict(details or {})
+    _check_details(data)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if len(text) > _MAX_DETAILS:
+        raise AuditDetailsError("details too large")
+    return text
+
+
+_records_in_change: ContextVar[list[int] | None] = ContextVar("cohort_audit_change", default=None)
+
+
+def _tenant_id(tenant: object) -> int | None:
+    if tenant is None:
+        return None
+    if isinstance(tenant, int):
+        return tenant
+    return int(tenant.pk)  # type: ignore[attr-defined]
+
+
+def audit_record(
+    *,
+    action: str,
+    tenant: object = None,
+    actor: Actor | None = None,
+    target: object = None,
+    target_type: str | None = None,
+    target_id: object = None,
+    outcome: str = "success",
+    details: Mapping[str, Any] | None = None,
+    using: str = "default",
+) -> int:
+    """Append one event to the tenant's chain (or the platform chain when ``tenant`` is None).
+
+    Runs in the caller's transaction: if the caller rolls back, the event goes too, and if the
+    append fails the caller's change fails with it. Returns the event's sequence number.
+    """
+    ctx = get_context()
+    who = actor or ctx.actor
+    if target is not None:
+        target_type = target_type or f"{target._meta.app_label}.{target._meta.model_name}"  # type: ignore[attr-defined]
+        target_id = target_id if target_id is not None else target.pk  # type: ignore[attr-defined]
+    params = [
+        _tenant_id(tenant), who.type, who.id, (who.label or None) and who.label[:255], action,
+        target_type, None if target_id is None else str(target_id), outcome, ctx.request_id,
+        ctx.source_ip, ctx.user_agent, canonical_details(details),
+    ]
+    with connections[using].cursor() as cur:
+        cur.execute("SELECT cohort_audit_append(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", params)
+        seq = int(cur.fetchone()[0])
+    pending = _records_in_change.get()
+    if pending is not None:
+        pending.append(seq)
+    tid = params[0]
+    if tid is not None and outcome == "success":
+        _publish_after_commit(tid, action, who, target_type, params[6], using)
+    return seq
+
+
+def _publish_after_commit(tenant_id: int, action: str, actor: Actor, target_type: str | None,
+                          target_id: str | None, using: str) -> None:
+    from apps.audit.live import publish_audit_event
+
+    event = {"action": action, "actor_type": actor.type, "actor_label": actor.label,
+             "target_type": target_type, "target_id": target_id}
+    transaction.on_commit(lambda: publish_audit_event(tenant_id, event), using=using)
+
+
+class AuditMissing(AssertionError):
+    """A service declared an audited change but recorded no event: the change is rolled back."""
+
+
+@contextmanager
+def audited_change(using: str = "default") -> Iterator[None]:
+    """Wrap a service's writes: atomic, row-capture triggers muted, and at least one
+    ``audit_record`` required before the block ends (else the whole change rolls back)."""
+    with transaction.atomic(using=using):
+        previous = get_db_context(using).get("app.audit_context", "")
+        set_db_context(using=using, audit_context=get_context().request_id or uuid.uuid4().hex)
+        records: list[int] = []
+        token = _records_in_change.set(records)
+        try:
+            yield
+            if not records:
+                raise AuditMissing("audited_change ended without an audit_record")
+        finally:
+            _records_in_change.reset(token)
+            conn = connections[using]
+            if conn.in_atomic_block and not conn.needs_rollback:
+                set_db_context(using=using, audit_context=previous or None)

@@ -1,0 +1,1 @@
+"""Shared plumbing: request context, errors, pagination, idempotency, rate limits."""

@@ -1,0 +1,65 @@
+"""The permission matrix: which role may perform which action, and which API-key scope.
+
+This module is the single source of truth; ``docs/permissions.md`` is generated from it
+(``manage.py permissions_table``) and a table-driven test checks every (role, action) cell.
+"""
+
+from __future__ import annotations
+
+from apps.tenancy.models import Role
+
+O, A, N, I, U = Role.OWNER, Role.ADMIN, Role.ANALYST, Role.INTEGRATOR, Role.AUDITOR
+
+# action: (roles allowed, API-key scope needed or None when API keys may never do it, description)
+MATRIX: dict[str, tuple[frozenset[str], str | None, str]] = {
+    "tenant.view": (frozenset({O, A, N, I, U}), "read", "See the tenant and its settings"),
+    "tenant.update": (frozenset({O}), None, "Rename the tenant"),
+    "member.list": (frozenset({O, A, N, U}), "read", "List members and roles"),
+    "member.add": (frozenset({O, A}), None, "Add an existing user as a member"),
+    "member.change_role": (frozenset({O, A}), None, "Change a member's role (owners only for owner)"),
+    "member.remove": (frozenset({O, A}), None, "Remove a member (never the last owner)"),
+    "invitation.list": (frozenset({O, A}), None, "List invitations"),
+    "invitation.create": (frozenset({O, A}), None, "Invite someone by e-mail"),
+    "invitation.revoke": (frozenset({O, A}), None, "Revoke a pending invitation"),
+    "apikey.list": (frozenset({O, A, I, U}), None, "List API keys (metadata only)"),
+    "apikey.create": (frozenset({O, A, I}), None, "Create an API key (shown once)"),
+    "apikey.revoke": (frozenset({O, A, I}), None, "Revoke an API key (integrators: their own)"),
+    "audit.list": (frozenset({O, A, U}), "read", "Read the tenant's audit events"),
+    "audit.export": (frozenset({O, U}), "read", "Export audit events (CSV/JSON); itself audited"),
+    "audit.verify": (frozenset({O, A, U}), "read", "Verify the tenant's audit hash chain"),
+}
+
+ROLES: tuple[str, ...] = tuple(r.value for r in Role)
+ACTIONS: tuple[str, ...] = tuple(MATRIX)
+# What an API key acts as: the integrator role, further limited by the key's scopes.
+API_KEY_ROLE = Role.INTEGRATOR
+
+
+def role_allows(role: str, action: str) -> bool:
+    """True if ``role`` may perform ``action``. Unknown actions are refused (fail closed)."""
+    entry = MATRIX.get(action)
+    return bool(entry and role in entry[0])
+
+
+def api_key_allows(scopes: list[str] | tuple[str, ...], action: str) -> bool:
+    """True if an API key with ``scopes`` may perform ``action``.
+
+    A key acts as an integrator; the action must name a scope, and a ``write`` scope implies
+    ``read``.
+    """
+    entry = MATRIX.get(action)
+    if not entry or entry[1] is None or API_KEY_ROLE not in entry[0]:
+        return False
+    needed = entry[1]
+    return needed in scopes or (needed == "read" and "write" in scopes)
+
+
+def markdown_table() -> str:
+    header = "| action | " + " | ".join(ROLES) + " | API key scope | what it allows |"
+    sep = "|" + "---|" * (len(ROLES) + 3)
+    rows = [header, sep]
+    for action, (roles, scope, desc) in MATRIX.items():
+        cells = ["yes" if r in roles else "—" for r in ROLES]
+        key = scope if (scope and API_KEY_ROLE in roles) else "—"
+        rows.append(f"| `{action}` | " + " | ".join(cells) + f" | {key} | {desc} |")
+    return "\n".join(rows)

@@ -1,0 +1,218 @@
+"""Base settings: every value is read from the environment here (12-factor)."""
+
+from __future__ import annotations
+
+from config.env import BASE_DIR, LOCAL_STATE_DIR, env, parse_database_url
+
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+SECRET_KEY = env.str("DJANGO_SECRET_KEY")  # no default: a missing secret fails at boot
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
+CSRF_TRUSTED_ORIGINS = env.list(
+    "DJANGO_CSRF_TRUSTED_ORIGINS", default=["http://127.0.0.1:8000", "http://localhost:8000"]
+)
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.postgres",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "channels",
+    "apps.common",
+    "apps.tenancy",
+    "apps.accounts",
+    "apps.audit",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "apps.common.middleware.RequestContextMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+# --- Database -------------------------------------------------------------------------------
+# `default` is the application role: not the owner of any table, NOSUPERUSER, NOBYPASSRLS.
+# `owner` owns the schema and runs migrations (`manage.py migrate --database owner`).
+_DB_POOL = env.bool("COHORT_DB_POOL", default=True)
+
+
+def _database(url: str, *, pool: bool) -> dict[str, object]:
+    cfg = parse_database_url(url)
+    cfg["ATOMIC_REQUESTS"] = True
+    cfg["CONN_MAX_AGE"] = 0
+    cfg["CONN_HEALTH_CHECKS"] = True
+    options = dict(cfg["OPTIONS"])  # type: ignore[arg-type]
+    options.setdefault("connect_timeout", 5)
+    if pool:
+        options["pool"] = {"min_size": 1, "max_size": env.int("COHORT_DB_POOL_MAX", default=8)}
+    cfg["OPTIONS"] = options
+    return cfg
+
+
+DATABASES = {
+    "default": _database(env.str("DATABASE_URL"), pool=_DB_POOL),
+    "owner": _database(env.str("DATABASE_OWNER_URL", default=env.str("DATABASE_URL")), pool=False),
+}
+DATABASES["owner"]["ATOMIC_REQUESTS"] = False
+COHORT_APP_DB_ROLE = DATABASES["default"]["USER"] or "cohort_app"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: cache (rate limits, lockout), Celery broker, Channels layer ----------------------
+REDIS_URL = env.str("REDIS_URL")
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "capacity": 100, "expiry": 60},
+    }
+}
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = {"training.*": {"queue": "gpu"}}
+# Longer than the longest task (time_limit) plus the longest ETA, so a task is not redelivered
+# while it still runs.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=4 * 3600)}
+CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=3 * 3600)
+CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 60
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# --- Auth -----------------------------------------------------------------------------------
+AUTH_USER_MODEL = "accounts.User"
+PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "/admin/login/"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_AGE = env.int("DJANGO_SESSION_AGE", default=8 * 3600)
+CSRF_COOKIE_SAMESITE = "Lax"
+COHORT_API_KEY_PEPPER = env.str("COHORT_API_KEY_PEPPER")
+COHORT_LOGIN_MAX_FAILURES = env.int("COHORT_LOGIN_MAX_FAILURES", default=5)
+COHORT_LOGIN_IP_MAX_FAILURES = env.int("COHORT_LOGIN_IP_MAX_FAILURES", default=30)
+COHORT_LOGIN_LOCKOUT_SECONDS = env.int("COHORT_LOGIN_LOCKOUT_SECONDS", default=15 * 60)
+COHORT_API_RATE_PER_MINUTE = env.int("COHORT_API_RATE_PER_MINUTE", default=1200)
+COHORT_TRUSTED_PROXY_COUNT = env.int("COHORT_TRUSTED_PROXY_COUNT", default=0)
+COHORT_REQUIRE_ADMIN_OTP = env.bool("COHORT_REQUIRE_ADMIN_OTP", default=True)
+COHORT_BREAK_GLASS_MINUTES = env.int("COHORT_BREAK_GLASS_MINUTES", default=15)
+# Ed25519 private key (base64 of the 32-byte seed) that signs audit checkpoints.
+COHORT_AUDIT_SIGNING_KEY = env.str("COHORT_AUDIT_SIGNING_KEY")
+COHORT_AUDIT_RETENTION_DAYS = env.int("COHORT_AUDIT_RETENTION_DAYS", default=6 * 366)
+
+# --- DRF / OpenAPI --------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "apps.accounts.authentication.ApiKeyAuthentication",
+        "apps.accounts.authentication.CsrfSessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["apps.common.ratelimit.PrincipalRateThrottle"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PAGINATION_CLASS": "apps.common.pagination.CursorPagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "apps.common.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Cohort API",
+    "DESCRIPTION": (
+        "Multi-tenant federated and managed training platform. Every tenant resource lives under "
+        "`/api/v1/tenants/{slug}/`. Authenticate with a session (browser, CSRF required on writes) "
+        "or an API key: `Authorization: Bearer <key>`. Errors share one shape: "
+        '`{"error": {"code", "message", "fields"}}`.'
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "APPEND_COMPONENTS": {
+        "securitySchemes": {
+            "ApiKey": {"type": "http", "scheme": "bearer", "description": "A Cohort API key"},
+        }
+    },
+    "SECURITY": [{"ApiKey": []}, {"cookieAuth": []}],
+    "ENUM_NAME_OVERRIDES": {},
+}
+
+# --- Requests -------------------------------------------------------------------------------
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("COHORT_MAX_JSON_BODY", default=1024 * 1024)
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000
+
+# --- Static files ---------------------------------------------------------------------------
+STATIC_URL = "/static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+COHORT_STATE_DIR = LOCAL_STATE_DIR
+COHORT_REPORTS_DIR = env.str("COHORT_REPORTS_DIR", default=str(BASE_DIR / "reports"))
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"request_context": {"()": "apps.common.logging.RequestContextFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["request_context"]},
+    },
+    "root": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

@@ -1,0 +1,22 @@
+"""URL wiring: API v1, OpenAPI schema and docs, admin console, health checks."""
+
+from django.contrib import admin
+from django.urls import include, path, register_converter
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from apps.common.converters import PkConverter
+from apps.common.health import healthz, readyz
+
+register_converter(PkConverter, "pk")
+
+urlpatterns = [
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("api/v1/", include("apps.accounts.api.urls")),
+    path("api/v1/", include("apps.tenancy.api.urls")),
+    path("api/v1/", include("apps.audit.api.urls")),
+    path("admin/", admin.site.urls),
+]

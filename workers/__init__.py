@@ -1,0 +1,1 @@
+"""Pure Python + torch: training engine, aggregation, privacy, edge agent. Never imports Django."""
