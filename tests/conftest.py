@@ -42,7 +42,7 @@ def _admin_url() -> str:
 
 def _test_db_name() -> str:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    return "cohort_test" + (f"_{worker}" if worker else "")
+    return os.environ.get("COHORT_TEST_DB", "cohort_test") + (f"_{worker}" if worker else "")
 
 
 def _admin_db_url(dbname: str) -> str:

@@ -168,6 +168,6 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     message = str(detail if not isinstance(detail, dict | list) else exc.default_detail)
     code = exc.get_codes()
     code = code if isinstance(code, str) else exc.default_code
-    if isinstance(exc, exceptions.Throttled):
+    if isinstance(exc, exceptions.Throttled) and code == "throttled":
         code = "rate_limited"
     return error_response(str(code), message, exc.status_code, headers=headers)

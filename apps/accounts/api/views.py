@@ -11,6 +11,7 @@ from rest_framework.response import Response
 
 from apps.accounts import services
 from apps.accounts.access import access_api_key
+from apps.accounts.authentication import CsrfSessionAuthentication
 from apps.accounts.models import ApiKey
 from apps.accounts.selectors import api_key_list
 from apps.common.api import StrictSerializer, error_responses, paginated
@@ -48,6 +49,8 @@ class LoginApi(BaseApi):
     @extend_schema(operation_id="auth_login", summary="Sign in with e-mail and password (session cookie)",
                    request=Input, responses={200: UserOutput, **error_responses(415)}, tags=["auth"], auth=[])
     def post(self, request: Request) -> Response:
+        # Login CSRF: an anonymous POST is not CSRF-checked by DRF, so check it here.
+        CsrfSessionAuthentication().enforce_csrf(request)
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
         user = services.login_attempt(request=request._request, **data.validated_data)
