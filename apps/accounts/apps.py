@@ -8,4 +8,4 @@ class AccountsConfig(AppConfig):
     label = "accounts"
 
     def ready(self) -> None:
-        from apps.accounts import signals  # noqa: F401  (connects the audit receivers)
+        from apps.accounts import schema, signals  # noqa: F401  (audit receivers, OpenAPI auth schemes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import OpenApiResponse
+from drf_spectacular.utils import OpenApiResponse, extend_schema_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -17,6 +17,12 @@ from apps.common.pagination import CursorPagination
 
 class StrictSerializer(serializers.Serializer):
     """Rejects unknown fields (typos and mass assignment: ``tenant_id``, ``is_staff``…) with 400."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Nested ``Input`` classes share a name; give each a unique OpenAPI component name.
+        if "." in cls.__qualname__:
+            extend_schema_serializer(component_name=cls.__qualname__.replace(".", ""))(cls)
 
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, dict):

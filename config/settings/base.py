@@ -174,12 +174,6 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
-    "APPEND_COMPONENTS": {
-        "securitySchemes": {
-            "ApiKey": {"type": "http", "scheme": "bearer", "description": "A Cohort API key"},
-        }
-    },
-    "SECURITY": [{"ApiKey": []}, {"cookieAuth": []}],
     "ENUM_NAME_OVERRIDES": {},
 }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from rest_framework.exceptions import MethodNotAllowed
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -44,7 +45,14 @@ class TenantApi(BaseApi):
                 )
 
     def action_for(self, request: Request) -> str:
-        action = self.permission_actions.get(request.method or "") or self.permission_action
+        method = "GET" if request.method == "HEAD" else (request.method or "").upper()
+        if method.lower() not in self.http_method_names or not hasattr(self, method.lower()):
+            raise MethodNotAllowed(request.method or "")  # an unimplemented method is a 405, never a 500
+        if method == "OPTIONS":  # metadata: needs what reading the resource needs
+            action = (self.permission_actions.get("GET") or self.permission_action
+                      or next(iter(self.permission_actions.values()), None))
+        else:
+            action = self.permission_actions.get(method) or self.permission_action
         if not action:
             raise AssertionError(f"{type(self).__name__} declares no permission action for {request.method}")
         return action

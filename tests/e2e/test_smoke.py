@@ -1,0 +1,159 @@
+"""End-to-end smoke: `scripts/cohort.py run` (what `make run` calls) as real processes.
+
+Embedded mode: nothing but Python: the launcher starts PostgreSQL and Redis from pip wheels,
+migrates, seeds, serves HTTP + websockets (uvicorn) and a Celery worker. External mode does the
+same against the machine's servers. Each run checks the API, a session login with CSRF, a live
+websocket event, a Celery task round trip, a clean Ctrl-C, and that a second start reuses it all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from websockets.sync.client import connect as ws_connect
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.e2e]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "scripts/cohort.py", "run", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def _wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"launcher exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"not ready after {timeout}s:\n{log.read_text()[-4000:]}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> list[int]:
+    """Ctrl-C the whole process group, as a terminal does; return pids that survived."""
+    children = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("launcher did not stop within 60 s of Ctrl-C")
+    time.sleep(1)
+    return [pid for pid in children if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+
+
+def _exercise(base: str, state: Path, redis_url: str | None) -> None:
+    creds = json.loads((state / "demo-credentials.json").read_text())
+    key = creds["integrator_api_key"]
+    r = httpx.get(f"{base}/api/v1/tenants/", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert r.status_code == 200 and r.json()[0]["slug"] == "st-marys", r.text
+    assert httpx.get(f"{base}/api/docs/", timeout=10).status_code == 200
+    assert httpx.get(f"{base}/admin/login/", timeout=10).status_code == 200
+
+    with httpx.Client(base_url=base, timeout=10) as owner, httpx.Client(base_url=base, timeout=10) as auditor:
+        for client, email, pw in ((owner, "owner@st-marys.example", "cohort-demo-owner"),
+                                  (auditor, "auditor@st-marys.example", "cohort-demo-auditor")):
+            token = client.get("/api/v1/auth/csrf/").json()["csrf_token"]
+            r = client.post("/api/v1/auth/login/", json={"email": email, "password": pw},
+                            headers={"X-CSRFToken": token, "Referer": base + "/"})
+            assert r.status_code == 200, r.text
+        cookie = "; ".join(f"{k}={v}" for k, v in auditor.cookies.items())
+        ws_url = base.replace("http://", "ws://") + "/ws/v1/tenants/st-marys/audit/"
+        with ws_connect(ws_url, additional_headers={"Cookie": cookie, "Origin": base}, open_timeout=10) as ws:
+            csrf = owner.cookies["csrftoken"]
+            r = owner.post("/api/v1/tenants/st-marys/api-keys/", json={"name": "e2e", "scopes": ["read"]},
+                           headers={"X-CSRFToken": csrf, "Referer": base + "/"})
+            assert r.status_code == 201, r.text
+            msg = json.loads(ws.recv(timeout=10))
+            assert msg["type"] == "audit.event" and msg["event"]["action"] == "api_key.created"
+
+        if redis_url:  # a real Celery worker process picks up a task and records its outcome
+            from celery import Celery
+
+            tenant_id = r.json()["id"] and owner.get("/api/v1/tenants/st-marys/").json()["id"]
+            Celery(broker=redis_url).send_task("audit.tenant_verify", kwargs={"tenant_id": tenant_id}, queue="default")
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                ev = auditor.get("/api/v1/tenants/st-marys/audit-events/", params={"action": "audit.verified"})
+                if ev.status_code == 200 and ev.json()["results"]:
+                    assert ev.json()["results"][0]["outcome"] == "success"
+                    assert ev.json()["results"][0]["actor_type"] == "system"
+                    break
+                time.sleep(1)
+            else:
+                pytest.fail("the Celery worker did not run audit.tenant_verify within 60 s")
+
+
+def _run_twice(env: dict[str, str], state: Path, tmp_path: Path, redis_url: str | None) -> None:
+    log = tmp_path / "run.log"
+    for attempt in (1, 2):
+        port = _free_port()
+        proc = _start(env, port, log)
+        try:
+            _wait_ready(f"http://127.0.0.1:{port}", proc, log)
+            if attempt == 1:
+                _exercise(f"http://127.0.0.1:{port}", state, redis_url)
+                first_key = json.loads((state / "demo-credentials.json").read_text())["integrator_api_key"]
+            else:
+                creds = json.loads((state / "demo-credentials.json").read_text())
+                assert creds["integrator_api_key"] == first_key  # seed is idempotent; data kept
+                r = httpx.get(f"http://127.0.0.1:{port}/api/v1/tenants/",
+                              headers={"Authorization": f"Bearer {first_key}"}, timeout=10)
+                assert r.status_code == 200
+        finally:
+            survivors = _stop(proc) if proc.poll() is None else []
+        assert proc.returncode in (0, 130), log.read_text()[-3000:]
+        assert survivors == [], f"processes left running after Ctrl-C: {survivors}"
+
+
+@pytest.mark.slow
+def test_embedded_mode(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    redis_port = _free_port()
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"DATABASE_URL", "DATABASE_OWNER_URL", "COHORT_DB_ADMIN_URL", "REDIS_URL", "CELERY_BROKER_URL",
+                        "DJANGO_SETTINGS_MODULE", "DJANGO_SECRET_KEY", "COHORT_API_KEY_PEPPER",
+                        "COHORT_AUDIT_SIGNING_KEY", "COHORT_EMBEDDED_POSTGRES", "COHORT_EMBEDDED_REDIS"}}
+    env.update({"COHORT_STATE_DIR": str(state), "COHORT_EMBEDDED_REDIS_PORT": str(redis_port)})
+    _run_twice(env, state, tmp_path, f"redis://127.0.0.1:{redis_port}/0")
+    assert (state / "pgdata" / "PG_VERSION").exists()
+
+
+def test_external_servers(tmp_path: Path) -> None:
+    admin = os.environ.get("COHORT_DB_ADMIN_URL")
+    redis_url = os.environ.get("REDIS_URL")
+    if not admin or not redis_url or os.environ.get("COHORT_EMBEDDED_POSTGRES"):
+        pytest.skip("external servers not configured for this run")
+    state = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"DATABASE_OWNER_URL", "DJANGO_SETTINGS_MODULE", "COHORT_DB_ADMIN_URL"}}
+    from psycopg import connect, sql
+
+    with connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier("cohort_e2e")))
+    env.update({"DATABASE_URL": admin, "COHORT_DB_NAME": "cohort_e2e", "COHORT_STATE_DIR": str(state)})
+    _run_twice(env, state, tmp_path, redis_url)
