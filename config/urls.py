@@ -1,9 +1,9 @@
 """URL wiring: API v1, OpenAPI schema and docs, admin console, health checks."""
 
-from django.contrib import admin
 from django.urls import include, path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from apps.common.admin_site import cohort_admin_site
 from apps.common.converters import PkConverter
 from apps.common.health import healthz, readyz
 
@@ -18,5 +18,5 @@ urlpatterns = [
     path("api/v1/", include("apps.accounts.api.urls")),
     path("api/v1/", include("apps.tenancy.api.urls")),
     path("api/v1/", include("apps.audit.api.urls")),
-    path("admin/", admin.site.urls),
+    path("admin/", cohort_admin_site.urls),
 ]

@@ -99,14 +99,13 @@ TransactionTestCase._fixture_teardown = _fixture_teardown  # type: ignore[method
 
 
 @pytest.fixture(autouse=True)
-def _clear_rate_limits() -> Iterator[None]:
+def _clear_rate_limits() -> None:
     from apps.common.ratelimit import redis_client
 
     client = redis_client()
     keys = list(client.scan_iter("cohort:rl:*", count=1000))
     if keys:
         client.delete(*keys)
-    yield
 
 
 # --- factories ------------------------------------------------------------------------------------
@@ -124,7 +123,7 @@ def make_user(db: None) -> Callable[..., Any]:
     from apps.accounts.models import User
 
     def make(email: str | None = None, password: str = "correct-horse-battery", **extra: Any) -> Any:
-        from apps.audit.services import audited_change, audit_record
+        from apps.audit.services import audit_record, audited_change
 
         with audited_change():
             user = User.objects.create_user(email=email or f"{_next('user')}@example.org", password=password,

@@ -76,6 +76,9 @@ class ChainHead(models.Model):
     seq = models.BigIntegerField(default=0)
     head_hash = models.CharField(max_length=64)
 
+    def __str__(self) -> str:
+        return f"{self.chain}@{self.seq}"
+
 
 class AuditCheckpoint(models.Model):
     """A signed statement of every chain's head at a moment, kept in the DB and exported."""
@@ -87,3 +90,6 @@ class AuditCheckpoint(models.Model):
 
     class Meta:
         ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"checkpoint {self.pk} ({self.created_at:%Y-%m-%d %H:%M})"

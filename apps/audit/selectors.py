@@ -54,7 +54,7 @@ def iter_chain_rows(*, chain: str | None = None, table: str = "audit_auditevent"
     params = [chain] if chain else []
     with raw.cursor(name=f"audit_verify_{id(raw)}") as cur:  # psycopg named cursor = server-side
         cur.itersize = batch
-        cur.execute(f"SELECT {_VERIFY_COLUMNS} FROM {table} {where} ORDER BY chain, seq", params)  # noqa: S608
+        cur.execute(f"SELECT {_VERIFY_COLUMNS} FROM {table} {where} ORDER BY chain, seq", params)
         yield from cur
 
 

@@ -8,8 +8,22 @@ Python by ``apps.audit.chain.canonical`` for independent verification.
 """
 
 FIELDS = (
-    "chain", "seq", "prev_hash", "created_us", "tenant_id", "actor_type", "actor_id", "actor_label",
-    "action", "target_type", "target_id", "outcome", "request_id", "source_ip", "user_agent", "details",
+    "chain",
+    "seq",
+    "prev_hash",
+    "created_us",
+    "tenant_id",
+    "actor_type",
+    "actor_id",
+    "actor_label",
+    "action",
+    "target_type",
+    "target_id",
+    "outcome",
+    "request_id",
+    "source_ip",
+    "user_agent",
+    "details",
 )
 
 CREATE_SQL = r"""
@@ -151,7 +165,9 @@ DROP FUNCTION IF EXISTS cohort_audit_heads();
 DROP FUNCTION IF EXISTS cohort_audit_capture();
 DROP FUNCTION IF EXISTS cohort_audit_forbid_change();
 DROP FUNCTION IF EXISTS cohort_audit_append(bigint, text, text, text, text, text, text, text, text, text, text, text);
-DROP FUNCTION IF EXISTS cohort_audit_canonical(text, bigint, text, bigint, bigint, text, text, text, text, text, text, text, text, text, text, text);
+DROP FUNCTION IF EXISTS cohort_audit_canonical(
+    text, bigint, text, bigint, bigint, text, text, text, text, text, text, text, text, text, text, text
+);
 DROP FUNCTION IF EXISTS cohort_audit_field(text);
 """
 

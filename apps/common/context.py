@@ -37,7 +37,7 @@ class RequestContext:
     actor: Actor = field(default_factory=Actor.anonymous)
 
 
-_ctx: ContextVar[RequestContext] = ContextVar("cohort_request_context", default=RequestContext())
+_ctx: ContextVar[RequestContext] = ContextVar("cohort_request_context", default=RequestContext())  # noqa: B039 (frozen)
 
 
 def get_context() -> RequestContext:

@@ -28,18 +28,37 @@ class AccessDenied(exceptions.NotFound):
     default_detail = "Not found."
     default_code = "not_found"
 
-    def __init__(self, *, reason: str, tenant_id: int | None = None, action: str | None = None,
-                 target_type: str | None = None, target_id: object = None) -> None:
+    def __init__(
+        self,
+        *,
+        reason: str,
+        tenant_id: int | None = None,
+        action: str | None = None,
+        target_type: str | None = None,
+        target_id: object = None,
+    ) -> None:
         super().__init__()
-        self.audit = {"reason": reason, "tenant_id": tenant_id, "action": action,
-                      "target_type": target_type, "target_id": target_id}
+        self.audit = {
+            "reason": reason,
+            "tenant_id": tenant_id,
+            "action": action,
+            "target_type": target_type,
+            "target_id": target_id,
+        }
 
 
 class Forbidden(exceptions.PermissionDenied):
     """A member whose role lacks the permission (they may know the object exists)."""
 
-    def __init__(self, message: str, *, reason: str, tenant_id: int | None = None,
-                 action: str | None = None, code: str = "permission_denied") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        tenant_id: int | None = None,
+        action: str | None = None,
+        code: str = "permission_denied",
+    ) -> None:
         super().__init__(message, code=code)
         self.audit = {"reason": reason, "tenant_id": tenant_id, "action": action}
 
@@ -87,8 +106,13 @@ def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
     return out
 
 
-def error_response(code: str, message: str, http_status: int, fields: dict[str, list[str]] | None = None,
-                   headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    code: str,
+    message: str,
+    http_status: int,
+    fields: dict[str, list[str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
     body: dict[str, Any] = {"code": code, "message": message}
     if fields:
         body["fields"] = fields
@@ -119,8 +143,13 @@ def _audit_denial(exc: Exception, context: dict[str, Any], code: str) -> None:
     )
 
 
-_DENIALS = (exceptions.NotAuthenticated, exceptions.AuthenticationFailed, exceptions.PermissionDenied,
-            exceptions.Throttled, AccessDenied)
+_DENIALS = (
+    exceptions.NotAuthenticated,
+    exceptions.AuthenticationFailed,
+    exceptions.PermissionDenied,
+    exceptions.Throttled,
+    AccessDenied,
+)
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -134,7 +163,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     elif isinstance(exc, TooManyFieldsSent):
         exc = exceptions.ValidationError({"non_field_errors": ["Too many fields."]})
     elif isinstance(exc, DjangoValidationError):
-        exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages})
+        exc = exceptions.ValidationError(
+            exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+        )
 
     if not isinstance(exc, exceptions.APIException):
         logger.exception("unhandled error in API view", exc_info=exc)
@@ -159,7 +190,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
 
     if isinstance(exc, exceptions.ValidationError):
         fields = _flatten(exc.detail)
-        return error_response("validation_error", "The request is invalid; see fields.", exc.status_code, fields, headers)
+        return error_response(
+            "validation_error", "The request is invalid; see fields.", exc.status_code, fields, headers
+        )
     if isinstance(exc, exceptions.ParseError):
         return error_response("malformed_request", str(exc.detail), exc.status_code, headers=headers)
     if isinstance(exc, exceptions.NotFound):

@@ -99,6 +99,9 @@ class Invitation(TenantOwned):
     class Meta(TenantOwned.Meta):
         ordering = ["id"]
 
+    def __str__(self) -> str:
+        return f"invitation {self.pk} ({self.role})"
+
     @property
     def status(self) -> str:
         from django.utils import timezone

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from apps.tenancy.models import Role
 
-O, A, N, I, U = Role.OWNER, Role.ADMIN, Role.ANALYST, Role.INTEGRATOR, Role.AUDITOR
+O, A, N, I, U = Role.OWNER, Role.ADMIN, Role.ANALYST, Role.INTEGRATOR, Role.AUDITOR  # noqa: E741
 
 # action: (roles allowed, API-key scope needed or None when API keys may never do it, description)
 MATRIX: dict[str, tuple[frozenset[str], str | None, str]] = {

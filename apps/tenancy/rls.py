@@ -61,7 +61,7 @@ ALTER TABLE "{table}" DISABLE ROW LEVEL SECURITY;
 """
 
 
-def EnableTenantRLS(table: str, *, extra_using: str = "", extra_check: str = "") -> migrations.RunSQL:  # noqa: N802
+def EnableTenantRLS(table: str, *, extra_using: str = "", extra_check: str = "") -> migrations.RunSQL:
     """Migration operation: enable + force RLS on ``table`` with the tenant policy."""
     return migrations.RunSQL(
         policy_sql(table, extra_using=extra_using, extra_check=extra_check),

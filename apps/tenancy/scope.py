@@ -58,10 +58,7 @@ def set_db_context(using: str = "default", **values: object) -> None:
     params: list[str] = []
     for key, value in values.items():
         guc = names[key]
-        if isinstance(value, bool):
-            text = "on" if value else ""
-        else:
-            text = "" if value is None else str(value)
+        text = ("on" if value else "") if isinstance(value, bool) else ("" if value is None else str(value))
         parts.append("set_config(%s, %s, true)")
         params.extend([guc, text])
     if parts:
@@ -72,9 +69,7 @@ def set_db_context(using: str = "default", **values: object) -> None:
 def get_db_context(using: str = "default") -> dict[str, str]:
     """Return the current values of the RLS settings (for tests and diagnostics)."""
     with connections[using].cursor() as cur:
-        cur.execute(
-            "SELECT " + ", ".join("current_setting(%s, true)" for _ in _ALL_GUCS), list(_ALL_GUCS)
-        )
+        cur.execute("SELECT " + ", ".join("current_setting(%s, true)" for _ in _ALL_GUCS), list(_ALL_GUCS))
         row = cur.fetchone()
     return {name: (value or "") for name, value in zip(_ALL_GUCS, row or (), strict=False)}
 

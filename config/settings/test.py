@@ -8,7 +8,7 @@ os.environ.setdefault("COHORT_API_KEY_PEPPER", "test-pepper")
 os.environ.setdefault("COHORT_AUDIT_SIGNING_KEY", "dGVzdC1zaWduaW5nLWtleS0zMi1ieXRlcy1sb25nISE=")
 os.environ.setdefault("COHORT_DB_POOL", "false")
 
-from config.settings.base import *  # noqa: E402, F403
+from config.settings.base import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 COHORT_REQUIRE_ADMIN_OTP = True

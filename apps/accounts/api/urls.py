@@ -4,7 +4,6 @@ from django.urls import path
 
 from apps.accounts.api import views
 
-
 urlpatterns = [
     path("auth/csrf/", views.CsrfApi.as_view(), name="auth-csrf"),
     path("auth/login/", views.LoginApi.as_view(), name="auth-login"),

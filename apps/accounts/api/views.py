@@ -17,6 +17,7 @@ from apps.accounts.selectors import api_key_list
 from apps.common.api import StrictSerializer, error_responses, paginated
 from apps.common.errors import Forbidden
 from apps.common.idempotency import idempotent
+from apps.common.pagination import CursorPagination
 from apps.tenancy.api.base import BaseApi, TenantApi
 from apps.tenancy.models import Role
 
@@ -94,6 +95,7 @@ class ApiKeyCreatedOutput(ApiKeyOutput):
 
 
 class ApiKeyListApi(TenantApi):
+    pagination_class = CursorPagination  # documents the paginated envelope in the OpenAPI schema
     permission_actions = {"GET": "apikey.list", "POST": "apikey.create"}
 
     class Input(StrictSerializer):

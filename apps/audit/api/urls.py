@@ -4,7 +4,6 @@ from django.urls import path
 
 from apps.audit.api import views
 
-
 urlpatterns = [
     path("tenants/<slug:tenant_slug>/audit-events/", views.AuditEventListApi.as_view(), name="audit-list"),
     path("tenants/<slug:tenant_slug>/audit-events/export/", views.AuditEventExportApi.as_view(), name="audit-export"),

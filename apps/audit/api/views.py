@@ -19,6 +19,7 @@ from apps.audit.services import audit_record
 from apps.audit.verification import audit_verify
 from apps.common.api import StrictSerializer, error_responses, paginated
 from apps.common.errors import AccessDenied
+from apps.common.pagination import CursorPagination
 from apps.tenancy.api.base import TenantApi
 
 EXPORT_LIMIT = 100_000
@@ -62,6 +63,7 @@ def _params(serializer: type[serializers.Serializer]) -> list[OpenApiParameter]:
 
 
 class AuditEventListApi(TenantApi):
+    pagination_class = CursorPagination  # documents the paginated envelope in the OpenAPI schema
     permission_action = "audit.list"
 
     @extend_schema(operation_id="audit_events_list", parameters=_params(AuditListFilter),

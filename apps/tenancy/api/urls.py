@@ -4,7 +4,6 @@ from django.urls import path
 
 from apps.tenancy.api import views
 
-
 urlpatterns = [
     path("tenants/", views.TenantListApi.as_view(), name="tenant-list"),
     path("tenants/<slug:tenant_slug>/", views.TenantDetailApi.as_view(), name="tenant-detail"),

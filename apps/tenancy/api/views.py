@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib.auth import get_user_model
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -13,6 +11,7 @@ from rest_framework.response import Response
 from apps.common.api import StrictSerializer, error_responses, paginated
 from apps.common.errors import AccessDenied
 from apps.common.idempotency import idempotent
+from apps.common.pagination import CursorPagination
 from apps.tenancy import services
 from apps.tenancy.access import access_invitation, access_membership
 from apps.tenancy.api.base import BaseApi, TenantApi
@@ -84,6 +83,7 @@ class MemberOutput(serializers.ModelSerializer):
 
 
 class MemberListApi(TenantApi):
+    pagination_class = CursorPagination  # documents the paginated envelope in the OpenAPI schema
     permission_actions = {"GET": "member.list", "POST": "member.add"}
 
     class Input(StrictSerializer):
@@ -159,6 +159,7 @@ class InvitationCreatedOutput(InvitationOutput):
 
 
 class InvitationListApi(TenantApi):
+    pagination_class = CursorPagination  # documents the paginated envelope in the OpenAPI schema
     permission_actions = {"GET": "invitation.list", "POST": "invitation.create"}
 
     class Input(StrictSerializer):
