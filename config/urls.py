@@ -20,3 +20,9 @@ urlpatterns = [
     path("api/v1/", include("apps.audit.api.urls")),
     path("admin/", cohort_admin_site.urls),
 ]
+
+# Under /api/ every error is the JSON envelope, also when no route matched (e.g. an id too long
+# for the <pk> converter) or an error escaped DRF.
+handler400 = "apps.common.errors.bad_request_view"
+handler404 = "apps.common.errors.not_found_view"
+handler500 = "apps.common.errors.server_error_view"

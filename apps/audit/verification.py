@@ -17,7 +17,7 @@ from django.db import connections, transaction
 from apps.audit.chain import VerifyResult, verify_rows
 from apps.audit.models import AuditCheckpoint
 from apps.audit.selectors import iter_chain_rows
-from apps.tenancy.scope import set_db_context
+from apps.tenancy.scope import get_db_context, set_db_context
 
 
 class CheckpointError(ValueError):
@@ -55,23 +55,31 @@ def audit_verify(*, tenant_id: int | None = None, checkpoint: dict[str, Any] | N
     """
     chain = f"t{tenant_id}" if tenant_id is not None else None
     with transaction.atomic(using=using):
+        previous = get_db_context(using)
         if tenant_id is None:
             set_db_context(using=using, platform=True)
         else:
-            set_db_context(using=using, tenant_id=tenant_id)
+            set_db_context(using=using, tenant_id=tenant_id, platform=False)
         heads = heads_in_scope(using)
         cp_chains = None
         if checkpoint is not None:
             cp_chains = {c: (int(v[0]), str(v[1])) for c, v in checkpoint["chains"].items()
                          if chain is None or c == chain}
         result = verify_rows(iter_chain_rows(chain=chain, using=using), heads=heads, checkpoint=cp_chains)
-        set_db_context(using=using, platform=False, tenant_id=None)
+        _restore(previous, using)
     return result
+
+
+def _restore(previous: dict[str, str], using: str) -> None:
+    """Put the RLS settings back as the caller had them (e.g. a console request in platform scope)."""
+    set_db_context(using=using, platform=previous.get("app.platform") == "on",
+                   tenant_id=previous.get("app.tenant_id") or None)
 
 
 def checkpoint_create(*, using: str = "default") -> dict[str, Any]:
     """Sign the current head of every chain; store it and return the exportable document."""
     with transaction.atomic(using=using):
+        previous = get_db_context(using)
         set_db_context(using=using, platform=True)
         heads = heads_in_scope(using)
         payload = json.dumps(
@@ -82,7 +90,7 @@ def checkpoint_create(*, using: str = "default") -> dict[str, Any]:
         signature = base64.b64encode(_private_key().sign(payload.encode())).decode()
         pub = public_key_b64()
         AuditCheckpoint.objects.using(using).create(payload=payload, signature=signature, key_id=key_id(pub))
-        set_db_context(using=using, platform=False)
+        _restore(previous, using)
     return {"payload": payload, "signature": signature, "public_key": pub, "key_id": key_id(pub)}
 
 

@@ -110,13 +110,14 @@ def platform_scope(*, using: str = "default") -> Iterator[None]:
     Tenant *data* tables never honour it; those need break-glass (a tenant scope with a reason).
     """
     with transaction.atomic(using=using):
+        was_on = get_db_context(using).get(GUC_PLATFORM) == "on"
         set_db_context(using=using, platform=True)
         try:
             yield
         finally:
             conn = connections[using]
             if conn.in_atomic_block and not conn.needs_rollback and conn.connection is not None:
-                set_db_context(using=using, platform=False)
+                set_db_context(using=using, platform=was_on)
 
 
 @contextmanager
