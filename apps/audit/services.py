@@ -86,7 +86,8 @@ def audit_record(
         target_id = target_id if target_id is not None else target.pk  # type: ignore[attr-defined]
     params = [
         _tenant_id(tenant), who.type, who.id, (who.label or None) and who.label[:255], action,
-        target_type, None if target_id is None else str(target_id), outcome, ctx.request_id,
+        # target_id can come from the request (an unknown tenant slug): cut it to the column's 100.
+        target_type, None if target_id is None else str(target_id)[:100], outcome, ctx.request_id,
         ctx.source_ip, ctx.user_agent, canonical_details(details),
     ]
     with connections[using].cursor() as cur:

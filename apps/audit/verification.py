@@ -98,6 +98,8 @@ def checkpoint_load(doc: dict[str, Any], *, trusted_public_key_b64: str | None =
     """Check a checkpoint document's signature against the trusted key; return its payload."""
     try:
         payload, signature = doc["payload"], doc["signature"]
+        if not isinstance(payload, str) or not isinstance(signature, str):
+            raise CheckpointError("malformed checkpoint: payload and signature must be strings")
         trusted = trusted_public_key_b64 or public_key_b64()
         pub = Ed25519PublicKey.from_public_bytes(base64.b64decode(trusted))
         pub.verify(base64.b64decode(signature), payload.encode())

@@ -152,8 +152,8 @@ class AuditVerifyApi(TenantApi):
                    responses={200: VerifyOutput, **error_responses()}, tags=["audit"])
     def post(self, request: Request, tenant_slug: str) -> Response:
         result = audit_verify(tenant_id=self.tenant.pk)
-        audit_record(action="audit.verified", tenant=self.tenant,
-                     outcome="success" if result.ok else "error",
+        audit_record(action="audit.verified", tenant=self.tenant, target_type="audit.chain",
+                     target_id=f"t{self.tenant.pk}", outcome="success" if result.ok else "error",
                      details={"ok": result.ok, "num_events": result.num_events,
                               "problems": [p.as_dict() for p in result.problems][:10]})
         return Response(result.as_dict())
