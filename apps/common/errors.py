@@ -204,3 +204,37 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, exceptions.Throttled) and code == "throttled":
         code = "rate_limited"
     return error_response(str(code), message, exc.status_code, headers=headers)
+
+
+# --- Django-level error views (no route matched, or an error outside DRF) -------------------------
+
+
+def _api_error(request: Any, code: str, message: str, http_status: int) -> Any:
+    """The API error envelope for /api/ paths; None elsewhere (Django's HTML pages)."""
+    from django.http import JsonResponse
+
+    if not request.path.startswith("/api/"):
+        return None
+    body = {"error": {"code": code, "message": message}}
+    return JsonResponse(body, status=http_status, json_dumps_params={"separators": (",", ":")})
+
+
+def not_found_view(request: Any, exception: Exception | None = None) -> Any:
+    """``handler404``: under /api/ the same body as every other 404 (no route-existence oracle)."""
+    from django.views import defaults
+
+    return _api_error(request, "not_found", "Not found.", 404) or defaults.page_not_found(request, exception)
+
+
+def bad_request_view(request: Any, exception: Exception | None = None) -> Any:
+    from django.views import defaults
+
+    return _api_error(request, "bad_request", "Bad request.", 400) or defaults.bad_request(request, exception)
+
+
+def server_error_view(request: Any) -> Any:
+    from django.views import defaults
+
+    rid = getattr(request, "request_id", None) or get_context().request_id
+    message = f"Internal error. Reference: {rid}."
+    return _api_error(request, "server_error", message, 500) or defaults.server_error(request)

@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.common.errors import AccessDenied, Forbidden
+from apps.common.parsers import JSONParser
 from apps.tenancy import policy
 from apps.tenancy.models import Membership, Tenant
 from apps.tenancy.scope import activate_tenant, deactivate_tenant
@@ -22,6 +23,7 @@ class BaseApi(APIView):
     """Non-tenant endpoints (auth, my tenants)."""
 
     permission_action: ClassVar[str | None] = None
+    parser_classes: ClassVar[list[type]] = [JSONParser]
 
 
 class TenantApi(BaseApi):
@@ -49,8 +51,11 @@ class TenantApi(BaseApi):
         if method.lower() not in self.http_method_names or not hasattr(self, method.lower()):
             raise MethodNotAllowed(request.method or "")  # an unimplemented method is a 405, never a 500
         if method == "OPTIONS":  # metadata: needs what reading the resource needs
-            action = (self.permission_actions.get("GET") or self.permission_action
-                      or next(iter(self.permission_actions.values()), None))
+            action = (
+                self.permission_actions.get("GET")
+                or self.permission_action
+                or next(iter(self.permission_actions.values()), None)
+            )
         else:
             action = self.permission_actions.get(method) or self.permission_action
         if not action:

@@ -1,0 +1,635 @@
+"""ISO-1 (cross-tenant probes leak nothing and change nothing), ISO-2 (no existence oracle) and
+AUD-3 (every refused probe leaves exactly one denial event).
+
+Every route of the URL resolver must have an entry in ``PROBES`` (or in the reviewed ``SKIPPED``
+allow-list); a new route without one fails the test. Tenants A and B each hold one of every object
+(members of every role, an invitation, active and revoked API keys, audit events). The probing
+identities are B's owner, B's read+write API key, anonymous, A's revoked API key, a user removed
+from A, and a member of A whose role lacks the route's permission. Each route and method is probed
+with A's slug/ids in the path, A's ids in the query string, and A's ids in the JSON body (FK-like
+fields and nested arrays).
+
+Figures: reports/ISO-1.json, ISO-2.json, AUD-3.json.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from django.urls import URLPattern, URLResolver, get_resolver
+from rest_framework.test import APIClient
+
+from apps.accounts.services import api_key_create, api_key_revoke
+from apps.audit.models import AuditEvent
+from apps.tenancy import policy
+from apps.tenancy.models import Membership, Role
+from apps.tenancy.scope import platform_scope, tenant_scope
+from apps.tenancy.services import invitation_create, membership_remove
+from tests.conftest import write_report
+from tests.security.helpers import DENIAL_ACTIONS, REFUSED_STATUSES, admin_connect, denial_count, tenant_tables
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# Reviewed allow-list of route prefixes that are not probed, and why.
+SKIPPED: dict[str, str] = {
+    "admin/": "Django admin console: staff-only, OTP-gated, platform scope; tested in tests/apps/admin",
+    "api/schema/": "OpenAPI document: public by design, holds no tenant data",
+    "api/docs/": "Swagger UI page: static, public by design",
+    "api/redoc/": "ReDoc page: static, public by design",
+    "static/": "static files (only routed with DEBUG): no tenant data",
+}
+METHODS = ("get", "post", "put", "patch", "delete")
+
+
+@dataclass(frozen=True)
+class RouteProbe:
+    kind: str  # tenant | public | self | accept
+    methods: tuple[str, ...]  # the methods the route implements (checked against the view)
+    valid_body: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> fields the API accepts
+
+
+T = "api/v1/tenants/<slug:tenant_slug>/"
+PROBES: dict[str, RouteProbe] = {
+    "healthz": RouteProbe("public", ("GET",)),
+    "readyz": RouteProbe("public", ("GET",)),
+    "api/v1/auth/csrf/": RouteProbe("public", ("GET",)),
+    "api/v1/auth/login/": RouteProbe("public", ("POST",), {"POST": {"email": "x@example.org", "password": "x"}}),
+    "api/v1/auth/logout/": RouteProbe("self", ("POST",)),
+    "api/v1/auth/me/": RouteProbe("self", ("GET",)),
+    "api/v1/tenants/": RouteProbe("self", ("GET",)),
+    "api/v1/invitations/accept/": RouteProbe("accept", ("POST",)),
+    T: RouteProbe("tenant", ("GET", "PATCH"), {"PATCH": {"name": "Renamed"}}),
+    T + "members/": RouteProbe("tenant", ("GET", "POST"), {"POST": {"email": "x@example.org", "role": "analyst"}}),
+    T + "members/<pk:member_id>/": RouteProbe("tenant", ("GET", "PATCH", "DELETE"), {"PATCH": {"role": "auditor"}}),
+    T + "invitations/": RouteProbe("tenant", ("GET", "POST"), {"POST": {"email": "y@example.org", "role": "analyst"}}),
+    T + "invitations/<pk:invitation_id>/": RouteProbe("tenant", ("GET", "DELETE")),
+    T + "api-keys/": RouteProbe("tenant", ("GET", "POST"), {"POST": {"name": "probe", "scopes": ["read"]}}),
+    T + "api-keys/<pk:key_id>/": RouteProbe("tenant", ("GET", "DELETE")),
+    T + "audit-events/": RouteProbe("tenant", ("GET",)),
+    T + "audit-events/export/": RouteProbe("tenant", ("GET",)),
+    T + "audit-events/verify/": RouteProbe("tenant", ("POST",)),
+    T + "audit-events/<pk:event_id>/": RouteProbe("tenant", ("GET",)),
+}
+
+_PARAM_RE = re.compile(r"<(?:(?P<conv>\w+):)?(?P<name>\w+)>")
+
+
+# --- route enumeration ---------------------------------------------------------------------------
+
+
+def iter_routes(patterns: list[Any] | None = None, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(route string, callback) for every URL pattern, descending into includes."""
+    for p in get_resolver().url_patterns if patterns is None else patterns:
+        route = prefix + str(p.pattern)
+        if isinstance(p, URLResolver):
+            yield from iter_routes(p.url_patterns, route)
+        elif isinstance(p, URLPattern):
+            yield route, p.callback
+
+
+def implemented_methods(callback: Any) -> tuple[str, ...] | None:
+    cls = getattr(callback, "cls", None) or getattr(callback, "view_class", None)
+    if cls is None:
+        return None  # a function view: the probe table states its methods
+    return tuple(m.upper() for m in METHODS if hasattr(cls, m))
+
+
+def enumerate_routes() -> tuple[dict[str, Any], dict[str, str]]:
+    probed: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for route, callback in iter_routes():
+        prefix = next((s for s in SKIPPED if route.startswith(s)), None)
+        if prefix is not None:
+            skipped[route] = prefix
+        else:
+            probed[route] = callback
+    return probed, skipped
+
+
+def test_probe_table_matches_the_resolver() -> None:
+    routes, skipped = enumerate_routes()
+    missing = sorted(set(routes) - set(PROBES))
+    stale = sorted(set(PROBES) - set(routes))
+    assert not missing, f"routes without a probe entry (add them to PROBES): {missing}"
+    assert not stale, f"PROBES names routes that no longer exist: {stale}"
+    for route, callback in routes.items():
+        methods = implemented_methods(callback)
+        if methods is not None:
+            assert set(methods) == set(PROBES[route].methods), (route, methods, PROBES[route].methods)
+    used = set(skipped.values())
+    assert used >= set(SKIPPED) - {"static/"}, f"stale SKIPPED entries: {set(SKIPPED) - used - {'static/'}}"
+
+
+# --- the two tenants -----------------------------------------------------------------------------
+
+
+@dataclass
+class Side:
+    tenant: Any
+    users: dict[str, Any] = field(default_factory=dict)  # role -> user
+    memberships: dict[str, int] = field(default_factory=dict)  # role -> membership id
+    invitation_id: int = 0
+    invitation_token: str = ""
+    invitation_email: str = ""
+    key_id: int = 0
+    key_secret: str = ""
+    key_prefix: str = ""
+    revoked_key_id: int = 0
+    revoked_key_secret: str = ""
+    revoked_key_prefix: str = ""
+    event_id: int = 0
+
+    def object_ids(self) -> dict[str, int]:
+        return {
+            "member_id": self.memberships[Role.ANALYST],
+            "invitation_id": self.invitation_id,
+            "key_id": self.key_id,
+            "event_id": self.event_id,
+        }
+
+
+def _seed(name: str, make_tenant: Callable[..., Any], make_user: Callable[..., Any]) -> Side:
+    from apps.audit.services import audit_record, audited_change
+
+    tenant = make_tenant(slug=f"iso-{name}-{secrets.token_hex(3)}", name=f"Tenant {name.upper()} Confidential")
+    side = Side(tenant=tenant)
+    for role in policy.ROLES:
+        user = make_user(email=f"{name}-{role}-{secrets.token_hex(3)}@{name}-corp.example")
+        with tenant_scope(tenant.pk), audited_change():
+            m = Membership.objects.create(tenant=tenant, user=user, role=role)
+            audit_record(action="member.added", tenant=tenant, target=m, details={"fixture": True})
+        side.users[role], side.memberships[role] = user, m.pk
+    owner = side.users[Role.OWNER]
+    with tenant_scope(tenant.pk):
+        side.invitation_email = f"invitee-{secrets.token_hex(3)}@{name}-corp.example"
+        inv, side.invitation_token = invitation_create(
+            tenant=tenant, actor_role=Role.OWNER, invited_by=owner, email=side.invitation_email, role=Role.ANALYST
+        )
+        side.invitation_id = inv.pk
+        created = api_key_create(
+            tenant=tenant, created_by=owner, name=f"{name}-integration-key", scopes=["read", "write"], expires_at=None
+        )
+        side.key_id, side.key_secret, side.key_prefix = created.key.pk, created.secret, created.key.prefix
+        revoked = api_key_create(
+            tenant=tenant, created_by=owner, name=f"{name}-old-key", scopes=["read", "write"], expires_at=None
+        )
+        api_key_revoke(tenant=tenant, key=revoked.key)
+        side.revoked_key_id, side.revoked_key_secret = revoked.key.pk, revoked.secret
+        side.revoked_key_prefix = revoked.key.prefix
+        side.event_id = AuditEvent.objects.filter(tenant=tenant).order_by("-id").values_list("id", flat=True)[0]
+    return side
+
+
+@dataclass
+class World:
+    a: Side
+    b: Side
+    removed_user: Any
+    a_strings: list[str]
+
+    def foreign_fields(self) -> dict[str, Any]:
+        """A's identifiers under the names a careless API might honour (FK-like, nested)."""
+        a, ids = self.a, self.a.object_ids()
+        return {
+            "tenant": a.tenant.pk,
+            "tenant_id": a.tenant.pk,
+            "tenant_slug": a.tenant.slug,
+            "id": ids["member_id"],
+            "user": a.users[Role.OWNER].pk,
+            "user_id": a.users[Role.OWNER].pk,
+            **ids,
+            "ids": list(ids.values()),
+            "items": [{"tenant_id": a.tenant.pk, "id": v} for v in ids.values()],
+            "filters": {"tenant": a.tenant.slug, "chain": f"t{a.tenant.pk}"},
+        }
+
+    def foreign_query(self) -> dict[str, Any]:
+        a, ids = self.a, self.a.object_ids()
+        return {
+            "tenant": a.tenant.pk,
+            "tenant_id": a.tenant.pk,
+            "tenant_slug": a.tenant.slug,
+            "id": ids["member_id"],
+            "user_id": a.users[Role.OWNER].pk,
+            **ids,
+            "chain": f"t{a.tenant.pk}",
+        }
+
+    def audit_filter_query(self) -> dict[str, Any]:
+        """Real filters of the audit list, pointing at A's rows (must still only match B's)."""
+        a = self.a
+        return {
+            "target_id": a.memberships[Role.ANALYST],
+            "actor_id": a.users[Role.OWNER].pk,
+            "target_type": "tenancy.membership",
+            "request_id": "x" * 8,
+        }
+
+
+@pytest.fixture
+def world(make_tenant: Callable[..., Any], make_user: Callable[..., Any]) -> World:
+    a = _seed("alpha", make_tenant, make_user)
+    b = _seed("bravo", make_tenant, make_user)
+    removed = make_user(email=f"former-{secrets.token_hex(3)}@alpha-corp.example")
+    from apps.audit.services import audit_record, audited_change
+
+    with tenant_scope(a.tenant.pk):
+        with audited_change():
+            m = Membership.objects.create(tenant=a.tenant, user=removed, role=Role.ADMIN)
+            audit_record(action="member.added", tenant=a.tenant, target=m, details={"fixture": True})
+        membership_remove(tenant=a.tenant, actor_role=Role.OWNER, membership=m)
+    a_strings = [
+        a.tenant.slug,
+        a.tenant.name,
+        a.invitation_email,
+        a.key_prefix,
+        a.revoked_key_prefix,
+        f"{'alpha'}-integration-key",
+        *(u.email for u in a.users.values()),
+    ]
+    with platform_scope():
+        a_strings += list(AuditEvent.all_tenants.filter(tenant_id=a.tenant.pk).values_list("hash", flat=True))
+    return World(a=a, b=b, removed_user=removed, a_strings=a_strings)
+
+
+# --- snapshots of A's rows (superuser, committed state) ------------------------------------------
+
+
+def snapshot_a(conn: Any, world: World) -> dict[str, Any]:
+    tid = world.a.tenant.pk
+    snap: dict[str, Any] = {}
+    for table in tenant_tables(conn):
+        rows = conn.execute(f'SELECT to_jsonb(t) FROM "{table}" t WHERE tenant_id = %s ORDER BY id', [tid]).fetchall()
+        snap[table] = [r[0] for r in rows]
+    snap["tenancy_tenant"] = conn.execute("SELECT to_jsonb(t) FROM tenancy_tenant t WHERE id = %s", [tid]).fetchall()
+    user_ids = [u.pk for u in world.a.users.values()]
+    snap["accounts_user"] = [
+        r[0]
+        for r in conn.execute(
+            "SELECT to_jsonb(u) - 'last_login' FROM accounts_user u WHERE id = ANY(%s) ORDER BY id", [user_ids]
+        )
+    ]
+    return snap
+
+
+def side_effects(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """Differences in A's rows. A's audit chain may only have grown by denial events."""
+    diffs: list[str] = []
+    for table in sorted(set(before) | set(after)):
+        old, new = before.get(table, []), after.get(table, [])
+        if table == "audit_auditevent":
+            if new[: len(old)] != old:
+                diffs.append("audit_auditevent: existing A events changed")
+            added = [e["action"] for e in new[len(old) :]]
+            diffs += [
+                f"audit_auditevent: non-denial event {a} appended to A's chain"
+                for a in added
+                if a not in DENIAL_ACTIONS
+            ]
+        elif old != new:
+            diffs.append(f"{table}: {len(old)} rows before, {len(new)} after, content differs")
+    return diffs
+
+
+# --- identities and probes -----------------------------------------------------------------------
+
+
+@dataclass
+class Probe:
+    route: str
+    method: str
+    identity: str
+    variant: str
+    path: str
+    query: dict[str, Any] | None
+    body: dict[str, Any] | None
+    targets_a: bool  # the path (or token) addresses A's tenant or objects
+
+
+def fill(route: str, slug: str, ids: dict[str, int]) -> str:
+    return "/" + _PARAM_RE.sub(lambda m: slug if m["name"] == "tenant_slug" else str(ids[m["name"]]), route)
+
+
+def lacking_role(route: str, method: str) -> str | None:
+    """A role of A that may not do this route+method (None when every role may)."""
+    from django.urls import resolve
+
+    cls = resolve(fill(route, "x", {"member_id": 1, "invitation_id": 1, "key_id": 1, "event_id": 1})).func.cls
+    action = cls.permission_actions.get(method) or cls.permission_action
+    allowed = policy.MATRIX[action][0]
+    return next((r for r in (Role.ANALYST, Role.INTEGRATOR, Role.AUDITOR, Role.ADMIN) if r not in allowed), None)
+
+
+def build_probes(world: World, skipped_insider: list[str]) -> list[Probe]:
+    a, b = world.a, world.b
+    a_ids = a.object_ids()
+    probes: list[Probe] = []
+    outsiders = ("b_owner", "b_key", "anonymous", "a_revoked_key", "a_removed_user")
+    for route, spec in PROBES.items():
+        for method in spec.methods:
+            valid = spec.valid_body.get(method, {})
+            has_body = method in ("POST", "PATCH", "PUT")
+            body = {**valid, **world.foreign_fields()} if has_body else None
+            if spec.kind == "tenant":
+                has_id = "<pk:" in route
+                a_path = fill(route, a.tenant.slug, a_ids)
+                idents = list(outsiders)
+                role = lacking_role(route, method)
+                if role is None:
+                    skipped_insider.append(f"{method} {route}")
+                else:
+                    idents.append(f"a_{role}")
+                for ident in idents:
+                    probes.append(Probe(route, method, ident, "path", a_path, None, body, True))
+                    probes.append(Probe(route, method, ident, "query", a_path, world.foreign_query(), None, True))
+                # B's own tenant: A's object ids in the path, or A's ids only in the query/body.
+                b_path_a_ids = fill(route, b.tenant.slug, a_ids)
+                for ident in ("b_owner", "b_key"):
+                    if has_id:
+                        probes.append(Probe(route, method, ident, "own-slug-a-id", b_path_a_ids, None, body, True))
+                        probes.append(
+                            Probe(
+                                route,
+                                method,
+                                ident,
+                                "own-slug-a-id+query",
+                                b_path_a_ids,
+                                world.foreign_query(),
+                                None,
+                                True,
+                            )
+                        )
+                    else:
+                        probes.append(
+                            Probe(route, method, ident, "own-query", b_path_a_ids, world.foreign_query(), None, False)
+                        )
+                        if has_body:
+                            probes.append(Probe(route, method, ident, "own-body", b_path_a_ids, None, body, False))
+                        if "audit-events" in route and method == "GET":
+                            probes.append(
+                                Probe(
+                                    route,
+                                    method,
+                                    ident,
+                                    "own-audit-filters",
+                                    b_path_a_ids,
+                                    world.audit_filter_query(),
+                                    None,
+                                    False,
+                                )
+                            )
+            elif spec.kind == "accept":
+                for ident in (*outsiders, "a_analyst"):
+                    probes.append(
+                        Probe(
+                            route,
+                            method,
+                            ident,
+                            "a-token",
+                            "/" + route,
+                            world.foreign_query(),
+                            {"token": a.invitation_token, **world.foreign_fields()},
+                            True,
+                        )
+                    )
+                    probes.append(
+                        Probe(
+                            route, method, ident, "a-token-only", "/" + route, None, {"token": a.invitation_token}, True
+                        )
+                    )
+            else:  # public and self routes: the caller's own context, A's ids in query and body
+                for ident in outsiders:
+                    probes.append(
+                        Probe(route, method, ident, "own-query", "/" + route, world.foreign_query(), None, False)
+                    )
+                    if has_body or route.endswith("logout/"):
+                        probes.append(
+                            Probe(
+                                route,
+                                method,
+                                ident,
+                                "own-body",
+                                "/" + route,
+                                None,
+                                {**valid, **world.foreign_fields()},
+                                False,
+                            )
+                        )
+    return probes
+
+
+class Clients:
+    """One client per identity, built lazily; rebuilt after a probe signs a session out."""
+
+    def __init__(self, world: World, api_client_for: Callable[[Any], APIClient]) -> None:
+        self.world, self.make, self.cache = world, api_client_for, {}
+
+    def get(self, ident: str) -> APIClient:
+        if ident not in self.cache:
+            w = self.world
+            principal: Any = {
+                "b_owner": lambda: w.b.users[Role.OWNER],
+                "b_key": lambda: w.b.key_secret,
+                "anonymous": lambda: None,
+                "a_revoked_key": lambda: w.a.revoked_key_secret,
+                "a_removed_user": lambda: w.removed_user,
+            }.get(ident, lambda: w.a.users[ident.removeprefix("a_")])()
+            self.cache[ident] = self.make(principal)
+        return self.cache[ident]
+
+    def forget(self, ident: str) -> None:
+        self.cache.pop(ident, None)
+
+
+def send(client: APIClient, method: str, path: str, query: dict[str, Any] | None, body: dict[str, Any] | None) -> Any:
+    from urllib.parse import urlencode
+
+    url = path + ("?" + urlencode(query) if query else "")
+    fn = getattr(client, method.lower())
+    return fn(url, body, format="json") if body is not None else fn(url)
+
+
+def leaked(world: World, content: bytes) -> list[str]:
+    text = content.decode("utf-8", "replace")
+    return [s for s in world.a_strings if s and s in text]
+
+
+# --- the test ------------------------------------------------------------------------------------
+
+
+def test_cross_tenant_probe_matrix(world: World, api_client_for: Callable[[Any], APIClient]) -> None:
+    routes, skipped = enumerate_routes()
+    covered = [r for r in routes if r in PROBES]
+    skipped_insider: list[str] = []
+    probes = build_probes(world, skipped_insider)
+    clients = Clients(world, api_client_for)
+    for ident in ("b_owner", "b_key", "anonymous", "a_revoked_key", "a_removed_user"):
+        clients.get(ident)
+    for role in policy.ROLES:
+        if role != Role.OWNER:
+            clients.get(f"a_{role}")
+
+    admin = admin_connect()
+    before = snapshot_a(admin, world)
+    denials_before_all = denial_count(admin)
+    results: list[dict[str, Any]] = []
+    leaks: list[str] = []
+    last = denials_before_all
+    for p in probes:
+        r = send(clients.get(p.identity), p.method, p.path, p.query, p.body)
+        now = denial_count(admin)
+        refused = r.status_code in REFUSED_STATUSES
+        found = leaked(world, r.content)
+        label = f"{p.identity} {p.method} {p.path} [{p.variant}] -> {r.status_code}"
+        if p.targets_a and 200 <= r.status_code < 300:
+            leaks.append(f"{label}: success on A's data")
+        if found:
+            leaks.append(f"{label}: body contains {found[:3]}")
+        if r.status_code >= 500:
+            leaks.append(f"{label}: server error")
+        results.append(
+            {
+                "probe": label,
+                "status": r.status_code,
+                "refused": refused,
+                "targets_a": p.targets_a,
+                "denials": now - last,
+            }
+        )
+        last = now
+        if p.route.endswith("auth/logout/") and r.status_code == 204:
+            clients.forget(p.identity)
+    after = snapshot_a(admin, world)
+    effects = side_effects(before, after)
+
+    # ISO-2: A's object vs an id/slug/token that does not exist, from B's owner (and B's key).
+    a, b = world.a, world.b
+    missing_ids = {k: 10**17 + secrets.randbelow(10**16) for k in a.object_ids()}
+    missing_slug = f"iso-nope-{secrets.token_hex(4)}"
+    oracle_pairs: list[tuple[str, str, str, dict[str, Any] | None, str]] = []
+    for route, spec in PROBES.items():
+        for method in spec.methods:
+            body = spec.valid_body.get(method) or None
+            if spec.kind == "tenant":
+                for ident in ("b_owner", "b_key"):
+                    oracle_pairs.append(
+                        (
+                            ident,
+                            method,
+                            fill(route, a.tenant.slug, a.object_ids()),
+                            body,
+                            fill(route, missing_slug, missing_ids),
+                        )
+                    )
+                    if "<pk:" in route:
+                        oracle_pairs.append(
+                            (
+                                ident,
+                                method,
+                                fill(route, a.tenant.slug, a.object_ids()),
+                                body,
+                                fill(route, a.tenant.slug, missing_ids),
+                            )
+                        )
+                        oracle_pairs.append(
+                            (
+                                ident,
+                                method,
+                                fill(route, b.tenant.slug, a.object_ids()),
+                                body,
+                                fill(route, b.tenant.slug, missing_ids),
+                            )
+                        )
+    mismatches: list[str] = []
+    comparisons = 0
+    for ident, method, real, body, fake in oracle_pairs:
+        c = clients.get(ident)
+        r1, r2 = send(c, method, real, None, body), send(c, method, fake, None, body)
+        comparisons += 1
+        if (r1.status_code, r1.content, r1.get("Content-Type")) != (r2.status_code, r2.content, r2.get("Content-Type")):
+            mismatches.append(f"{ident} {method} {real} ({r1.status_code}) vs {fake} ({r2.status_code})")
+    c = clients.get("b_owner")
+    r1 = send(c, "POST", "/api/v1/invitations/accept/", None, {"token": a.invitation_token})
+    r2 = send(c, "POST", "/api/v1/invitations/accept/", None, {"token": "inv_" + secrets.token_urlsafe(32)})
+    comparisons += 1
+    if (r1.status_code, r1.content) != (r2.status_code, r2.content):
+        mismatches.append(f"invitation accept: A's token {r1.status_code} vs unknown token {r2.status_code}")
+    admin.close()
+
+    refused = [x for x in results if x["refused"]]
+    not_refused = [x for x in results if not x["refused"]]
+    refused_without_event = [x["probe"] for x in refused if x["denials"] != 1]
+    unrefused_with_event = [x["probe"] for x in not_refused if x["denials"] != 0]
+    foreign = [x for x in results if x["targets_a"]]
+    foreign_unrefused = [x["probe"] for x in foreign if not x["refused"] and x["status"] != 400]
+    iso1 = {
+        "routes_enumerated": len(routes),
+        "routes_covered": len(covered),
+        "routes_skipped_by_allow_list": {
+            p: {"routes": n, "why": SKIPPED[p]} for p, n in sorted(Counter(skipped.values()).items())
+        },
+        "identities": [
+            "b_owner",
+            "b_key(read+write)",
+            "anonymous",
+            "a_revoked_key",
+            "a_removed_user",
+            "a_member_lacking_role",
+        ],
+        "probes": len(results),
+        "probes_targeting_a": len(foreign),
+        "probes_targeting_a_rejected_as_invalid_400": sum(1 for x in foreign if x["status"] == 400),
+        "probes_targeting_a_neither_refused_nor_invalid": len(foreign_unrefused),
+        "probes_in_own_context": len(results) - len(foreign),
+        "status_counts": dict(Counter(x["status"] for x in results)),
+        "leaks": len(leaks),
+        "leak_details": leaks[:50],
+        "side_effects": len(effects),
+        "side_effect_details": effects[:50],
+        "insider_probe_skipped_every_role_allowed": skipped_insider,
+    }
+    iso1_pass = len(covered) == len(routes) and not leaks and not effects and not foreign_unrefused
+    write_report("ISO-1", iso1, iso1_pass)
+    iso2 = {
+        "comparisons": comparisons,
+        "existence_oracle_mismatches": len(mismatches),
+        "mismatch_details": mismatches[:50],
+        "compared": "status, body bytes and Content-Type; A's id vs a nonexistent id under A's slug, under B's "
+        "slug, and A's slug vs a nonexistent slug; A's invitation token vs an unknown token",
+    }
+    write_report("ISO-2", iso2, not mismatches)
+    denial_events = last - denials_before_all
+    aud3 = {
+        "probes": len(results),
+        "refused_probes": len(refused),
+        "denial_events": denial_events,
+        "refused_without_exactly_one_denial_event": len(refused_without_event),
+        "not_refused_probes": len(not_refused),
+        "not_refused_with_denial_event": len(unrefused_with_event),
+        "not_refused_explained": (
+            "probes that address the caller's own tenant or account and carry A's ids only in the query string "
+            "or body (own-query/own-body/own-audit-filters), and public routes: they are answered 2xx with the "
+            "caller's own data, or 400 for unknown fields, so nothing is denied and no denial event is due; "
+            "also probes aimed at A whose body carries unknown fields (400 before any lookup, nothing "
+            "revealed); none returned any of A's data"
+        ),
+        "not_refused_status_counts": dict(Counter(x["status"] for x in not_refused)),
+        "details": (refused_without_event + unrefused_with_event)[:50],
+    }
+    aud3_pass = denial_events == len(refused) and not refused_without_event and not unrefused_with_event
+    write_report("AUD-3", aud3, aud3_pass)
+
+    assert len(covered) == len(routes)
+    assert not leaks, "\n".join(leaks[:40])
+    assert not effects, effects
+    assert not mismatches, "\n".join(mismatches[:40])
+    assert not refused_without_event, "\n".join(refused_without_event[:40])
+    assert not unrefused_with_event, "\n".join(unrefused_with_event[:40])
+    assert denial_events == len(refused)
+    assert not foreign_unrefused, "\n".join(foreign_unrefused[:40])
