@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.middleware.csrf import get_token
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
+from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -62,6 +63,8 @@ class LogoutApi(BaseApi):
     @extend_schema(operation_id="auth_logout", request=None,
                    responses={204: OpenApiResponse(description="Signed out"), **error_responses()}, tags=["auth"])
     def post(self, request: Request) -> Response:
+        if request.data:
+            raise ValidationError({"non_field_errors": ["This endpoint takes no body."]})
         if getattr(request.user, "key_id", None) is not None:
             return Response(status=status.HTTP_204_NO_CONTENT)
         services.logout_user(request=request._request)

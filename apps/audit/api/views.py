@@ -10,6 +10,7 @@ from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -151,6 +152,9 @@ class AuditVerifyApi(TenantApi):
     @extend_schema(operation_id="audit_verify", summary="Verify this tenant's hash chain (audited)", request=None,
                    responses={200: VerifyOutput, **error_responses()}, tags=["audit"])
     def post(self, request: Request, tenant_slug: str) -> Response:
+        if request.data:
+            raise ValidationError({name: ["Unknown field."] for name in request.data} if isinstance(request.data, dict)
+                                  else {"non_field_errors": ["This endpoint takes no body."]})
         result = audit_verify(tenant_id=self.tenant.pk)
         audit_record(action="audit.verified", tenant=self.tenant, target_type="audit.chain",
                      target_id=f"t{self.tenant.pk}", outcome="success" if result.ok else "error",

@@ -30,3 +30,12 @@ def test_analyst_cannot_read_audit(tenant, member, api_client_for):
     analyst = member("analyst")
     r = api_client_for(analyst).get(f"/api/v1/tenants/{tenant.slug}/audit-events/")
     assert r.status_code == 403
+
+
+def test_bodyless_endpoints_reject_a_body(tenant, member, api_client_for):
+    auditor = api_client_for(member("auditor"))
+    r = auditor.post(f"/api/v1/tenants/{tenant.slug}/audit-events/verify/", {"tenant_id": 1}, format="json")
+    assert r.status_code == 400
+    assert r.json()["error"]["fields"] == {"tenant_id": ["Unknown field."]}
+    assert auditor.post("/api/v1/auth/logout/", {"all": True}, format="json").status_code == 400
+    assert auditor.post(f"/api/v1/tenants/{tenant.slug}/audit-events/verify/").status_code == 200
