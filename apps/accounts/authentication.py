@@ -44,9 +44,13 @@ class ApiKeyPrincipal:
 def _deny(reason: str, tenant_id: int | None, prefix: str | None) -> exceptions.AuthenticationFailed:
     from apps.audit.services import audit_record
 
-    audit_record(action="api_key.use_denied", tenant=tenant_id, outcome="denied",
-                 actor=Actor(type="api_key", id=None, label=prefix),
-                 details={"reason": reason, "key_prefix": prefix})
+    audit_record(
+        action="api_key.use_denied",
+        tenant=tenant_id,
+        outcome="denied",
+        actor=Actor(type="api_key", id=None, label=prefix),
+        details={"reason": reason, "key_prefix": prefix},
+    )
     exc = exceptions.AuthenticationFailed("Invalid, expired or revoked API key.", code="invalid_api_key")
     exc.audit = {"skip": True}  # type: ignore[attr-defined]
     return exc
@@ -88,8 +92,14 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             set_db_context(tenant_id=key.tenant_id, audit_context="api_key.last_used")
             ApiKey.all_tenants.filter(pk=key.pk).update(last_used_at=now)
             set_db_context(tenant_id=None, audit_context=None)
-        principal = ApiKeyPrincipal(key_id=key.pk, tenant_id=key.tenant_id, prefix=key.prefix, name=key.name,
-                                    scopes=list(key.scopes), created_by_id=key.created_by_id)
+        principal = ApiKeyPrincipal(
+            key_id=key.pk,
+            tenant_id=key.tenant_id,
+            prefix=key.prefix,
+            name=key.name,
+            scopes=list(key.scopes),
+            created_by_id=key.created_by_id,
+        )
         set_actor(principal.actor)
         return principal, key
 

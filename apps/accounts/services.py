@@ -21,8 +21,9 @@ from apps.common.errors import Conflict
 from apps.tenancy.models import Tenant
 
 
-def user_create(*, email: str, password: str | None, full_name: str = "", is_staff: bool = False,
-                actor: Actor | None = None) -> User:
+def user_create(
+    *, email: str, password: str | None, full_name: str = "", is_staff: bool = False, actor: Actor | None = None
+) -> User:
     with audited_change():
         user = User.objects.create_user(email=email, password=password, full_name=full_name, is_staff=is_staff)
         audit_record(action="user.created", actor=actor, target=user, details={"is_staff": is_staff})
@@ -52,8 +53,12 @@ def login_attempt(*, request: HttpRequest, email: str, password: str) -> User:
     acct_count, acct_ttl = ratelimit.hit(acct_key, window)
     ip_count, ip_ttl = ratelimit.hit(ip_key, window)
     if acct_count > settings.COHORT_LOGIN_MAX_FAILURES or ip_count > settings.COHORT_LOGIN_IP_MAX_FAILURES:
-        audit_record(action="auth.login_locked", outcome="denied", actor=Actor(type="anonymous", label=email[:255]),
-                     details={"reason": "too_many_failures"})
+        audit_record(
+            action="auth.login_locked",
+            outcome="denied",
+            actor=Actor(type="anonymous", label=email[:255]),
+            details={"reason": "too_many_failures"},
+        )
         exc = LoginLocked(wait=max(acct_ttl, ip_ttl) or window)
         exc.audit = {"skip": True}  # type: ignore[attr-defined]
         raise exc
@@ -78,8 +83,9 @@ class CreatedKey:
     secret: str
 
 
-def api_key_create(*, tenant: Tenant, created_by: User, name: str, scopes: list[str],
-                   expires_at: datetime | None) -> CreatedKey:
+def api_key_create(
+    *, tenant: Tenant, created_by: User, name: str, scopes: list[str], expires_at: datetime | None
+) -> CreatedKey:
     """Create a key; the full secret is returned once and only its HMAC is stored."""
     if expires_at is not None and expires_at <= timezone.now():
         raise exceptions.ValidationError({"expires_at": ["Must be in the future."]})
@@ -88,11 +94,26 @@ def api_key_create(*, tenant: Tenant, created_by: User, name: str, scopes: list[
         raise exceptions.ValidationError({"scopes": [f"Choose from {ApiKey.Scope.values}."]})
     secret, prefix = keys.generate()
     with audited_change():
-        key = ApiKey.objects.create(tenant=tenant, name=name, prefix=prefix, key_hash=keys.hash_key(secret),
-                                    scopes=sorted(set(scopes)), created_by=created_by, expires_at=expires_at)
-        audit_record(action="api_key.created", tenant=tenant, target=key,
-                     details={"key_prefix": prefix, "scopes": key.scopes, "name": name,
-                              "expires_at": expires_at.isoformat() if expires_at else None})
+        key = ApiKey.objects.create(
+            tenant=tenant,
+            name=name,
+            prefix=prefix,
+            key_hash=keys.hash_key(secret),
+            scopes=sorted(set(scopes)),
+            created_by=created_by,
+            expires_at=expires_at,
+        )
+        audit_record(
+            action="api_key.created",
+            tenant=tenant,
+            target=key,
+            details={
+                "key_prefix": prefix,
+                "scopes": key.scopes,
+                "name": name,
+                "expires_at": expires_at.isoformat() if expires_at else None,
+            },
+        )
     return CreatedKey(key=key, secret=secret)
 
 

@@ -16,8 +16,12 @@ def _logged_in(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
     from apps.audit.services import audit_record
 
     with transaction.atomic():
-        audit_record(action="auth.login", actor=Actor(type="user", id=str(user.pk), label=user.email), target=user,
-                     details={"path": getattr(request, "path", None)})
+        audit_record(
+            action="auth.login",
+            actor=Actor(type="user", id=str(user.pk), label=user.email),
+            target=user,
+            details={"path": getattr(request, "path", None)},
+        )
 
 
 @receiver(user_login_failed, dispatch_uid="cohort_audit_login_failed")
@@ -25,8 +29,12 @@ def _login_failed(sender: Any, credentials: dict[str, Any], request: Any = None,
     from apps.audit.services import audit_record
 
     label = str(credentials.get("username") or credentials.get("email") or "")[:255] or None
-    audit_record(action="auth.login_failed", outcome="denied", actor=Actor(type="anonymous", label=label),
-                 details={"reason": "bad_credentials", "path": getattr(request, "path", None)})
+    audit_record(
+        action="auth.login_failed",
+        outcome="denied",
+        actor=Actor(type="anonymous", label=label),
+        details={"reason": "bad_credentials", "path": getattr(request, "path", None)},
+    )
 
 
 @receiver(user_logged_out, dispatch_uid="cohort_audit_logout")

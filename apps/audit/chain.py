@@ -18,17 +18,43 @@ def _field(value: object) -> str:
 
 
 def canonical(
-    chain: str, seq: int, prev_hash: str, created_us: int, tenant_id: int | None, actor_type: str,
-    actor_id: str | None, actor_label: str | None, action: str, target_type: str | None,
-    target_id: str | None, outcome: str, request_id: str | None, source_ip: str | None,
-    user_agent: str | None, details: str,
+    chain: str,
+    seq: int,
+    prev_hash: str,
+    created_us: int,
+    tenant_id: int | None,
+    actor_type: str,
+    actor_id: str | None,
+    actor_label: str | None,
+    action: str,
+    target_type: str | None,
+    target_id: str | None,
+    outcome: str,
+    request_id: str | None,
+    source_ip: str | None,
+    user_agent: str | None,
+    details: str,
 ) -> str:
     """The exact byte string that ``cohort_audit_append`` hashes (see apps.audit.sql)."""
     return VERSION_TAG + "".join(
         _field(v)
         for v in (
-            chain, seq, prev_hash, created_us, tenant_id, actor_type, actor_id, actor_label, action,
-            target_type, target_id, outcome, request_id, source_ip, user_agent, details,
+            chain,
+            seq,
+            prev_hash,
+            created_us,
+            tenant_id,
+            actor_type,
+            actor_id,
+            actor_label,
+            action,
+            target_type,
+            target_id,
+            outcome,
+            request_id,
+            source_ip,
+            user_agent,
+            details,
         )
     )
 
@@ -48,8 +74,13 @@ class ChainProblem:
     event_id: int | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {"chain": self.chain, "seq": self.seq, "kind": self.kind, "message": self.message,
-                "event_id": self.event_id}
+        return {
+            "chain": self.chain,
+            "seq": self.seq,
+            "kind": self.kind,
+            "message": self.message,
+            "event_id": self.event_id,
+        }
 
 
 @dataclass
@@ -99,9 +130,26 @@ def verify_rows(
     prev = GENESIS
     sha = hashlib.sha256
     for row in rows:
-        (ev_id, chain, seq, prev_hash, stored_hash, created_us, tenant_id, actor_type, actor_id,
-         actor_label, action, target_type, target_id, outcome, request_id, source_ip, user_agent,
-         details) = row
+        (
+            ev_id,
+            chain,
+            seq,
+            prev_hash,
+            stored_hash,
+            created_us,
+            tenant_id,
+            actor_type,
+            actor_id,
+            actor_label,
+            action,
+            target_type,
+            target_id,
+            outcome,
+            request_id,
+            source_ip,
+            user_agent,
+            details,
+        ) = row
         result.num_events += 1
         if chain != cur_chain:
             cur_chain, expected_seq, prev = chain, 1, GENESIS
@@ -112,22 +160,47 @@ def verify_rows(
         problem: ChainProblem | None = None
         if seq != expected_seq:
             if seq > expected_seq:
-                problem = ChainProblem(chain, expected_seq, "missing_event",
-                                       f"event #{expected_seq} is missing (next present is #{seq})", ev_id)
+                problem = ChainProblem(
+                    chain,
+                    expected_seq,
+                    "missing_event",
+                    f"event #{expected_seq} is missing (next present is #{seq})",
+                    ev_id,
+                )
             else:
                 problem = ChainProblem(chain, seq, "out_of_order", f"event #{seq} appears twice or out of order", ev_id)
         elif prev_hash != prev:
-            problem = ChainProblem(chain, seq, "broken_link",
-                                   f"event #{seq} does not link to the hash of event #{seq - 1}", ev_id)
+            problem = ChainProblem(
+                chain, seq, "broken_link", f"event #{seq} does not link to the hash of event #{seq - 1}", ev_id
+            )
         else:
             text = VERSION_TAG + "".join(
-                map(_field, (chain, seq, prev_hash, created_us, tenant_id, actor_type, actor_id, actor_label,
-                             action, target_type, target_id, outcome, request_id, source_ip, user_agent,
-                             details))
+                map(
+                    _field,
+                    (
+                        chain,
+                        seq,
+                        prev_hash,
+                        created_us,
+                        tenant_id,
+                        actor_type,
+                        actor_id,
+                        actor_label,
+                        action,
+                        target_type,
+                        target_id,
+                        outcome,
+                        request_id,
+                        source_ip,
+                        user_agent,
+                        details,
+                    ),
+                )
             )
             if sha(text.encode("utf-8")).hexdigest() != stored_hash:
-                problem = ChainProblem(chain, seq, "hash_mismatch",
-                                       f"event #{seq} was altered: its content does not match its hash", ev_id)
+                problem = ChainProblem(
+                    chain, seq, "hash_mismatch", f"event #{seq} was altered: its content does not match its hash", ev_id
+                )
         if problem is not None:
             result.problems.append(problem)
             broken.add(chain)
@@ -140,23 +213,31 @@ def verify_rows(
             continue
         last_seq, last_hash = result.chains.get(chain, (0, GENESIS))
         if last_seq < head_seq:
-            result.problems.append(ChainProblem(chain, last_seq + 1, "truncated",
-                                                f"chain head says #{head_seq} but the log ends at #{last_seq}"))
+            result.problems.append(
+                ChainProblem(
+                    chain, last_seq + 1, "truncated", f"chain head says #{head_seq} but the log ends at #{last_seq}"
+                )
+            )
             broken.add(chain)
         elif last_seq == head_seq and last_hash != head_hash:
-            result.problems.append(ChainProblem(chain, last_seq, "rewritten",
-                                                f"event #{last_seq} does not match the chain head"))
+            result.problems.append(
+                ChainProblem(chain, last_seq, "rewritten", f"event #{last_seq} does not match the chain head")
+            )
             broken.add(chain)
     for chain, (cp_seq, cp_hash) in (checkpoint or {}).items():
         if chain in broken:
             continue
         last_seq, _ = result.chains.get(chain, (0, GENESIS))
         if last_seq < cp_seq:
-            result.problems.append(ChainProblem(chain, last_seq + 1, "truncated",
-                                                f"signed checkpoint has #{cp_seq} but the log ends at #{last_seq}"))
+            result.problems.append(
+                ChainProblem(
+                    chain, last_seq + 1, "truncated", f"signed checkpoint has #{cp_seq} but the log ends at #{last_seq}"
+                )
+            )
         elif seen_hashes.get(chain, {}).get(cp_seq) != cp_hash:
-            result.problems.append(ChainProblem(chain, cp_seq, "rewritten",
-                                                f"event #{cp_seq} differs from the signed checkpoint"))
+            result.problems.append(
+                ChainProblem(chain, cp_seq, "rewritten", f"event #{cp_seq} differs from the signed checkpoint")
+            )
     result.problems.sort(key=lambda p: (p.chain, p.seq))
     return result
 

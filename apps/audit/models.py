@@ -30,7 +30,8 @@ class AuditEvent(TenantOwned):
         ANONYMOUS = "anonymous", "Anonymous"
         DATABASE = "database", "Database (row trigger)"
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    # Platform events have no tenant, hence nullable here.
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, null=True, blank=True, related_name="+")  # type: ignore[assignment]
     chain = models.CharField(max_length=32)
     seq = models.BigIntegerField()
     created_at = models.DateTimeField()

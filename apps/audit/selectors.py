@@ -44,8 +44,9 @@ _VERIFY_COLUMNS = """
 """
 
 
-def iter_chain_rows(*, chain: str | None = None, table: str = "audit_auditevent", using: str = "default",
-                    batch: int = 20000) -> Iterator[Row]:
+def iter_chain_rows(
+    *, chain: str | None = None, table: str = "audit_auditevent", using: str = "default", batch: int = 20000
+) -> Iterator[Row]:
     """Stream rows ordered by (chain, seq) through a server-side cursor (constant memory)."""
     conn = connections[using]
     conn.ensure_connection()

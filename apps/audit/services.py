@@ -85,10 +85,19 @@ def audit_record(
         target_type = target_type or f"{target._meta.app_label}.{target._meta.model_name}"  # type: ignore[attr-defined]
         target_id = target_id if target_id is not None else target.pk  # type: ignore[attr-defined]
     params = [
-        _tenant_id(tenant), who.type, who.id, (who.label or None) and who.label[:255], action,
+        _tenant_id(tenant),
+        who.type,
+        who.id,
+        (who.label or None) and who.label[:255],
+        action,
         # target_id can come from the request (an unknown tenant slug): cut it to the column's 100.
-        target_type, None if target_id is None else str(target_id)[:100], outcome, ctx.request_id,
-        ctx.source_ip, ctx.user_agent, canonical_details(details),
+        target_type,
+        None if target_id is None else str(target_id)[:100],
+        outcome,
+        ctx.request_id,
+        ctx.source_ip,
+        ctx.user_agent,
+        canonical_details(details),
     ]
     with connections[using].cursor() as cur:
         cur.execute("SELECT cohort_audit_append(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", params)
@@ -96,18 +105,24 @@ def audit_record(
     pending = _records_in_change.get()
     if pending is not None:
         pending.append(seq)
-    tid = params[0]
+    tid = _tenant_id(tenant)
     if tid is not None and outcome == "success":
-        _publish_after_commit(tid, action, who, target_type, params[6], using)
+        _publish_after_commit(tid, action, who, target_type, None if target_id is None else str(target_id), using)
     return seq
 
 
-def _publish_after_commit(tenant_id: int, action: str, actor: Actor, target_type: str | None,
-                          target_id: str | None, using: str) -> None:
+def _publish_after_commit(
+    tenant_id: int, action: str, actor: Actor, target_type: str | None, target_id: str | None, using: str
+) -> None:
     from apps.audit.live import publish_audit_event
 
-    event = {"action": action, "actor_type": actor.type, "actor_label": actor.label,
-             "target_type": target_type, "target_id": target_id}
+    event = {
+        "action": action,
+        "actor_type": actor.type,
+        "actor_label": actor.label,
+        "target_type": target_type,
+        "target_id": target_id,
+    }
     transaction.on_commit(lambda: publish_audit_event(tenant_id, event), using=using)
 
 

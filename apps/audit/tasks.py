@@ -17,8 +17,7 @@ def audit_checkpoint_task() -> dict[str, object]:
     Idempotent in effect: a redelivered message just signs a newer checkpoint.
     """
     doc = checkpoint_create()
-    audit_record(action="audit.checkpoint_created", actor=Actor.system("celery"),
-                 details={"key_id": doc["key_id"]})
+    audit_record(action="audit.checkpoint_created", actor=Actor.system("celery"), details={"key_id": doc["key_id"]})
     return {"key_id": doc["key_id"]}
 
 
@@ -27,8 +26,15 @@ def audit_tenant_verify_task(*, tenant_id: int) -> dict[str, object]:
     """Verify one tenant's chain and record the outcome in that chain."""
     result = audit_verify(tenant_id=tenant_id)
     with tenant_scope(tenant_id):
-        audit_record(action="audit.verified", tenant=tenant_id, actor=Actor.system("celery"),
-                     outcome="success" if result.ok else "error",
-                     details={"ok": result.ok, "num_events": result.num_events,
-                              "problems": [p.as_dict() for p in result.problems][:10]})
+        audit_record(
+            action="audit.verified",
+            tenant=tenant_id,
+            actor=Actor.system("celery"),
+            outcome="success" if result.ok else "error",
+            details={
+                "ok": result.ok,
+                "num_events": result.num_events,
+                "problems": [p.as_dict() for p in result.problems][:10],
+            },
+        )
     return result.as_dict()

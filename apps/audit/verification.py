@@ -46,8 +46,9 @@ def heads_in_scope(using: str = "default") -> dict[str, tuple[int, str]]:
         return {c: (int(s), h) for c, s, h in cur.fetchall()}
 
 
-def audit_verify(*, tenant_id: int | None = None, checkpoint: dict[str, Any] | None = None,
-                 using: str = "default") -> VerifyResult:
+def audit_verify(
+    *, tenant_id: int | None = None, checkpoint: dict[str, Any] | None = None, using: str = "default"
+) -> VerifyResult:
     """Verify one tenant's chain (``tenant_id``) or, with None, every chain (platform scope).
 
     ``checkpoint``: a verified checkpoint document (``checkpoint_load``) to detect truncation and
@@ -63,8 +64,9 @@ def audit_verify(*, tenant_id: int | None = None, checkpoint: dict[str, Any] | N
         heads = heads_in_scope(using)
         cp_chains = None
         if checkpoint is not None:
-            cp_chains = {c: (int(v[0]), str(v[1])) for c, v in checkpoint["chains"].items()
-                         if chain is None or c == chain}
+            cp_chains = {
+                c: (int(v[0]), str(v[1])) for c, v in checkpoint["chains"].items() if chain is None or c == chain
+            }
         result = verify_rows(iter_chain_rows(chain=chain, using=using), heads=heads, checkpoint=cp_chains)
         _restore(previous, using)
     return result
@@ -72,8 +74,9 @@ def audit_verify(*, tenant_id: int | None = None, checkpoint: dict[str, Any] | N
 
 def _restore(previous: dict[str, str], using: str) -> None:
     """Put the RLS settings back as the caller had them (e.g. a console request in platform scope)."""
-    set_db_context(using=using, platform=previous.get("app.platform") == "on",
-                   tenant_id=previous.get("app.tenant_id") or None)
+    set_db_context(
+        using=using, platform=previous.get("app.platform") == "on", tenant_id=previous.get("app.tenant_id") or None
+    )
 
 
 def checkpoint_create(*, using: str = "default") -> dict[str, Any]:
@@ -83,9 +86,13 @@ def checkpoint_create(*, using: str = "default") -> dict[str, Any]:
         set_db_context(using=using, platform=True)
         heads = heads_in_scope(using)
         payload = json.dumps(
-            {"version": 1, "created_at": datetime.now(UTC).isoformat(),
-             "chains": {c: [s, h] for c, (s, h) in sorted(heads.items())}},
-            sort_keys=True, separators=(",", ":"),
+            {
+                "version": 1,
+                "created_at": datetime.now(UTC).isoformat(),
+                "chains": {c: [s, h] for c, (s, h) in sorted(heads.items())},
+            },
+            sort_keys=True,
+            separators=(",", ":"),
         )
         signature = base64.b64encode(_private_key().sign(payload.encode())).decode()
         pub = public_key_b64()

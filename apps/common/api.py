@@ -51,8 +51,9 @@ def error_responses(*codes: int) -> dict[int, OpenApiResponse]:
     return {c: OpenApiResponse(ErrorSerializer, description=_ERROR_TEXT[c]) for c in sorted(base | set(codes))}
 
 
-def paginated(view: APIView, request: Request, queryset: QuerySet[Any], serializer_class: type,
-              ordering: str = "-id") -> Response:
+def paginated(
+    view: APIView, request: Request, queryset: QuerySet[Any], serializer_class: type, ordering: str = "-id"
+) -> Response:
     paginator = CursorPagination()
     paginator.ordering = ordering
     page = paginator.paginate_queryset(queryset, request, view=view)

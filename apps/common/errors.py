@@ -78,7 +78,9 @@ class Conflict(exceptions.APIException):
 class ErrorBodySerializer(serializers.Serializer):
     code = serializers.CharField()
     message = serializers.CharField()
-    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()), required=False)
+    fields = serializers.DictField(  # type: ignore[assignment]
+        child=serializers.ListField(child=serializers.CharField()), required=False
+    )
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -229,7 +231,9 @@ def not_found_view(request: Any, exception: Exception | None = None) -> Any:
 def bad_request_view(request: Any, exception: Exception | None = None) -> Any:
     from django.views import defaults
 
-    return _api_error(request, "bad_request", "Bad request.", 400) or defaults.bad_request(request, exception)
+    return _api_error(request, "bad_request", "Bad request.", 400) or defaults.bad_request(
+        request, exception or Exception("bad request")
+    )
 
 
 def server_error_view(request: Any) -> Any:

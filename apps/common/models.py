@@ -14,6 +14,4 @@ class IdempotencyRecord(TenantOwned):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta(TenantOwned.Meta):
-        constraints = [
-            models.UniqueConstraint(fields=["tenant", "principal", "key"], name="idempotency_unique_key")
-        ]
+        constraints = [models.UniqueConstraint(fields=["tenant", "principal", "key"], name="idempotency_unique_key")]

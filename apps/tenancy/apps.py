@@ -18,7 +18,7 @@ def _grant_after_migrate(sender: AppConfig, using: str, **kwargs: Any) -> None:
     from django.db import transaction
 
     with transaction.atomic(using=using), conn.cursor() as cur:
-        grant_app_privileges(cur, settings.COHORT_APP_DB_ROLE)
+        grant_app_privileges(cur, str(settings.COHORT_APP_DB_ROLE))
 
 
 class TenancyConfig(AppConfig):

@@ -18,8 +18,14 @@ def app_role_flags(using: str = "default") -> dict[str, object]:
             """
         )
         name, superuser, bypass, createrole, createdb, owns = cur.fetchone()
-    return {"role": name, "superuser": superuser, "bypassrls": bypass, "createrole": createrole,
-            "createdb": createdb, "owns_tables": owns}
+    return {
+        "role": name,
+        "superuser": superuser,
+        "bypassrls": bypass,
+        "createrole": createrole,
+        "createdb": createdb,
+        "owns_tables": owns,
+    }
 
 
 def assert_safe_app_role(using: str = "default") -> None:

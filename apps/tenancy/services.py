@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import timedelta
+from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -17,17 +18,21 @@ from apps.tenancy.models import Invitation, Membership, Role, Tenant
 from apps.tenancy.scope import lookup_scope, platform_scope, tenant_scope
 
 
-def tenant_create(*, slug: str, name: str, owner: object | None = None, actor: Actor | None = None) -> Tenant:
+def tenant_create(*, slug: str, name: str, owner: Any = None, actor: Actor | None = None) -> Tenant:
     """Create a tenant (platform action) and, optionally, its first owner."""
     with platform_scope(), audited_change():
         tenant = Tenant.objects.create(slug=slug, name=name)
-        audit_record(action="tenant.created", tenant=tenant, actor=actor, target=tenant,
-                     details={"slug": slug})
+        audit_record(action="tenant.created", tenant=tenant, actor=actor, target=tenant, details={"slug": slug})
         if owner is not None:
             with tenant_scope(tenant.pk):
                 m = Membership.objects.create(tenant=tenant, user=owner, role=Role.OWNER)
-                audit_record(action="member.added", tenant=tenant, actor=actor, target=m,
-                             details={"user_id": owner.pk, "role": Role.OWNER})  # type: ignore[attr-defined]
+                audit_record(
+                    action="member.added",
+                    tenant=tenant,
+                    actor=actor,
+                    target=m,
+                    details={"user_id": owner.pk, "role": Role.OWNER},
+                )  # type: ignore[attr-defined]
     return tenant
 
 
@@ -49,8 +54,13 @@ def tenant_set_status(*, tenant: Tenant, status: str, reason: str, actor: Actor 
         tenant.status = status
         tenant.suspended_reason = reason if status == Tenant.Status.SUSPENDED else ""
         tenant.save(update_fields=["status", "suspended_reason", "updated_at"])
-        audit_record(action=f"tenant.{'suspended' if status == 'suspended' else 'reactivated'}",
-                     tenant=tenant, actor=actor, target=tenant, details={"reason": reason[:500]})
+        audit_record(
+            action=f"tenant.{'suspended' if status == 'suspended' else 'reactivated'}",
+            tenant=tenant,
+            actor=actor,
+            target=tenant,
+            details={"reason": reason[:500]},
+        )
         if status == Tenant.Status.SUSPENDED:
             tid = tenant.pk
             transaction.on_commit(lambda: _close_live_connections(tid, "tenant_suspended"))
@@ -69,17 +79,17 @@ def _owner_count(tenant: Tenant) -> int:
 
 def _check_role_change_allowed(*, actor_role: str, old_role: str | None, new_role: str | None) -> None:
     if actor_role != Role.OWNER and Role.OWNER in (old_role, new_role):
-        raise exceptions.PermissionDenied("Only an owner can grant, change or remove the owner role.",
-                                          code="owner_required")
+        raise exceptions.PermissionDenied(
+            "Only an owner can grant, change or remove the owner role.", code="owner_required"
+        )
 
 
-def membership_add(*, tenant: Tenant, actor_role: str, user: object, role: str) -> Membership:
+def membership_add(*, tenant: Tenant, actor_role: str, user: Any, role: str) -> Membership:
     _check_role_change_allowed(actor_role=actor_role, old_role=None, new_role=role)
     try:
         with audited_change():
             m = Membership.objects.create(tenant=tenant, user=user, role=role)
-            audit_record(action="member.added", tenant=tenant, target=m,
-                         details={"user_id": user.pk, "role": role})  # type: ignore[attr-defined]
+            audit_record(action="member.added", tenant=tenant, target=m, details={"user_id": user.pk, "role": role})  # type: ignore[attr-defined]
     except IntegrityError as exc:
         raise Conflict("That user is already a member.", code="already_member") from exc
     return m
@@ -94,8 +104,12 @@ def membership_change_role(*, tenant: Tenant, actor_role: str, membership: Membe
             raise Conflict("A tenant must keep at least one owner.", code="last_owner")
         m.role = role
         m.save(update_fields=["role", "updated_at"])
-        audit_record(action="member.role_changed", tenant=tenant, target=m,
-                     details={"user_id": m.user_id, "from": old, "to": role})
+        audit_record(
+            action="member.role_changed",
+            tenant=tenant,
+            target=m,
+            details={"user_id": m.user_id, "from": old, "to": role},
+        )
     return m
 
 
@@ -107,8 +121,13 @@ def membership_remove(*, tenant: Tenant, actor_role: str, membership: Membership
             raise Conflict("A tenant must keep at least one owner.", code="last_owner")
         user_id, role, pk = m.user_id, m.role, m.pk
         m.delete()
-        audit_record(action="member.removed", tenant=tenant, target_type="tenancy.membership", target_id=pk,
-                     details={"user_id": user_id, "role": role})
+        audit_record(
+            action="member.removed",
+            tenant=tenant,
+            target_type="tenancy.membership",
+            target_id=pk,
+            details={"user_id": user_id, "role": role},
+        )
         tid = tenant.pk
         transaction.on_commit(lambda: _close_live_connections(tid, "membership_removed", user_id))
 
@@ -117,18 +136,27 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def invitation_create(*, tenant: Tenant, actor_role: str, invited_by: object, email: str, role: str,
-                      ttl_days: int = 7) -> tuple[Invitation, str]:
+def invitation_create(
+    *, tenant: Tenant, actor_role: str, invited_by: Any, email: str, role: str, ttl_days: int = 7
+) -> tuple[Invitation, str]:
     """Create an invitation; returns it and the one-time token (never stored in clear)."""
     _check_role_change_allowed(actor_role=actor_role, old_role=None, new_role=role)
     token = "inv_" + secrets.token_urlsafe(32)
     with audited_change():
         inv = Invitation.objects.create(
-            tenant=tenant, email=email.lower(), role=role, token_hash=_token_hash(token), invited_by=invited_by,
+            tenant=tenant,
+            email=email.lower(),
+            role=role,
+            token_hash=_token_hash(token),
+            invited_by=invited_by,
             expires_at=timezone.now() + timedelta(days=ttl_days),
         )
-        audit_record(action="invitation.created", tenant=tenant, target=inv,
-                     details={"email_domain": email.split("@")[-1].lower(), "role": role})
+        audit_record(
+            action="invitation.created",
+            tenant=tenant,
+            target=inv,
+            details={"email_domain": email.split("@")[-1].lower(), "role": role},
+        )
     return inv, token
 
 
@@ -143,7 +171,7 @@ def invitation_revoke(*, tenant: Tenant, invitation: Invitation) -> Invitation:
     return inv
 
 
-def invitation_accept(*, user: object, token: str) -> Membership:
+def invitation_accept(*, user: Any, token: str) -> Membership:
     """Accept an invitation addressed to ``user``'s e-mail. Unknown, used, revoked, expired or
     someone else's tokens all answer the same way (404)."""
     from apps.common.errors import AccessDenied
@@ -152,8 +180,9 @@ def invitation_accept(*, user: object, token: str) -> Membership:
         inv = Invitation.all_tenants.filter(token_hash=_token_hash(token)).first()
     email = getattr(user, "email", "").lower()
     if inv is None or inv.status != "pending" or inv.email != email:
-        raise AccessDenied(reason="invitation_invalid", tenant_id=inv.tenant_id if inv else None,
-                           action="invitation.accept")
+        raise AccessDenied(
+            reason="invitation_invalid", tenant_id=inv.tenant_id if inv else None, action="invitation.accept"
+        )
     with tenant_scope(inv.tenant_id, user_id=user.pk), audited_change():  # type: ignore[attr-defined]
         inv = Invitation.objects.select_for_update().get(pk=inv.pk)
         if inv.status != "pending":
@@ -165,6 +194,10 @@ def invitation_accept(*, user: object, token: str) -> Membership:
                 m = Membership.objects.create(tenant_id=inv.tenant_id, user=user, role=inv.role)
         except IntegrityError as exc:
             raise Conflict("You are already a member of this tenant.", code="already_member") from exc
-        audit_record(action="invitation.accepted", tenant=inv.tenant_id, target=m,
-                     details={"invitation_id": inv.pk, "role": inv.role})
+        audit_record(
+            action="invitation.accepted",
+            tenant=inv.tenant_id,
+            target=m,
+            details={"invitation_id": inv.pk, "role": inv.role},
+        )
     return m

@@ -75,7 +75,7 @@ def _database(url: str, *, pool: bool) -> dict[str, object]:
     cfg["ATOMIC_REQUESTS"] = True
     cfg["CONN_MAX_AGE"] = 0
     cfg["CONN_HEALTH_CHECKS"] = True
-    options = dict(cfg["OPTIONS"])  # type: ignore[arg-type]
+    options: dict[str, object] = dict(cfg["OPTIONS"])  # type: ignore[call-overload]
     options.setdefault("connect_timeout", 5)
     if pool:
         options["pool"] = {"min_size": 1, "max_size": env.int("COHORT_DB_POOL_MAX", default=8)}

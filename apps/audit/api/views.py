@@ -31,9 +31,25 @@ class AuditEventOutput(serializers.ModelSerializer):
 
     class Meta:
         model = AuditEvent
-        fields = ["id", "chain", "seq", "created_at", "actor_type", "actor_id", "actor_label", "action",
-                  "target_type", "target_id", "outcome", "request_id", "source_ip", "user_agent", "details",
-                  "prev_hash", "hash"]
+        fields = [
+            "id",
+            "chain",
+            "seq",
+            "created_at",
+            "actor_type",
+            "actor_id",
+            "actor_label",
+            "action",
+            "target_type",
+            "target_id",
+            "outcome",
+            "request_id",
+            "source_ip",
+            "user_agent",
+            "details",
+            "prev_hash",
+            "hash",
+        ]
 
 
 class AuditFilter(StrictSerializer):
@@ -59,16 +75,22 @@ class AuditExportFilter(AuditFilter):
 
 
 def _params(serializer: type[serializers.Serializer]) -> list[OpenApiParameter]:
-    return [OpenApiParameter(name, OpenApiTypes.STR, OpenApiParameter.QUERY, required=False)
-            for name in serializer().fields]
+    return [
+        OpenApiParameter(name, OpenApiTypes.STR, OpenApiParameter.QUERY, required=False)
+        for name in list(serializer().fields)
+    ]
 
 
 class AuditEventListApi(TenantApi):
     pagination_class = CursorPagination  # documents the paginated envelope in the OpenAPI schema
     permission_action = "audit.list"
 
-    @extend_schema(operation_id="audit_events_list", parameters=_params(AuditListFilter),
-                   responses={200: AuditEventOutput(many=True), **error_responses()}, tags=["audit"])
+    @extend_schema(
+        operation_id="audit_events_list",
+        parameters=_params(AuditListFilter),
+        responses={200: AuditEventOutput(many=True), **error_responses()},
+        tags=["audit"],
+    )
     def get(self, request: Request, tenant_slug: str) -> Response:
         f = AuditListFilter(data=request.query_params.dict())
         f.is_valid(raise_exception=True)
@@ -79,18 +101,37 @@ class AuditEventListApi(TenantApi):
 class AuditEventDetailApi(TenantApi):
     permission_action = "audit.list"
 
-    @extend_schema(operation_id="audit_events_retrieve", responses={200: AuditEventOutput, **error_responses()},
-                   tags=["audit"])
+    @extend_schema(
+        operation_id="audit_events_retrieve", responses={200: AuditEventOutput, **error_responses()}, tags=["audit"]
+    )
     def get(self, request: Request, tenant_slug: str, event_id: int) -> Response:
         event = AuditEvent.objects.filter(pk=event_id).first()
         if event is None:
-            raise AccessDenied(reason="not_found", tenant_id=self.tenant.pk, target_type="audit.auditevent",
-                               target_id=event_id)
+            raise AccessDenied(
+                reason="not_found", tenant_id=self.tenant.pk, target_type="audit.auditevent", target_id=event_id
+            )
         return Response(AuditEventOutput(event).data)
 
 
-CSV_FIELDS = ["id", "chain", "seq", "created_at", "actor_type", "actor_id", "actor_label", "action", "target_type",
-              "target_id", "outcome", "request_id", "source_ip", "user_agent", "details", "prev_hash", "hash"]
+CSV_FIELDS = [
+    "id",
+    "chain",
+    "seq",
+    "created_at",
+    "actor_type",
+    "actor_id",
+    "actor_label",
+    "action",
+    "target_type",
+    "target_id",
+    "outcome",
+    "request_id",
+    "source_ip",
+    "user_agent",
+    "details",
+    "prev_hash",
+    "hash",
+]
 
 
 def _csv_safe(value: object) -> str:
@@ -105,30 +146,45 @@ def export_events(events: list[AuditEvent], fmt: str) -> tuple[bytes, str]:
         writer = csv.writer(buf)
         writer.writerow(CSV_FIELDS)
         for e in events:
-            writer.writerow([_csv_safe(getattr(e, f) if f != "created_at" else e.created_at.isoformat())
-                             for f in CSV_FIELDS])
+            writer.writerow(
+                [_csv_safe(getattr(e, f) if f != "created_at" else e.created_at.isoformat()) for f in CSV_FIELDS]
+            )
         return buf.getvalue().encode(), "text/csv; charset=utf-8"
-    rows = [{f: (getattr(e, f) if f != "created_at" else e.created_at.isoformat()) for f in CSV_FIELDS}
-            for e in events]
+    rows = [{f: (getattr(e, f) if f != "created_at" else e.created_at.isoformat()) for f in CSV_FIELDS} for e in events]
     return json.dumps({"events": rows}, ensure_ascii=False).encode(), "application/json"
 
 
 class AuditEventExportApi(TenantApi):
     permission_action = "audit.export"
 
-    @extend_schema(operation_id="audit_events_export", summary="Export filtered events as CSV or JSON (audited)",
-                   parameters=_params(AuditExportFilter),
-                   responses={(200, "application/json"): OpenApiTypes.OBJECT, (200, "text/csv"): OpenApiTypes.STR,
-                              **error_responses()}, tags=["audit"])
+    @extend_schema(
+        operation_id="audit_events_export",
+        summary="Export filtered events as CSV or JSON (audited)",
+        parameters=_params(AuditExportFilter),
+        responses={
+            (200, "application/json"): OpenApiTypes.OBJECT,
+            (200, "text/csv"): OpenApiTypes.STR,
+            **error_responses(),
+        },
+        tags=["audit"],
+    )
     def get(self, request: Request, tenant_slug: str) -> HttpResponse:
         f = AuditExportFilter(data=request.query_params.dict())
         f.is_valid(raise_exception=True)
         fmt = f.validated_data.pop("file_format")
         events = list(audit_event_list(tenant=self.tenant, filters=f.validated_data).order_by("seq")[:EXPORT_LIMIT])
         filters = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in f.validated_data.items()}
-        audit_record(action="audit.exported", tenant=self.tenant, target_type="audit.auditevent",
-                     details={"format": fmt, "num_events": len(events), "filters": filters,
-                              "truncated": len(events) >= EXPORT_LIMIT})
+        audit_record(
+            action="audit.exported",
+            tenant=self.tenant,
+            target_type="audit.auditevent",
+            details={
+                "format": fmt,
+                "num_events": len(events),
+                "filters": filters,
+                "truncated": len(events) >= EXPORT_LIMIT,
+            },
+        )
         body, content_type = export_events(events, fmt)
         response = HttpResponse(body, content_type=content_type)
         response["Content-Disposition"] = f'attachment; filename="audit-{self.tenant.slug}.{fmt}"'
@@ -149,17 +205,31 @@ VerifyOutput = inline_serializer(
 class AuditVerifyApi(TenantApi):
     permission_action = "audit.verify"
 
-    @extend_schema(operation_id="audit_verify", summary="Verify this tenant's hash chain (audited)", request=None,
-                   responses={200: VerifyOutput, **error_responses()}, tags=["audit"])
+    @extend_schema(
+        operation_id="audit_verify",
+        summary="Verify this tenant's hash chain (audited)",
+        request=None,
+        responses={200: VerifyOutput, **error_responses()},
+        tags=["audit"],
+    )
     def post(self, request: Request, tenant_slug: str) -> Response:
         if request.data:
-            raise ValidationError({name: ["Unknown field."] for name in request.data} if isinstance(request.data, dict)
-                                  else {"non_field_errors": ["This endpoint takes no body."]})
+            raise ValidationError(
+                {name: ["Unknown field."] for name in request.data}
+                if isinstance(request.data, dict)
+                else {"non_field_errors": ["This endpoint takes no body."]}
+            )
         result = audit_verify(tenant_id=self.tenant.pk)
-        audit_record(action="audit.verified", tenant=self.tenant, target_type="audit.chain",
-                     target_id=f"t{self.tenant.pk}", outcome="success" if result.ok else "error",
-                     details={"ok": result.ok, "num_events": result.num_events,
-                              "problems": [p.as_dict() for p in result.problems][:10]})
+        audit_record(
+            action="audit.verified",
+            tenant=self.tenant,
+            target_type="audit.chain",
+            target_id=f"t{self.tenant.pk}",
+            outcome="success" if result.ok else "error",
+            details={
+                "ok": result.ok,
+                "num_events": result.num_events,
+                "problems": [p.as_dict() for p in result.problems][:10],
+            },
+        )
         return Response(result.as_dict())
-
-

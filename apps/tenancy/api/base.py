@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from django.http.response import HttpResponseBase
 from rest_framework.exceptions import MethodNotAllowed
 from rest_framework.request import Request
-from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.common.errors import AccessDenied, Forbidden
@@ -22,8 +22,8 @@ from apps.tenancy.selectors import membership_for
 class BaseApi(APIView):
     """Non-tenant endpoints (auth, my tenants)."""
 
-    permission_action: ClassVar[str | None] = None
-    parser_classes: ClassVar[list[type]] = [JSONParser]
+    permission_action: ClassVar[str | None] = None  # type: ignore[misc]
+    parser_classes: ClassVar[list[type]] = [JSONParser]  # type: ignore[misc]
 
 
 class TenantApi(BaseApi):
@@ -69,7 +69,7 @@ class TenantApi(BaseApi):
         request.cohort_url_tenant_id = tenant.pk if tenant else None  # type: ignore[attr-defined]
         action = self.action_for(request)
         self.permission_action_used = action
-        principal = request.user
+        principal: Any = request.user  # a User or an ApiKeyPrincipal
         if tenant is None:
             raise AccessDenied(reason="unknown_tenant", action=action, target_type="tenancy.tenant", target_id=slug)
         if getattr(principal, "key_id", None) is not None:  # API key
@@ -77,8 +77,9 @@ class TenantApi(BaseApi):
                 raise AccessDenied(reason="api_key_other_tenant", tenant_id=tenant.pk, action=action)
             self.membership, self.role = None, policy.API_KEY_ROLE
             if not policy.api_key_allows(principal.scopes, action):
-                raise Forbidden("This API key may not do that.", reason="api_key_scope", tenant_id=tenant.pk,
-                                action=action)
+                raise Forbidden(
+                    "This API key may not do that.", reason="api_key_scope", tenant_id=tenant.pk, action=action
+                )
             user_id = None
         else:
             membership = membership_for(tenant_id=tenant.pk, user_id=principal.pk)
@@ -89,14 +90,19 @@ class TenantApi(BaseApi):
             self.membership, self.role = membership, membership.role
             user_id = principal.pk
         if not tenant.is_active:
-            raise Forbidden("This tenant is suspended.", reason="tenant_suspended", tenant_id=tenant.pk,
-                            action=action, code="tenant_suspended")
+            raise Forbidden(
+                "This tenant is suspended.",
+                reason="tenant_suspended",
+                tenant_id=tenant.pk,
+                action=action,
+                code="tenant_suspended",
+            )
         if self.membership is not None and not policy.role_allows(self.role, action):
             raise Forbidden("Your role does not allow this.", reason="role", tenant_id=tenant.pk, action=action)
         self.tenant = tenant
         self._scope_token = activate_tenant(tenant.pk, user_id=user_id)
 
-    def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> Response:
+    def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> HttpResponseBase:
         self._scope_token = None
         try:
             return super().dispatch(request, *args, **kwargs)

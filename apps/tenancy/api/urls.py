@@ -10,7 +10,10 @@ urlpatterns = [
     path("tenants/<slug:tenant_slug>/members/", views.MemberListApi.as_view(), name="member-list"),
     path("tenants/<slug:tenant_slug>/members/<pk:member_id>/", views.MemberDetailApi.as_view(), name="member-detail"),
     path("tenants/<slug:tenant_slug>/invitations/", views.InvitationListApi.as_view(), name="invitation-list"),
-    path("tenants/<slug:tenant_slug>/invitations/<pk:invitation_id>/", views.InvitationDetailApi.as_view(),
-         name="invitation-detail"),
+    path(
+        "tenants/<slug:tenant_slug>/invitations/<pk:invitation_id>/",
+        views.InvitationDetailApi.as_view(),
+        name="invitation-detail",
+    ),
     path("invitations/accept/", views.InvitationAcceptApi.as_view(), name="invitation-accept"),
 ]

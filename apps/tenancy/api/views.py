@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib.auth import get_user_model
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -33,10 +35,14 @@ class MyTenantOutput(TenantOutput):
 
 
 class TenantListApi(BaseApi):
-    @extend_schema(operation_id="tenants_list", summary="Tenants I belong to (with my role)",
-                   responses={200: MyTenantOutput(many=True), **error_responses()}, tags=["tenants"])
+    @extend_schema(
+        operation_id="tenants_list",
+        summary="Tenants I belong to (with my role)",
+        responses={200: MyTenantOutput(many=True), **error_responses()},
+        tags=["tenants"],
+    )
     def get(self, request: Request) -> Response:
-        user = request.user
+        user: Any = request.user  # a User or an ApiKeyPrincipal
         if getattr(user, "key_id", None) is not None:
             tenant = Tenant.objects.get(pk=user.tenant_id)
             tenant.role = "integrator"  # type: ignore[attr-defined]
@@ -56,14 +62,19 @@ class TenantDetailApi(TenantApi):
     class Input(StrictSerializer):
         name = serializers.CharField(max_length=200, min_length=1)
 
-    @extend_schema(operation_id="tenants_retrieve", responses={200: MyTenantOutput, **error_responses()},
-                   tags=["tenants"])
+    @extend_schema(
+        operation_id="tenants_retrieve", responses={200: MyTenantOutput, **error_responses()}, tags=["tenants"]
+    )
     def get(self, request: Request, tenant_slug: str) -> Response:
         self.tenant.role = self.role  # type: ignore[attr-defined]
         return Response(MyTenantOutput(self.tenant).data)
 
-    @extend_schema(operation_id="tenants_update", request=Input,
-                   responses={200: MyTenantOutput, **error_responses(415)}, tags=["tenants"])
+    @extend_schema(
+        operation_id="tenants_update",
+        request=Input,
+        responses={200: MyTenantOutput, **error_responses(415)},
+        tags=["tenants"],
+    )
     def patch(self, request: Request, tenant_slug: str) -> Response:
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
@@ -90,14 +101,19 @@ class MemberListApi(TenantApi):
         email = serializers.EmailField()
         role = serializers.ChoiceField(choices=Role.choices)
 
-    @extend_schema(operation_id="members_list", responses={200: MemberOutput(many=True), **error_responses()},
-                   tags=["members"])
+    @extend_schema(
+        operation_id="members_list", responses={200: MemberOutput(many=True), **error_responses()}, tags=["members"]
+    )
     def get(self, request: Request, tenant_slug: str) -> Response:
         return paginated(self, request, membership_list(tenant=self.tenant), MemberOutput)
 
-    @extend_schema(operation_id="members_create", summary="Add an existing user as a member",
-                   request=Input, responses={201: MemberOutput, **error_responses(409, 415, 422)},
-                   tags=["members"])
+    @extend_schema(
+        operation_id="members_create",
+        summary="Add an existing user as a member",
+        request=Input,
+        responses={201: MemberOutput, **error_responses(409, 415, 422)},
+        tags=["members"],
+    )
     def post(self, request: Request, tenant_slug: str) -> Response:
         def create() -> Response:
             data = self.Input(data=request.data)
@@ -105,9 +121,11 @@ class MemberListApi(TenantApi):
             user = get_user_model().objects.filter(email=data.validated_data["email"].lower(), is_active=True).first()
             if user is None:
                 raise serializers.ValidationError(
-                    {"email": ["No active user has this e-mail; send an invitation instead."]})
-            m = services.membership_add(tenant=self.tenant, actor_role=self.role, user=user,
-                                        role=data.validated_data["role"])
+                    {"email": ["No active user has this e-mail; send an invitation instead."]}
+                )
+            m = services.membership_add(
+                tenant=self.tenant, actor_role=self.role, user=user, role=data.validated_data["role"]
+            )
             return Response(MemberOutput(m).data, status=status.HTTP_201_CREATED)
 
         return idempotent(request, self.tenant.pk, create)
@@ -119,24 +137,34 @@ class MemberDetailApi(TenantApi):
     class Input(StrictSerializer):
         role = serializers.ChoiceField(choices=Role.choices)
 
-    @extend_schema(operation_id="members_retrieve", responses={200: MemberOutput, **error_responses()},
-                   tags=["members"])
+    @extend_schema(
+        operation_id="members_retrieve", responses={200: MemberOutput, **error_responses()}, tags=["members"]
+    )
     def get(self, request: Request, tenant_slug: str, member_id: int) -> Response:
         return Response(MemberOutput(access_membership(tenant=self.tenant, membership_id=member_id)).data)
 
-    @extend_schema(operation_id="members_update", summary="Change a member's role", request=Input,
-                   responses={200: MemberOutput, **error_responses(409, 415)}, tags=["members"])
+    @extend_schema(
+        operation_id="members_update",
+        summary="Change a member's role",
+        request=Input,
+        responses={200: MemberOutput, **error_responses(409, 415)},
+        tags=["members"],
+    )
     def patch(self, request: Request, tenant_slug: str, member_id: int) -> Response:
         m = access_membership(tenant=self.tenant, membership_id=member_id)
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
-        m = services.membership_change_role(tenant=self.tenant, actor_role=self.role, membership=m,
-                                            role=data.validated_data["role"])
+        m = services.membership_change_role(
+            tenant=self.tenant, actor_role=self.role, membership=m, role=data.validated_data["role"]
+        )
         return Response(MemberOutput(m).data)
 
-    @extend_schema(operation_id="members_destroy", summary="Remove a member",
-                   responses={204: OpenApiResponse(description="Removed"), **error_responses(409)},
-                   tags=["members"])
+    @extend_schema(
+        operation_id="members_destroy",
+        summary="Remove a member",
+        responses={204: OpenApiResponse(description="Removed"), **error_responses(409)},
+        tags=["members"],
+    )
     def delete(self, request: Request, tenant_slug: str, member_id: int) -> Response:
         m = access_membership(tenant=self.tenant, membership_id=member_id)
         services.membership_remove(tenant=self.tenant, actor_role=self.role, membership=m)
@@ -167,19 +195,27 @@ class InvitationListApi(TenantApi):
         role = serializers.ChoiceField(choices=Role.choices)
         ttl_days = serializers.IntegerField(min_value=1, max_value=30, default=7)
 
-    @extend_schema(operation_id="invitations_list",
-                   responses={200: InvitationOutput(many=True), **error_responses()}, tags=["members"])
+    @extend_schema(
+        operation_id="invitations_list",
+        responses={200: InvitationOutput(many=True), **error_responses()},
+        tags=["members"],
+    )
     def get(self, request: Request, tenant_slug: str) -> Response:
         return paginated(self, request, invitation_list(tenant=self.tenant), InvitationOutput)
 
-    @extend_schema(operation_id="invitations_create", request=Input,
-                   responses={201: InvitationCreatedOutput, **error_responses(415, 422)}, tags=["members"])
+    @extend_schema(
+        operation_id="invitations_create",
+        request=Input,
+        responses={201: InvitationCreatedOutput, **error_responses(415, 422)},
+        tags=["members"],
+    )
     def post(self, request: Request, tenant_slug: str) -> Response:
         def create() -> Response:
             data = self.Input(data=request.data)
             data.is_valid(raise_exception=True)
-            inv, token = services.invitation_create(tenant=self.tenant, actor_role=self.role,
-                                                    invited_by=request.user, **data.validated_data)
+            inv, token = services.invitation_create(
+                tenant=self.tenant, actor_role=self.role, invited_by=request.user, **data.validated_data
+            )
             inv.token = token  # type: ignore[attr-defined]
             return Response(InvitationCreatedOutput(inv).data, status=status.HTTP_201_CREATED)
 
@@ -189,13 +225,18 @@ class InvitationListApi(TenantApi):
 class InvitationDetailApi(TenantApi):
     permission_actions = {"GET": "invitation.list", "DELETE": "invitation.revoke"}
 
-    @extend_schema(operation_id="invitations_retrieve", responses={200: InvitationOutput, **error_responses()},
-                   tags=["members"])
+    @extend_schema(
+        operation_id="invitations_retrieve", responses={200: InvitationOutput, **error_responses()}, tags=["members"]
+    )
     def get(self, request: Request, tenant_slug: str, invitation_id: int) -> Response:
         return Response(InvitationOutput(access_invitation(tenant=self.tenant, invitation_id=invitation_id)).data)
 
-    @extend_schema(operation_id="invitations_destroy", summary="Revoke a pending invitation",
-                   responses={200: InvitationOutput, **error_responses(409)}, tags=["members"])
+    @extend_schema(
+        operation_id="invitations_destroy",
+        summary="Revoke a pending invitation",
+        responses={200: InvitationOutput, **error_responses(409)},
+        tags=["members"],
+    )
     def delete(self, request: Request, tenant_slug: str, invitation_id: int) -> Response:
         inv = access_invitation(tenant=self.tenant, invitation_id=invitation_id)
         return Response(InvitationOutput(services.invitation_revoke(tenant=self.tenant, invitation=inv)).data)
@@ -206,10 +247,14 @@ class InvitationAcceptApi(BaseApi):
         token = serializers.CharField(max_length=200)
 
     @extend_schema(
-        operation_id="invitations_accept", request=Input,
-        responses={201: inline_serializer("AcceptedMembership", {"tenant": serializers.CharField(),
-                                                                  "role": serializers.CharField()}),
-                   **error_responses(409, 415)},
+        operation_id="invitations_accept",
+        request=Input,
+        responses={
+            201: inline_serializer(
+                "AcceptedMembership", {"tenant": serializers.CharField(), "role": serializers.CharField()}
+            ),
+            **error_responses(409, 415),
+        },
         tags=["members"],
     )
     def post(self, request: Request) -> Response:
@@ -220,5 +265,3 @@ class InvitationAcceptApi(BaseApi):
         m = services.invitation_accept(user=request.user, token=data.validated_data["token"])
         slug = Tenant.objects.get(pk=m.tenant_id).slug
         return Response({"tenant": slug, "role": m.role}, status=status.HTTP_201_CREATED)
-
-

@@ -23,6 +23,5 @@ class Migration(migrations.Migration):
             "tenancy_membership", extra_using=f"user_id = {CURRENT_USER_ID} OR {PLATFORM}", extra_check=PLATFORM
         ),
         # An invitee finds their invitation by the hash of the token they hold.
-        EnableTenantRLS("tenancy_invitation", extra_using=f"token_hash = {LOOKUP} OR {PLATFORM}",
-                        extra_check=PLATFORM),
+        EnableTenantRLS("tenancy_invitation", extra_using=f"token_hash = {LOOKUP} OR {PLATFORM}", extra_check=PLATFORM),
     ]

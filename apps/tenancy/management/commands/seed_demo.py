@@ -29,8 +29,9 @@ PASSWORD = "cohort-demo-{role}"  # demo only; printed below
 def _user(email: str, password: str, *, is_staff: bool = False) -> User:
     user = User.objects.filter(email=email).first()
     if user is None:
-        user = user_create(email=email, password=password, full_name=email.split("@")[0].title(), is_staff=is_staff,
-                           actor=SEED_ACTOR)
+        user = user_create(
+            email=email, password=password, full_name=email.split("@")[0].title(), is_staff=is_staff, actor=SEED_ACTOR
+        )
     return user
 
 
@@ -40,8 +41,13 @@ def _membership(tenant: Tenant, user: User, role: str) -> None:
             return
         with audited_change():
             m = Membership.objects.create(tenant=tenant, user=user, role=role)
-            audit_record(action="member.added", tenant=tenant, actor=SEED_ACTOR, target=m,
-                         details={"user_id": user.pk, "role": role})
+            audit_record(
+                action="member.added",
+                tenant=tenant,
+                actor=SEED_ACTOR,
+                target=m,
+                details={"user_id": user.pk, "role": role},
+            )
 
 
 class Command(BaseCommand):
@@ -70,8 +76,13 @@ class Command(BaseCommand):
             audit_record(action="user.totp_enrolled", actor=SEED_ACTOR, target=staff)
         if "integrator_api_key" not in creds:
             with tenant_scope(main.pk):
-                created = api_key_create(tenant=main, created_by=users[Role.INTEGRATOR], name="demo integrator",
-                                         scopes=["read", "write"], expires_at=None)
+                created = api_key_create(
+                    tenant=main,
+                    created_by=users[Role.INTEGRATOR],
+                    name="demo integrator",
+                    scopes=["read", "write"],
+                    expires_at=None,
+                )
             creds["integrator_api_key"] = created.secret
         creds["totp_url"] = device.config_url
         creds_path.parent.mkdir(parents=True, exist_ok=True)
