@@ -12,7 +12,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html
 
 from apps.audit.api.views import EXPORT_LIMIT, export_events
-from apps.audit.models import AuditEvent
+from apps.audit.models import EVENT_FIELDS, AuditEvent
 from apps.audit.services import _SECRET_KEY_RE, audit_record
 from apps.audit.verification import audit_verify
 from apps.common.admin_site import ConsoleModelAdmin, cohort_admin_site, restore_platform_scope
@@ -42,24 +42,12 @@ class AuditEventAdmin(ConsoleModelAdmin):
     ordering = ("-created_at", "-id")
     list_per_page = 100
     actions = ("verify_chain", "export_csv")
-    fields = (
-        "chain",
-        "seq",
-        "created_at",
-        "tenant",
-        "actor_type",
-        "actor_id",
-        "actor_label",
-        "action",
-        "target_type",
-        "target_id",
-        "outcome",
-        "request_id",
-        "source_ip",
-        "user_agent",
-        "details_pretty",
-        "prev_hash",
-        "hash",
+    # The public event fields, with the tenant after the time and details pretty-printed.
+    fields = tuple(
+        f
+        for name in EVENT_FIELDS
+        if name != "id"
+        for f in ((name, "tenant") if name == "created_at" else ("details_pretty",) if name == "details" else (name,))
     )
     readonly_fields = fields
 

@@ -59,6 +59,49 @@ def canonical(
     )
 
 
+def _canonical_fast(
+    chain: str, seq: int, prev_hash: str, created_us: int, tenant_id: int | None, actor_type: str,
+    actor_id: str | None, actor_label: str | None, action: str, target_type: str | None,
+    target_id: str | None, outcome: str, request_id: str | None, source_ip: str | None,
+    user_agent: str | None, details: str,
+) -> str:  # fmt: skip
+    """Exactly ``canonical(...)``, about twice as fast for what the database returns (text fields str
+    or None, numbers int, all ASCII, so that character and UTF-8 byte lengths agree); anything else
+    is handed to ``canonical``."""
+    S = str
+    if (
+        type(chain) is S and type(prev_hash) is S and type(actor_type) is S and type(action) is S
+        and type(outcome) is S and type(details) is S and type(seq) is int and type(created_us) is int
+        and (tenant_id is None or type(tenant_id) is int)
+        and (actor_id is None or type(actor_id) is S) and (actor_label is None or type(actor_label) is S)
+        and (target_type is None or type(target_type) is S) and (target_id is None or type(target_id) is S)
+        and (request_id is None or type(request_id) is S) and (source_ip is None or type(source_ip) is S)
+        and (user_agent is None or type(user_agent) is S)
+    ):  # fmt: skip
+        seq_s, us_s = S(seq), S(created_us)
+        text = (
+            f"{VERSION_TAG}{len(chain)}:{chain}{len(seq_s)}:{seq_s}{len(prev_hash)}:{prev_hash}{len(us_s)}:{us_s}"
+            f"{'-' if tenant_id is None else f'{len(S(tenant_id))}:{tenant_id}'}"
+            f"{len(actor_type)}:{actor_type}"
+            f"{'-' if actor_id is None else f'{len(actor_id)}:{actor_id}'}"
+            f"{'-' if actor_label is None else f'{len(actor_label)}:{actor_label}'}"
+            f"{len(action)}:{action}"
+            f"{'-' if target_type is None else f'{len(target_type)}:{target_type}'}"
+            f"{'-' if target_id is None else f'{len(target_id)}:{target_id}'}"
+            f"{len(outcome)}:{outcome}"
+            f"{'-' if request_id is None else f'{len(request_id)}:{request_id}'}"
+            f"{'-' if source_ip is None else f'{len(source_ip)}:{source_ip}'}"
+            f"{'-' if user_agent is None else f'{len(user_agent)}:{user_agent}'}"
+            f"{len(details)}:{details}"
+        )
+        if text.isascii():
+            return text
+    return canonical(
+        chain, seq, prev_hash, created_us, tenant_id, actor_type, actor_id, actor_label, action, target_type,
+        target_id, outcome, request_id, source_ip, user_agent, details,
+    )  # fmt: skip
+
+
 def event_hash(*args: object) -> str:
     return hashlib.sha256(canonical(*args).encode("utf-8")).hexdigest()  # type: ignore[arg-type]
 
@@ -174,29 +217,10 @@ def verify_rows(
                 chain, seq, "broken_link", f"event #{seq} does not link to the hash of event #{seq - 1}", ev_id
             )
         else:
-            text = VERSION_TAG + "".join(
-                map(
-                    _field,
-                    (
-                        chain,
-                        seq,
-                        prev_hash,
-                        created_us,
-                        tenant_id,
-                        actor_type,
-                        actor_id,
-                        actor_label,
-                        action,
-                        target_type,
-                        target_id,
-                        outcome,
-                        request_id,
-                        source_ip,
-                        user_agent,
-                        details,
-                    ),
-                )
-            )
+            text = _canonical_fast(
+                chain, seq, prev_hash, created_us, tenant_id, actor_type, actor_id, actor_label, action,
+                target_type, target_id, outcome, request_id, source_ip, user_agent, details,
+            )  # fmt: skip
             if sha(text.encode("utf-8")).hexdigest() != stored_hash:
                 problem = ChainProblem(
                     chain, seq, "hash_mismatch", f"event #{seq} was altered: its content does not match its hash", ev_id

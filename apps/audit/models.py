@@ -9,6 +9,27 @@ from django.db import models
 
 from apps.tenancy.models import Tenant, TenantOwned
 
+# The fields of an event as shown to people (API, exports, console), in display order.
+EVENT_FIELDS: tuple[str, ...] = (
+    "id",
+    "chain",
+    "seq",
+    "created_at",
+    "actor_type",
+    "actor_id",
+    "actor_label",
+    "action",
+    "target_type",
+    "target_id",
+    "outcome",
+    "request_id",
+    "source_ip",
+    "user_agent",
+    "details",
+    "prev_hash",
+    "hash",
+)
+
 
 class AuditEvent(TenantOwned):
     """One audited action. Rows are written only by the SQL function ``cohort_audit_append``.

@@ -14,7 +14,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from apps.audit.models import AuditEvent
+from apps.audit.models import EVENT_FIELDS, AuditEvent
 from apps.audit.selectors import audit_event_list
 from apps.audit.services import audit_record
 from apps.audit.verification import audit_verify
@@ -31,25 +31,7 @@ class AuditEventOutput(serializers.ModelSerializer):
 
     class Meta:
         model = AuditEvent
-        fields = [
-            "id",
-            "chain",
-            "seq",
-            "created_at",
-            "actor_type",
-            "actor_id",
-            "actor_label",
-            "action",
-            "target_type",
-            "target_id",
-            "outcome",
-            "request_id",
-            "source_ip",
-            "user_agent",
-            "details",
-            "prev_hash",
-            "hash",
-        ]
+        fields = list(EVENT_FIELDS)
 
 
 class AuditFilter(StrictSerializer):
@@ -113,25 +95,7 @@ class AuditEventDetailApi(TenantApi):
         return Response(AuditEventOutput(event).data)
 
 
-CSV_FIELDS = [
-    "id",
-    "chain",
-    "seq",
-    "created_at",
-    "actor_type",
-    "actor_id",
-    "actor_label",
-    "action",
-    "target_type",
-    "target_id",
-    "outcome",
-    "request_id",
-    "source_ip",
-    "user_agent",
-    "details",
-    "prev_hash",
-    "hash",
-]
+CSV_FIELDS = list(EVENT_FIELDS)
 
 
 def _csv_safe(value: object) -> str:
