@@ -39,36 +39,48 @@ def _account_key(email: str) -> str:
     return "login:acct:" + hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
 
 
-def login_attempt(*, request: HttpRequest, email: str, password: str) -> User:
-    """Check lockout, authenticate, start a session. Every outcome is audited.
+def _ip_key() -> str:
+    return f"login:ip:{get_context().source_ip or '?'}"
 
-    Counters are per account and per source IP, incremented atomically in Redis, so parallel
-    guesses cannot overshoot the limit.
+
+def login_rate_check(*, email: str, path: str | None = None) -> None:
+    """Count one sign-in attempt per account and per source IP; raise LoginLocked over the limit.
+
+    Every attempt is counted before the password is checked: INCR is atomic, so N parallel guesses
+    get N distinct counts and at most the limit of them ever reach the hasher. Shared by the API
+    login and the console's login form. The refusal is audited (``auth.login_locked``).
     """
-    ip = get_context().source_ip or "?"
     window = settings.COHORT_LOGIN_LOCKOUT_SECONDS
-    acct_key, ip_key = _account_key(email), f"login:ip:{ip}"
-    # Every attempt is counted before the password is checked: INCR is atomic, so N parallel
-    # guesses get N distinct counts and at most the limit of them ever reach the hasher.
-    acct_count, acct_ttl = ratelimit.hit(acct_key, window)
-    ip_count, ip_ttl = ratelimit.hit(ip_key, window)
+    acct_count, acct_ttl = ratelimit.hit(_account_key(email), window)
+    ip_count, ip_ttl = ratelimit.hit(_ip_key(), window)
     if acct_count > settings.COHORT_LOGIN_MAX_FAILURES or ip_count > settings.COHORT_LOGIN_IP_MAX_FAILURES:
+        details = {"reason": "too_many_failures"} | ({"path": path} if path else {})
         audit_record(
             action="auth.login_locked",
             outcome="denied",
-            actor=Actor(type="anonymous", label=email[:255]),
-            details={"reason": "too_many_failures"},
+            actor=Actor(type="anonymous", label=email.strip().lower()[:255]),
+            details=details,
         )
         exc = LoginLocked(wait=max(acct_ttl, ip_ttl) or window)
         exc.audit = {"skip": True}  # type: ignore[attr-defined]
         raise exc
+
+
+def login_rate_success(*, email: str) -> None:
+    """A successful sign-in clears the account's counter and gives back its IP attempt."""
+    ratelimit.redis_client().decr(f"cohort:rl:{_ip_key()}")
+    ratelimit.clear(_account_key(email))
+
+
+def login_attempt(*, request: HttpRequest, email: str, password: str) -> User:
+    """Check lockout, authenticate, start a session. Every outcome is audited."""
+    login_rate_check(email=email)
     user = authenticate(request, username=email.strip().lower(), password=password)
     if user is None:  # the user_login_failed signal has audited it
         exc2 = exceptions.AuthenticationFailed("Invalid e-mail or password.", code="invalid_credentials")
         exc2.audit = {"skip": True}  # type: ignore[attr-defined]
         raise exc2
-    ratelimit.redis_client().decr(f"cohort:rl:{ip_key}")
-    ratelimit.clear(acct_key)
+    login_rate_success(email=email)
     login(request, user)  # the user_logged_in signal audits it; last_login is bookkeeping
     return user
 

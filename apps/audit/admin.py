@@ -31,6 +31,15 @@ def changelist_filters(request: HttpRequest) -> dict[str, str]:
     return out
 
 
+# The public event fields, with the tenant after the time and details pretty-printed.
+CONSOLE_FIELDS: tuple[str, ...] = tuple(
+    f
+    for name in EVENT_FIELDS
+    if name != "id"
+    for f in ((name, "tenant") if name == "created_at" else ("details_pretty",) if name == "details" else (name,))
+)
+
+
 @admin.register(AuditEvent, site=cohort_admin_site)
 class AuditEventAdmin(ConsoleModelAdmin):
     list_display = ("created_at", "chain", "seq", "tenant", "actor_type", "actor_label", "action", "outcome")
@@ -42,14 +51,8 @@ class AuditEventAdmin(ConsoleModelAdmin):
     ordering = ("-created_at", "-id")
     list_per_page = 100
     actions = ("verify_chain", "export_csv")
-    # The public event fields, with the tenant after the time and details pretty-printed.
-    fields = tuple(
-        f
-        for name in EVENT_FIELDS
-        if name != "id"
-        for f in ((name, "tenant") if name == "created_at" else ("details_pretty",) if name == "details" else (name,))
-    )
-    readonly_fields = fields
+    fields = CONSOLE_FIELDS
+    readonly_fields = CONSOLE_FIELDS
 
     @admin.display(description="details")
     def details_pretty(self, obj: AuditEvent) -> str:

@@ -18,8 +18,7 @@ from django.urls import URLPattern, URLResolver, path
 from django_otp import devices_for_user
 from django_otp.admin import OTPAdminAuthenticationForm, OTPAdminSite
 
-from apps.common import ratelimit
-from apps.common.context import Actor, get_context, set_actor
+from apps.common.context import Actor, set_actor
 from apps.tenancy.scope import platform_scope, set_db_context
 
 
@@ -47,22 +46,16 @@ class CohortAdminLoginForm(OTPAdminAuthenticationForm):
         return device
 
     def clean(self) -> dict[str, Any]:
-        from apps.accounts.services import _account_key
+        from apps.accounts.services import LoginLocked, login_rate_check, login_rate_success
         from apps.audit.services import audit_record
 
         email = str(self.cleaned_data.get("username") or "").strip().lower()
-        window = settings.COHORT_LOGIN_LOCKOUT_SECONDS
-        acct_key, ip_key = _account_key(email), f"login:ip:{get_context().source_ip or '?'}"
-        acct_count, _ = ratelimit.hit(acct_key, window)
-        ip_count, _ = ratelimit.hit(ip_key, window)
-        if acct_count > settings.COHORT_LOGIN_MAX_FAILURES or ip_count > settings.COHORT_LOGIN_IP_MAX_FAILURES:
-            audit_record(
-                action="auth.login_locked",
-                outcome="denied",
-                actor=Actor(type="anonymous", label=email[:255]),
-                details={"reason": "too_many_failures", "path": "admin"},
-            )
-            raise forms.ValidationError("Too many failed sign-in attempts. Try again later.", code="login_locked")
+        try:
+            login_rate_check(email=email, path="admin")
+        except LoginLocked as exc:
+            raise forms.ValidationError(
+                "Too many failed sign-in attempts. Try again later.", code="login_locked"
+            ) from exc
         try:
             cleaned = super().clean()
         except forms.ValidationError as exc:
@@ -77,8 +70,7 @@ class CohortAdminLoginForm(OTPAdminAuthenticationForm):
                     details={"reason": reason},
                 )
             raise
-        ratelimit.clear(acct_key)
-        ratelimit.redis_client().decr(f"cohort:rl:{ip_key}")
+        login_rate_success(email=email)
         return cleaned
 
 
