@@ -82,12 +82,20 @@ def activate_tenant(tenant_id: int, *, user_id: int | None = None) -> object:
     return token
 
 
-def deactivate_tenant(token: object) -> None:
-    """Undo ``activate_tenant``: the app scope and, if still in the transaction, the DB settings."""
+def deactivate_tenant(token: object, *, transaction_ends: bool = False) -> None:
+    """Undo ``activate_tenant``: the app scope and, if still in the transaction, the DB settings.
+
+    ``transaction_ends``: the caller's outermost transaction (a request's) ends right after this,
+    and transaction-local settings end with it, so the extra round trip is skipped. Inside an outer
+    transaction (a test's, a task's) the settings are always reset.
+    """
     _tenant.reset(token)  # type: ignore[arg-type]
     conn = connections["default"]
-    if conn.in_atomic_block and not conn.needs_rollback and conn.connection is not None:
-        set_db_context(tenant_id=_tenant.get(), user_id=None)
+    if not (conn.in_atomic_block and not conn.needs_rollback and conn.connection is not None):
+        return
+    if transaction_ends and not conn.savepoint_ids:
+        return
+    set_db_context(tenant_id=_tenant.get(), user_id=None)
 
 
 @contextmanager

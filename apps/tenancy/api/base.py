@@ -108,5 +108,6 @@ class TenantApi(BaseApi):
             return super().dispatch(request, *args, **kwargs)
         finally:
             if self._scope_token is not None:
-                deactivate_tenant(self._scope_token)
+                # ATOMIC_REQUESTS: the request's transaction commits next, ending the DB settings.
+                deactivate_tenant(self._scope_token, transaction_ends=True)
                 self._scope_token = None
