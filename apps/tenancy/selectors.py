@@ -21,6 +21,35 @@ def membership_for(*, tenant_id: int, user_id: int) -> Membership | None:
     return Membership.all_tenants.filter(tenant_id=tenant_id, user_id=user_id).first()
 
 
+def tenant_resolve(*, slug: str, user_id: int | None) -> tuple[Tenant | None, Membership | None]:
+    """The tenant with ``slug`` and ``user_id``'s membership in it, in one round trip.
+
+    Also sets the transaction's ``app.user_id`` (as ``membership_for`` does), so RLS shows the
+    user's own membership; the database function runs as the app role under RLS.
+    """
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("SELECT * FROM cohort_resolve_tenant(%s, %s)", [slug, user_id])
+        row = cur.fetchone()
+    if row is None:
+        return None, None
+    tid, tslug, name, status, reason, created, updated, m_id, m_role, m_created, m_updated = row
+    tenant = Tenant.from_db(
+        "default",
+        ["id", "slug", "name", "status", "suspended_reason", "created_at", "updated_at"],
+        [tid, tslug, name, status, reason, created, updated],
+    )
+    membership = None
+    if m_id is not None:
+        membership = Membership.from_db(
+            "default",
+            ["id", "tenant_id", "user_id", "role", "created_at", "updated_at"],
+            [m_id, tid, user_id, m_role, m_created, m_updated],
+        )
+    return tenant, membership
+
+
 def membership_list(*, tenant: Tenant) -> QuerySet[Membership]:
     return Membership.objects.filter(tenant=tenant).select_related("user")
 

@@ -16,7 +16,7 @@ from apps.common.parsers import JSONParser
 from apps.tenancy import policy
 from apps.tenancy.models import Membership, Tenant
 from apps.tenancy.scope import activate_tenant, deactivate_tenant
-from apps.tenancy.selectors import membership_for
+from apps.tenancy.selectors import tenant_resolve
 
 
 class BaseApi(APIView):
@@ -65,14 +65,15 @@ class TenantApi(BaseApi):
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)  # authentication, IsAuthenticated, throttles
         slug = kwargs.get("tenant_slug", "")
-        tenant = Tenant.objects.filter(slug=slug).first()
+        principal: Any = request.user  # a User or an ApiKeyPrincipal
+        is_key = getattr(principal, "key_id", None) is not None
+        tenant, membership = tenant_resolve(slug=slug, user_id=None if is_key else principal.pk)
         request.cohort_url_tenant_id = tenant.pk if tenant else None  # type: ignore[attr-defined]
         action = self.action_for(request)
         self.permission_action_used = action
-        principal: Any = request.user  # a User or an ApiKeyPrincipal
         if tenant is None:
             raise AccessDenied(reason="unknown_tenant", action=action, target_type="tenancy.tenant", target_id=slug)
-        if getattr(principal, "key_id", None) is not None:  # API key
+        if is_key:
             if principal.tenant_id != tenant.pk:
                 raise AccessDenied(reason="api_key_other_tenant", tenant_id=tenant.pk, action=action)
             self.membership, self.role = None, policy.API_KEY_ROLE
@@ -82,7 +83,6 @@ class TenantApi(BaseApi):
                 )
             user_id = None
         else:
-            membership = membership_for(tenant_id=tenant.pk, user_id=principal.pk)
             if membership is None:
                 raise AccessDenied(reason="not_a_member", tenant_id=tenant.pk, action=action)
             if not principal.is_active:
