@@ -103,7 +103,7 @@ def _clear_rate_limits() -> None:
     from apps.common.ratelimit import redis_client
 
     client = redis_client()
-    keys = list(client.scan_iter("cohort:rl:*", count=1000))
+    keys = [*client.scan_iter("cohort:rl:*", count=1000), *client.scan_iter("cohort:live:*", count=1000)]
     if keys:
         client.delete(*keys)
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.db import transaction
 
-from apps.audit.live import audit_group, control_group
+from apps.audit.live import audit_group, control_group, listeners_changed
 from apps.tenancy import policy
 from apps.tenancy.models import Tenant
 from apps.tenancy.selectors import membership_for
@@ -52,9 +53,11 @@ class AuditStreamConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_add(audit_group(tenant_id), self.channel_name)
         await self.channel_layer.group_add(control_group(tenant_id), self.channel_name)
         await self.accept()
+        await sync_to_async(listeners_changed, thread_sensitive=False)(tenant_id, 1)
 
     async def disconnect(self, code: int) -> None:
         if self.tenant_id is not None:
+            await sync_to_async(listeners_changed, thread_sensitive=False)(self.tenant_id, -1)
             await self.channel_layer.group_discard(audit_group(self.tenant_id), self.channel_name)
             await self.channel_layer.group_discard(control_group(self.tenant_id), self.channel_name)
 

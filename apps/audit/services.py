@@ -114,7 +114,7 @@ def audit_record(
 def _publish_after_commit(
     tenant_id: int, action: str, actor: Actor, target_type: str | None, target_id: str | None, using: str
 ) -> None:
-    from apps.audit.live import publish_audit_event
+    from apps.audit.live import has_listeners, publish_audit_event
 
     event = {
         "action": action,
@@ -123,7 +123,12 @@ def _publish_after_commit(
         "target_type": target_type,
         "target_id": target_id,
     }
-    transaction.on_commit(lambda: publish_audit_event(tenant_id, event), using=using)
+
+    def publish() -> None:
+        if has_listeners(tenant_id):  # nobody watching: skip the thread hop and Redis round trips
+            publish_audit_event(tenant_id, event)
+
+    transaction.on_commit(publish, using=using)
 
 
 class AuditMissing(AssertionError):
