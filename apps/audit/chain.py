@@ -170,9 +170,11 @@ class VerifyResult:
         }
 
 
-# A row as read for verification, in this order:
-# (id, chain, seq, prev_hash, hash, created_us, tenant_id, actor_type, actor_id, actor_label,
-#  action, target_type, target_id, outcome, request_id, source_ip, user_agent, details)
+# A row as read for verification (apps.audit.selectors.iter_chain_rows), column by column.
+ROW_COLUMNS: tuple[str, ...] = (
+    "id", "chain", "seq", "prev_hash", "hash", "created_us", "tenant_id", "actor_type", "actor_id", "actor_label",
+    "action", "target_type", "target_id", "outcome", "request_id", "source_ip", "user_agent", "details",
+)  # fmt: skip
 Row = tuple
 
 

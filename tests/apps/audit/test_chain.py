@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from apps.audit.chain import GENESIS, canonical, event_hash, verify_rows
+from apps.audit.chain import GENESIS, ROW_COLUMNS, canonical, event_hash, verify_rows
 from apps.audit.models import AuditEvent
 from apps.audit.selectors import iter_chain_rows
 from apps.audit.services import audit_record
@@ -206,29 +206,9 @@ def heads_of(*chains: list[tuple[Any, ...]]) -> dict[str, tuple[int, str]]:
 
 
 def replace_row(row: tuple[Any, ...], **changes: Any) -> tuple[Any, ...]:
-    names = (
-        "id",
-        "chain",
-        "seq",
-        "prev_hash",
-        "hash",
-        "created_us",
-        "tenant_id",
-        "actor_type",
-        "actor_id",
-        "actor_label",
-        "action",
-        "target_type",
-        "target_id",
-        "outcome",
-        "request_id",
-        "source_ip",
-        "user_agent",
-        "details",
-    )
     values = list(row)
     for name, value in changes.items():
-        values[names.index(name)] = value
+        values[ROW_COLUMNS.index(name)] = value
     return tuple(values)
 
 
