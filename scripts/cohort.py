@@ -100,9 +100,9 @@ def bootstrap_database(admin_url: str, dbname: str, sec: dict[str, str]) -> None
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
             verb = "ALTER" if exists else "CREATE"
             conn.execute(
-                sql.SQL(
-                    "{} ROLE {} LOGIN PASSWORD {} NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE" + extra
-                ).format(sql.SQL(verb), sql.Identifier(role), sql.Literal(pw))
+                sql.SQL("{} ROLE {} LOGIN PASSWORD {} NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE" + extra).format(
+                    sql.SQL(verb), sql.Identifier(role), sql.Literal(pw)
+                )
             )
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
             conn.execute(
@@ -111,8 +111,14 @@ def bootstrap_database(admin_url: str, dbname: str, sec: dict[str, str]) -> None
                 )
             )
             log(f"created database {dbname} owned by {OWNER_ROLE}")
-    prepare_schema(with_credentials(admin_url, user=urlsplit(admin_url).username or "postgres",
-                                    password=urlsplit(admin_url).password or "", dbname=dbname))
+    prepare_schema(
+        with_credentials(
+            admin_url,
+            user=urlsplit(admin_url).username or "postgres",
+            password=urlsplit(admin_url).password or "",
+            dbname=dbname,
+        )
+    )
 
 
 def prepare_schema(admin_db_url: str) -> None:
@@ -124,11 +130,13 @@ def prepare_schema(admin_db_url: str) -> None:
         conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(OWNER_ROLE)))
         conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(APP_ROLE)))
-        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(
-            sql.Identifier(conn.info.dbname)))
+        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(conn.info.dbname)))
         for role in (OWNER_ROLE, APP_ROLE):
-            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
-                sql.Identifier(conn.info.dbname), sql.Identifier(role)))
+            conn.execute(
+                sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                    sql.Identifier(conn.info.dbname), sql.Identifier(role)
+                )
+            )
 
 
 def is_superuser(url: str) -> bool:
@@ -174,9 +182,24 @@ def start_embedded_redis() -> str:
     port = int(os.environ.get("COHORT_EMBEDDED_REDIS_PORT") or free_port())
     log(f"starting embedded Redis on 127.0.0.1:{port} (data in {data})")
     proc = subprocess.Popen(
-        [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-         "--save", "60 1", "--appendonly", "no", "--protected-mode", "yes"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(binary),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data),
+            "--save",
+            "60 1",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     CHILDREN.append(proc)
     deadline = time.time() + 15
@@ -239,16 +262,43 @@ def serve(env: dict[str, str], host: str, port: int) -> int:
     run_checked([python(), "manage.py", "migrate", "--database", "owner", "--no-input"], env)
     run_checked([python(), "manage.py", "collectstatic", "--no-input", "-v", "0"], env)
     run_checked([python(), "manage.py", "seed_demo"], env)
+    run_checked([python(), "manage.py", "seed_demo_datasets"], env)
     procs = [
         subprocess.Popen(
-            [python(), "-m", "uvicorn", "config.asgi:application", "--host", host, "--port", str(port),
-             "--workers", env.get("COHORT_WEB_WORKERS", "1"), "--lifespan", "off"],
-            env=env, cwd=ROOT,
+            [
+                python(),
+                "-m",
+                "uvicorn",
+                "config.asgi:application",
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--workers",
+                env.get("COHORT_WEB_WORKERS", "1"),
+                "--lifespan",
+                "off",
+            ],
+            env=env,
+            cwd=ROOT,
         ),
         subprocess.Popen(
-            [python(), "-m", "celery", "-A", "config", "worker", "-Q", "default,cpu,gpu", "-c", "1",
-             "--loglevel", "INFO"],
-            env=env, cwd=ROOT,
+            [
+                python(),
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "-Q",
+                "default,cpu,gpu",
+                "-c",
+                "1",
+                "--loglevel",
+                "INFO",
+            ],
+            env=env,
+            cwd=ROOT,
         ),
     ]
     CHILDREN.extend(procs)

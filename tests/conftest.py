@@ -59,10 +59,17 @@ def django_db_setup(django_db_blocker: Any) -> Iterator[None]:
     from django.core.management import call_command
 
     name = _test_db_name()
+    import shutil
+
+    for key in ("COHORT_KEY_DIR", "COHORT_OBJECT_DIR", "COHORT_TMP_DIR"):
+        shutil.rmtree(getattr(settings, key), ignore_errors=True)  # keys and objects of a previous run
     with psycopg.connect(_admin_url(), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8' TEMPLATE template0").format(
-            sql.Identifier(name), sql.Identifier(OWNER_ROLE)))
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8' TEMPLATE template0").format(
+                sql.Identifier(name), sql.Identifier(OWNER_ROLE)
+            )
+        )
     prepare_schema(_admin_db_url(name))
     for alias in ("default", "owner"):
         settings.DATABASES[alias]["NAME"] = name
@@ -81,11 +88,18 @@ def _reset_all_tables() -> None:
     superuser TRUNCATE that bypasses the append-only triggers, for transactional tests only."""
     url = _admin_db_url(_test_db_name())
     with psycopg.connect(url, autocommit=True) as conn:
-        tables = [r[0] for r in conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'django_migrations'")]
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'django_migrations'"
+            )
+        ]
         conn.execute("SET session_replication_role = replica")
-        conn.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(
-            sql.SQL(", ").join(sql.Identifier(t) for t in tables)))
+        conn.execute(
+            sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(
+                sql.SQL(", ").join(sql.Identifier(t) for t in tables)
+            )
+        )
         conn.execute("RESET session_replication_role")
 
 
@@ -93,6 +107,20 @@ def _fixture_teardown(self: TransactionTestCase) -> None:
     for alias in connections:
         connections[alias].close()
     _reset_all_tables()
+    _reset_key_and_object_stores()
+
+
+def _reset_key_and_object_stores() -> None:
+    """The tables were truncated (ids restart): tenant secrets and objects of the old rows must go
+    too, or a new tenant with a reused id would inherit them."""
+    import shutil
+
+    from apps.vault.services import reset_caches
+
+    for key in ("COHORT_OBJECT_DIR", "COHORT_TMP_DIR"):
+        shutil.rmtree(getattr(settings, key), ignore_errors=True)
+    Path(settings.COHORT_KEY_DIR, "tenant-secrets.json").unlink(missing_ok=True)
+    reset_caches()
 
 
 TransactionTestCase._fixture_teardown = _fixture_teardown  # type: ignore[method-assign]
@@ -126,8 +154,7 @@ def make_user(db: None) -> Callable[..., Any]:
         from apps.audit.services import audit_record, audited_change
 
         with audited_change():
-            user = User.objects.create_user(email=email or f"{_next('user')}@example.org", password=password,
-                                            **extra)
+            user = User.objects.create_user(email=email or f"{_next('user')}@example.org", password=password, **extra)
             audit_record(action="user.created", target=user, details={"fixture": True})
         return user
 
@@ -180,8 +207,13 @@ def api_key_for(make_user: Callable[..., Any]) -> Callable[..., str]:
     def make(tenant: Any, scopes: tuple[str, ...] = ("read", "write"), **kwargs: Any) -> str:
         creator = make_user()
         with tenant_scope(tenant.pk):
-            return api_key_create(tenant=tenant, created_by=creator, name=_next("key"), scopes=list(scopes),
-                                  expires_at=kwargs.get("expires_at")).secret
+            return api_key_create(
+                tenant=tenant,
+                created_by=creator,
+                name=_next("key"),
+                scopes=list(scopes),
+                expires_at=kwargs.get("expires_at"),
+            ).secret
 
     return make
 

@@ -75,12 +75,31 @@ class Conflict(exceptions.APIException):
     default_code = "conflict"
 
 
+class RejectedInput(exceptions.APIException):
+    """Input that cannot be accepted (a bad file, a budget overrun, a quota). The service has
+    already undone its partial work and recorded the failure as an audit event, so the request's
+    transaction commits (keeping that event) instead of rolling back. ``details`` is a JSON-safe,
+    machine-readable reason; it never carries the caller's data."""
+
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    default_code = "rejected"
+    commit = True
+
+    def __init__(
+        self, code: str, message: str, *, details: dict[str, Any] | None = None, http_status: int = 422
+    ) -> None:
+        super().__init__(message, code=code)
+        self.status_code = http_status
+        self.details = details or {}
+
+
 class ErrorBodySerializer(serializers.Serializer):
     code = serializers.CharField()
     message = serializers.CharField()
     fields = serializers.DictField(  # type: ignore[assignment]
         child=serializers.ListField(child=serializers.CharField()), required=False
     )
+    details = serializers.DictField(required=False, help_text="Machine-readable reason (rejected input)")
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -187,9 +206,14 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if is_denial:
         code = exc.get_codes() if isinstance(exc.get_codes(), str) else "denied"
         _audit_denial(exc, context, str(code))
-    else:
+    elif not getattr(exc, "commit", False):
         set_rollback()
 
+    if isinstance(exc, RejectedInput):
+        resp = error_response(str(exc.get_codes()), str(exc.detail), exc.status_code, headers=headers)
+        if exc.details:
+            resp.data["error"]["details"] = exc.details
+        return resp
     if isinstance(exc, exceptions.ValidationError):
         fields = _flatten(exc.detail)
         return error_response(

@@ -27,6 +27,30 @@ MATRIX: dict[str, tuple[frozenset[str], str | None, str]] = {
     "audit.list": (frozenset({O, A, U}), "read", "Read the tenant's audit events"),
     "audit.export": (frozenset({O, U}), "read", "Export audit events (CSV/JSON); itself audited"),
     "audit.verify": (frozenset({O, A, U}), "read", "Verify the tenant's audit hash chain"),
+    "dataset.list": (frozenset({O, A, N, I, U}), "read", "List datasets, versions, schemas and validation reports"),
+    "dataset.create": (frozenset({O, A, I}), "write", "Create datasets and upload versions (multipart or resumable)"),
+    "dataset.update": (frozenset({O, A, I}), "write", "Rename or describe a dataset"),
+    "dataset.delete": (frozenset({O, A}), None, "Delete a dataset (soft; purged after retention)"),
+    "dataset.pii_report": (frozenset({O, A}), None, "Read PII scan reports (masked examples only)"),
+    "dataset.deidentify": (frozenset({O, A}), None, "Apply a column policy: derive a de-identified version"),
+    "dataset.read_raw": (frozenset({O, A}), None, "Preview or download a raw version (every read audited)"),
+    "dataset.download": (
+        frozenset({O, A, N, I}),
+        "read",
+        "Preview or download a de-identified version (every download audited)",
+    ),
+    "grant.list": (frozenset({O, A, N, U}), "read", "List a dataset's grants to other tenants"),
+    "grant.create": (frozenset({O, A}), None, "Grant another tenant process or download"),
+    "grant.revoke": (frozenset({O, A}), None, "Revoke a grant (takes effect at once)"),
+    "budget.view": (frozenset({O, A, N, I, U}), "read", "See a dataset's privacy budget and its ledger"),
+    "budget.set": (frozenset({O}), None, "Set a dataset's (ε, δ) budget"),
+    "budget.reserve": (frozenset({O, A, N, I}), "write", "Reserve, commit or release privacy budget"),
+    "shared.list": (frozenset({O, A, N, I, U}), "read", "List datasets other tenants granted to this one"),
+    "shared.download": (
+        frozenset({O, A, N, I}),
+        "read",
+        "Preview or download a dataset granted with download (audited in both tenants)",
+    ),
 }
 
 ROLES: tuple[str, ...] = tuple(r.value for r in Role)

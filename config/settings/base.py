@@ -30,6 +30,8 @@ INSTALLED_APPS = [
     "apps.tenancy",
     "apps.accounts",
     "apps.audit",
+    "apps.vault",
+    "apps.datasets",
 ]
 
 MIDDLEWARE = [
@@ -195,6 +197,53 @@ USE_I18N = True
 USE_TZ = True
 
 COHORT_STATE_DIR = LOCAL_STATE_DIR
+
+# --- Datasets, keys, storage (docs/datasets.md, docs/encryption.md) ---------------------------
+# Key-encryption key provider: "file:/path/keyring.json" (default, created on first use),
+# "env:VAR" (a keyring JSON or one base64 key in VAR), or "package.module:factory" (a KMS adapter).
+COHORT_KEK = env.str("COHORT_KEK", default="")
+COHORT_KEY_DIR = env.str("COHORT_KEY_DIR", default=str(LOCAL_STATE_DIR / "keys"))
+# Rotate a data key well below the 2**32 random-nonce bound of AES-GCM (NIST SP 800-38D).
+COHORT_DEK_MAX_ENCRYPTIONS = env.int("COHORT_DEK_MAX_ENCRYPTIONS", default=2**30)
+COHORT_ENCRYPTION_FRAME_BYTES = env.int("COHORT_ENCRYPTION_FRAME_BYTES", default=1024 * 1024)
+# Where encrypted objects live: "file" (COHORT_OBJECT_DIR) or "s3" (django-storages; AWS_* settings).
+COHORT_OBJECT_STORAGE = env.str("COHORT_OBJECT_STORAGE", default="file")
+COHORT_OBJECT_DIR = env.str("COHORT_OBJECT_DIR", default=str(LOCAL_STATE_DIR / "objects"))
+# Plaintext exists only here, only while a file is processed, and is removed after use.
+COHORT_TMP_DIR = env.str("COHORT_TMP_DIR", default=str(LOCAL_STATE_DIR / "tmp"))
+COHORT_DATASET_MAX_UPLOAD_BYTES = env.int("COHORT_DATASET_MAX_UPLOAD_BYTES", default=20 * 1024**3)
+COHORT_DATASET_QUOTA_BYTES = env.int("COHORT_DATASET_QUOTA_BYTES", default=50 * 1024**3)
+COHORT_DATASET_QUOTA_COUNT = env.int("COHORT_DATASET_QUOTA_COUNT", default=200)
+# Uploads up to this size are processed in the request (errors come back as 4xx at once);
+# larger ones are processed by a worker (202, the version reports progress and errors).
+COHORT_DATASET_INLINE_MAX_BYTES = env.int("COHORT_DATASET_INLINE_MAX_BYTES", default=64 * 1024 * 1024)
+COHORT_DATASET_RETENTION_DAYS = env.int("COHORT_DATASET_RETENTION_DAYS", default=30)
+COHORT_UPLOAD_SESSION_HOURS = env.int("COHORT_UPLOAD_SESSION_HOURS", default=24)
+COHORT_UPLOAD_MAX_PART_BYTES = env.int("COHORT_UPLOAD_MAX_PART_BYTES", default=256 * 1024 * 1024)
+# Default privacy budget of a new dataset (its owner changes it).
+COHORT_DEFAULT_EPSILON = env.float("COHORT_DEFAULT_EPSILON", default=8.0)
+if COHORT_OBJECT_STORAGE == "s3":
+    STORAGES["objects"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": env.str("COHORT_S3_BUCKET"),
+            "endpoint_url": env.str("COHORT_S3_ENDPOINT_URL", default="") or None,
+            "location": env.str("COHORT_S3_PREFIX", default="cohort"),
+            "file_overwrite": False,
+            "default_acl": None,
+        },
+    }
+elif COHORT_OBJECT_STORAGE == "file":
+    STORAGES["objects"] = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {
+            "location": COHORT_OBJECT_DIR,
+            "file_permissions_mode": 0o600,
+            "directory_permissions_mode": 0o700,
+        },
+    }
+else:
+    raise ValueError(f"COHORT_OBJECT_STORAGE must be 'file' or 's3', not {COHORT_OBJECT_STORAGE!r}")
 COHORT_REPORTS_DIR = env.str("COHORT_REPORTS_DIR", default=str(BASE_DIR / "reports"))
 
 LOGGING = {

@@ -8,7 +8,16 @@ os.environ.setdefault("COHORT_API_KEY_PEPPER", "test-pepper")
 os.environ.setdefault("COHORT_AUDIT_SIGNING_KEY", "dGVzdC1zaWduaW5nLWtleS0zMi1ieXRlcy1sb25nISE=")
 os.environ.setdefault("COHORT_DB_POOL", "false")
 
-from config.settings.base import *  # noqa: F403
+# Keys, objects and scratch space of the test run, per test database (the run recreates both).
+from config.env import LOCAL_STATE_DIR
+
+_TEST_STATE = LOCAL_STATE_DIR / f"test-{os.environ.get('COHORT_TEST_DB', 'cohort_test')}"
+os.environ.setdefault("COHORT_KEY_DIR", str(_TEST_STATE / "keys"))
+os.environ.setdefault("COHORT_OBJECT_DIR", str(_TEST_STATE / "objects"))
+os.environ.setdefault("COHORT_TMP_DIR", str(_TEST_STATE / "tmp"))
+os.environ.setdefault("COHORT_KEK", "")
+
+from config.settings.base import *  # noqa: F403, E402
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 COHORT_REQUIRE_ADMIN_OTP = True

@@ -35,7 +35,11 @@ def _free_port() -> int:
 def _start(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "scripts/cohort.py", "run", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
@@ -75,18 +79,26 @@ def _exercise(base: str, state: Path, redis_url: str | None) -> None:
     assert httpx.get(f"{base}/admin/login/", timeout=10).status_code == 200
 
     with httpx.Client(base_url=base, timeout=10) as owner, httpx.Client(base_url=base, timeout=10) as auditor:
-        for client, email, pw in ((owner, "owner@st-marys.example", "cohort-demo-owner"),
-                                  (auditor, "auditor@st-marys.example", "cohort-demo-auditor")):
+        for client, email, pw in (
+            (owner, "owner@st-marys.example", "cohort-demo-owner"),
+            (auditor, "auditor@st-marys.example", "cohort-demo-auditor"),
+        ):
             token = client.get("/api/v1/auth/csrf/").json()["csrf_token"]
-            r = client.post("/api/v1/auth/login/", json={"email": email, "password": pw},
-                            headers={"X-CSRFToken": token, "Referer": base + "/"})
+            r = client.post(
+                "/api/v1/auth/login/",
+                json={"email": email, "password": pw},
+                headers={"X-CSRFToken": token, "Referer": base + "/"},
+            )
             assert r.status_code == 200, r.text
         cookie = "; ".join(f"{k}={v}" for k, v in auditor.cookies.items())
         ws_url = base.replace("http://", "ws://") + "/ws/v1/tenants/st-marys/audit/"
         with ws_connect(ws_url, additional_headers={"Cookie": cookie, "Origin": base}, open_timeout=10) as ws:
             csrf = owner.cookies["csrftoken"]
-            r = owner.post("/api/v1/tenants/st-marys/api-keys/", json={"name": "e2e", "scopes": ["read"]},
-                           headers={"X-CSRFToken": csrf, "Referer": base + "/"})
+            r = owner.post(
+                "/api/v1/tenants/st-marys/api-keys/",
+                json={"name": "e2e", "scopes": ["read"]},
+                headers={"X-CSRFToken": csrf, "Referer": base + "/"},
+            )
             assert r.status_code == 201, r.text
             msg = json.loads(ws.recv(timeout=10))
             assert msg["type"] == "audit.event" and msg["event"]["action"] == "api_key.created"
@@ -121,8 +133,11 @@ def _run_twice(env: dict[str, str], state: Path, tmp_path: Path, redis_url: str 
             else:
                 creds = json.loads((state / "demo-credentials.json").read_text())
                 assert creds["integrator_api_key"] == first_key  # seed is idempotent; data kept
-                r = httpx.get(f"http://127.0.0.1:{port}/api/v1/tenants/",
-                              headers={"Authorization": f"Bearer {first_key}"}, timeout=10)
+                r = httpx.get(
+                    f"http://127.0.0.1:{port}/api/v1/tenants/",
+                    headers={"Authorization": f"Bearer {first_key}"},
+                    timeout=10,
+                )
                 assert r.status_code == 200
         finally:
             survivors = _stop(proc) if proc.poll() is None else []
@@ -134,10 +149,24 @@ def _run_twice(env: dict[str, str], state: Path, tmp_path: Path, redis_url: str 
 def test_embedded_mode(tmp_path: Path) -> None:
     state = tmp_path / "state"
     redis_port = _free_port()
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"DATABASE_URL", "DATABASE_OWNER_URL", "COHORT_DB_ADMIN_URL", "REDIS_URL", "CELERY_BROKER_URL",
-                        "DJANGO_SETTINGS_MODULE", "DJANGO_SECRET_KEY", "COHORT_API_KEY_PEPPER",
-                        "COHORT_AUDIT_SIGNING_KEY", "COHORT_EMBEDDED_POSTGRES", "COHORT_EMBEDDED_REDIS"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in {
+            "DATABASE_URL",
+            "DATABASE_OWNER_URL",
+            "COHORT_DB_ADMIN_URL",
+            "REDIS_URL",
+            "CELERY_BROKER_URL",
+            "DJANGO_SETTINGS_MODULE",
+            "DJANGO_SECRET_KEY",
+            "COHORT_API_KEY_PEPPER",
+            "COHORT_AUDIT_SIGNING_KEY",
+            "COHORT_EMBEDDED_POSTGRES",
+            "COHORT_EMBEDDED_REDIS",
+        }
+    }
     env.update({"COHORT_STATE_DIR": str(state), "COHORT_EMBEDDED_REDIS_PORT": str(redis_port)})
     _run_twice(env, state, tmp_path, f"redis://127.0.0.1:{redis_port}/0")
     assert (state / "pgdata" / "PG_VERSION").exists()
@@ -149,8 +178,11 @@ def test_external_servers(tmp_path: Path) -> None:
     if not admin or not redis_url or os.environ.get("COHORT_EMBEDDED_POSTGRES"):
         pytest.skip("external servers not configured for this run")
     state = tmp_path / "state"
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"DATABASE_OWNER_URL", "DJANGO_SETTINGS_MODULE", "COHORT_DB_ADMIN_URL"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_OWNER_URL", "DJANGO_SETTINGS_MODULE", "COHORT_DB_ADMIN_URL"}
+    }
     from psycopg import connect, sql
 
     with connect(admin, autocommit=True) as conn:

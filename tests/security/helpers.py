@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -73,4 +74,77 @@ def denial_count(conn: psycopg.Connection) -> int:
         conn.execute("SELECT count(*) FROM audit_auditevent WHERE action = ANY(%s)", [list(DENIAL_ACTIONS)]).fetchone()[
             0
         ]
+    )
+
+
+# --- dataset objects ---------------------------------------------------------------------------------
+
+
+@dataclass
+class DatasetSeed:
+    """One of every dataset object of a tenant, made through the real API (see ``seed_datasets``)."""
+
+    dataset_id: int
+    name: str
+    raw_version_id: int
+    deid_version_id: int
+    grant_id: int
+    upload_id: int
+    reservation_id: int
+    content_sha256: list[str] = field(default_factory=list)
+
+    def object_ids(self) -> dict[str, int]:
+        return {
+            "dataset_id": self.dataset_id,
+            "version_id": self.raw_version_id,
+            "grant_id": self.grant_id,
+            "upload_id": self.upload_id,
+            "reservation_id": self.reservation_id,
+        }
+
+
+def seed_datasets(client: Any, tenant: Any, *, name: str, grantee_slug: str, rows: int = 12) -> DatasetSeed:
+    """Through the API as ``client`` (an owner of ``tenant``): a dataset with a raw and a
+    de-identified version, a ``process`` grant to ``grantee_slug``, an open upload session with one
+    chunk stored, and a budget reservation; plus a quota row (no API sets quotas). Every new
+    dataset table and ``vault_datakey`` then has a row of ``tenant``."""
+    from apps.audit.services import audit_record, audited_change
+    from apps.datasets.models import DatasetQuota
+    from apps.tenancy.scope import tenant_scope
+    from tests.apps.datasets.helpers import create_dataset, deidentify, table_csv, upload_version
+
+    slug = tenant.slug
+    ds_id = create_dataset(client, slug, name)
+    raw = upload_version(client, slug, ds_id, table_csv(rows, seed=tenant.pk % 7))
+    deid = deidentify(client, slug, ds_id, raw["id"])
+    base = f"/api/v1/tenants/{slug}/"
+    r = client.post(
+        f"{base}datasets/{ds_id}/grants/", {"grantee": grantee_slug, "permission": "process"}, format="json"
+    )
+    assert r.status_code == 201, r.content
+    grant_id = r.json()["id"]
+    r = client.post(
+        f"{base}datasets/{ds_id}/budget/reservations/",
+        {"epsilon": "0.5", "delta": "0", "purpose": "seed"},
+        format="json",
+    )
+    assert r.status_code == 201, r.content
+    reservation_id = r.json()["id"]
+    r = client.post(f"{base}uploads/", {"dataset_id": ds_id, "filename": "part.csv", "size": 64}, format="json")
+    assert r.status_code == 201, r.content
+    upload_id = r.json()["id"]
+    r = client.put(f"{base}uploads/{upload_id}/?offset=0", b"a,b\n1,2\n", content_type="application/octet-stream")
+    assert r.status_code == 200, r.content
+    with tenant_scope(tenant.pk), audited_change():
+        quota, _ = DatasetQuota.objects.get_or_create(tenant=tenant, defaults={"max_datasets": 50})
+        audit_record(action="dataset.quota_set", tenant=tenant, target=quota, details={"fixture": True})
+    return DatasetSeed(
+        dataset_id=ds_id,
+        name=name,
+        raw_version_id=raw["id"],
+        deid_version_id=deid["id"],
+        grant_id=grant_id,
+        upload_id=upload_id,
+        reservation_id=reservation_id,
+        content_sha256=[v for v in (raw["content_sha256"], deid["content_sha256"]) if v],
     )

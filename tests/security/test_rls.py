@@ -34,7 +34,7 @@ from apps.tenancy.scope import TenantScopeMissing, tenant_scope
 from apps.tenancy.services import invitation_create
 from scripts.cohort import APP_ROLE, OWNER_ROLE
 from tests.conftest import write_report
-from tests.security.helpers import admin_connect, app_connect, app_conninfo, tenant_tables
+from tests.security.helpers import admin_connect, app_connect, app_conninfo, seed_datasets, tenant_tables
 
 # --- ISO-3 ---------------------------------------------------------------------------------------
 
@@ -145,9 +145,17 @@ def test_iso3_catalog_forces_rls_on_every_tenant_table() -> None:
 
 
 def _seed_two_tenants(
-    make_tenant: Callable[..., Any], member: Callable[..., Any], api_key_for: Callable[..., str], n_members: int = 2
+    make_tenant: Callable[..., Any],
+    member: Callable[..., Any],
+    api_key_for: Callable[..., str],
+    api_client_for: Callable[[Any], Any],
+    n_members: int = 2,
 ) -> tuple[Any, Any]:
-    a, b = make_tenant(), make_tenant()
+    """Tenants A and B, each with rows in every tenant table. Dataset grants go to a third tenant
+    C only: a grant between A and B would (legitimately, through the grantee clauses of the
+    datasets policies) make one's rows visible to the other and blur the checks below."""
+    a, b, c = make_tenant(), make_tenant(), make_tenant()
+    seeded = []
     for t in (a, b):
         owner = member(Role.OWNER, tenant=t)
         for _ in range(n_members):
@@ -157,14 +165,30 @@ def _seed_two_tenants(
                 tenant=t, actor_role=Role.OWNER, invited_by=owner, email=f"inv-{t.slug}@example.org", role=Role.ANALYST
             )
         api_key_for(t)
+        seeded.append(seed_datasets(api_client_for(owner), t, name=f"iso4 {t.slug}", grantee_slug=c.slug))
     with admin_connect() as conn:  # one idempotency record each (no API call needed to exist)
-        for t in (a, b):
+        for t, seed in zip((a, b), seeded, strict=True):
             conn.execute(
                 "INSERT INTO common_idempotencyrecord (tenant_id, key, principal, fingerprint, created_at) "
                 "VALUES (%s, 'k', 'user:1', 'f', now())",
                 [t.pk],
             )
+            # A version still processing (a copy of the raw one): ready versions are immutable (a
+            # BEFORE UPDATE trigger refuses any change with 55000 before RLS is consulted), so the
+            # "move A's rows to B" check needs a row that only WITH CHECK can stop.
+            conn.execute(
+                "INSERT INTO datasets_datasetversion SELECT * FROM jsonb_populate_record("
+                "NULL::datasets_datasetversion, (SELECT to_jsonb(v) || jsonb_build_object("
+                "'id', nextval(pg_get_serial_sequence('datasets_datasetversion', 'id')), 'number', 999, "
+                "'status', 'processing', 'ready_at', NULL) FROM datasets_datasetversion v WHERE id = %s))",
+                [seed.raw_version_id],
+            )
     return a, b
+
+
+# Tables whose BEFORE UPDATE trigger refuses some rows on its own: the move-to-B check runs on the
+# rows the trigger lets through, so that the RLS WITH CHECK is what must refuse it.
+MOVE_FILTER = {"datasets_datasetversion": "status = 'processing'"}
 
 
 def _attempt(
@@ -192,9 +216,12 @@ _LAST_REASON = [""]
 
 @pytest.mark.django_db(transaction=True)
 def test_iso4_app_role_sql_is_fenced(
-    make_tenant: Callable[..., Any], member: Callable[..., Any], api_key_for: Callable[..., str]
+    make_tenant: Callable[..., Any],
+    member: Callable[..., Any],
+    api_key_for: Callable[..., str],
+    api_client_for: Callable[[Any], Any],
 ) -> None:
-    a, b = _seed_two_tenants(make_tenant, member, api_key_for)
+    a, b = _seed_two_tenants(make_tenant, member, api_key_for, api_client_for)
     checks: list[dict[str, Any]] = []
     violations: list[str] = []
     tables_without_rows: list[str] = []
@@ -261,7 +288,10 @@ def test_iso4_app_role_sql_is_fenced(
                 _LAST_REASON[0] == "rls" or t in RESTRICTED_TABLES,
                 _LAST_REASON[0],
             )
-            state, _ = _attempt(app, a.pk, f'UPDATE "{t}" SET tenant_id = %s WHERE tenant_id = %s', [b.pk, a.pk])
+            movable = f" AND {MOVE_FILTER[t]}" if t in MOVE_FILTER else ""
+            state, _ = _attempt(
+                app, a.pk, f'UPDATE "{t}" SET tenant_id = %s WHERE tenant_id = %s{movable}', [b.pk, a.pk]
+            )
             expect(t, "UPDATE moving A's rows to B refused (42501)", state == "42501", state)
             rejected_by[f"{t} UPDATE"] = _LAST_REASON[0]
             expect(
@@ -270,6 +300,18 @@ def test_iso4_app_role_sql_is_fenced(
                 _LAST_REASON[0] == "rls" or t in RESTRICTED_TABLES,
                 _LAST_REASON[0],
             )
+            if t in MOVE_FILTER:
+                state, _ = _attempt(app, a.pk, f'UPDATE "{t}" SET tenant_id = %s WHERE tenant_id = %s', [b.pk, a.pk])
+                expect(
+                    t,
+                    "UPDATE moving all of A's rows to B refused (42501 or trigger 55000)",
+                    state
+                    in (
+                        "42501",
+                        "55000",
+                    ),
+                    state,
+                )
             for verb, sql in (
                 ("UPDATE", f'UPDATE "{t}" SET tenant_id = tenant_id WHERE tenant_id = %s'),
                 ("DELETE", f'DELETE FROM "{t}" WHERE tenant_id = %s'),

@@ -45,7 +45,9 @@ def test_lockout_after_repeated_failures(make_user, settings):
     user = make_user(email="bob@example.org")
     client = _login_client()
     codes = [
-        client.post("/api/v1/auth/login/", {"email": user.email, "password": "wrong-password!"}, format="json").status_code
+        client.post(
+            "/api/v1/auth/login/", {"email": user.email, "password": "wrong-password!"}, format="json"
+        ).status_code
         for _ in range(3)
     ]
     assert codes == [401, 401, 401]

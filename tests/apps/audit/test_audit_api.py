@@ -9,8 +9,10 @@ def test_auditor_lists_verifies_and_exports(tenant, member, api_client_for):
     owner = member("owner")
     auditor = member("auditor")
     c = api_client_for(owner)
-    assert c.post(f"/api/v1/tenants/{tenant.slug}/api-keys/", {"name": "k", "scopes": ["read"]},
-                  format="json").status_code == 201
+    assert (
+        c.post(f"/api/v1/tenants/{tenant.slug}/api-keys/", {"name": "k", "scopes": ["read"]}, format="json").status_code
+        == 201
+    )
     a = api_client_for(auditor)
     r = a.get(f"/api/v1/tenants/{tenant.slug}/audit-events/", {"action": "api_key.created"})
     assert r.status_code == 200, r.content

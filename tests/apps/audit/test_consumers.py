@@ -110,8 +110,15 @@ async def test_suspension_and_removal_close_sockets(asgi_app, tenant, member):
     suspend_s = time.monotonic() - start
     assert out_b["type"] == "websocket.close"
     passed = removal_s <= 5 and suspend_s <= 5
-    write_report("API-5", {"bad_handshakes_accepted": 0, "cross_tenant_subscriptions": 0,
-                           "seconds_to_close_after_removal": round(removal_s, 3),
-                           "seconds_to_close_after_suspension": round(suspend_s, 3)}, passed)
+    write_report(
+        "API-5",
+        {
+            "bad_handshakes_accepted": 0,
+            "cross_tenant_subscriptions": 0,
+            "seconds_to_close_after_removal": round(removal_s, 3),
+            "seconds_to_close_after_suspension": round(suspend_s, 3),
+        },
+        passed,
+    )
     assert passed
     await asyncio.sleep(0)

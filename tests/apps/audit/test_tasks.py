@@ -39,5 +39,12 @@ def test_retention_below_six_years_is_refused(settings):
     assert not any(e.id == "cohort.audit.E001" for e in run_checks())
     # Nothing deletes audit events: the app role has no DELETE and triggers refuse it for everyone,
     # so records younger than the policy deleted = 0 by construction (AUD-5 tests the refusal).
-    write_report("AUD-8", {"retention_days_configured": settings.COHORT_AUDIT_RETENTION_DAYS,
-                           "records_deleted_younger_than_policy": 0, "purge_job": "none (append-only)"}, True)
+    write_report(
+        "AUD-8",
+        {
+            "retention_days_configured": settings.COHORT_AUDIT_RETENTION_DAYS,
+            "records_deleted_younger_than_policy": 0,
+            "purge_job": "none (append-only)",
+        },
+        True,
+    )

@@ -22,7 +22,9 @@ def test_retry_returns_first_response_and_creates_once(tenant, member, api_clien
     assert again["Idempotent-Replayed"] == "true"
     with tenant_scope(tenant.pk):
         assert AuditEvent.objects.filter(action="api_key.created").count() == 1
-    other = client.post(url, {"name": "other", "scopes": ["read"]}, format="json", HTTP_IDEMPOTENCY_KEY="create-key-001")
+    other = client.post(
+        url, {"name": "other", "scopes": ["read"]}, format="json", HTTP_IDEMPOTENCY_KEY="create-key-001"
+    )
     assert other.status_code == 422
     assert other.json()["error"]["code"] == "idempotency_key_reused"
     # The same key from another principal is a different request.
@@ -38,8 +40,9 @@ def test_failed_request_does_not_burn_the_key(tenant, member, api_client_for):
     url = f"/api/v1/tenants/{tenant.slug}/members/"
     r = client.post(url, {"email": "nobody@example.org", "role": "analyst"}, format="json", HTTP_IDEMPOTENCY_KEY="k-2")
     assert r.status_code == 400
-    bad_key = client.post(url, {"email": "x@example.org", "role": "analyst"}, format="json",
-                          HTTP_IDEMPOTENCY_KEY="bad key with spaces")
+    bad_key = client.post(
+        url, {"email": "x@example.org", "role": "analyst"}, format="json", HTTP_IDEMPOTENCY_KEY="bad key with spaces"
+    )
     assert bad_key.status_code == 400 and "Idempotency-Key" in bad_key.json()["error"]["fields"]
 
 
@@ -51,8 +54,12 @@ def test_concurrent_duplicates_create_one(tenant, member, api_client_for):
 
     def send() -> None:
         try:
-            r = api_client_for(owner).post(url, {"email": "new@example.org", "role": "analyst"}, format="json",
-                                           HTTP_IDEMPOTENCY_KEY="invite-race-1")
+            r = api_client_for(owner).post(
+                url,
+                {"email": "new@example.org", "role": "analyst"},
+                format="json",
+                HTTP_IDEMPOTENCY_KEY="invite-race-1",
+            )
             results.append(r.status_code)
         finally:
             connection.close()

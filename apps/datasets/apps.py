@@ -1,0 +1,8 @@
+"""App config for apps.datasets."""
+
+from django.apps import AppConfig
+
+
+class DatasetsConfig(AppConfig):
+    name = "apps.datasets"
+    label = "datasets"

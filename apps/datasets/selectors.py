@@ -1,0 +1,115 @@
+"""Dataset reads. Own datasets go through the tenant-scoped managers; datasets shared with the
+tenant in scope go through the explicit ``all_tenants`` bypass filtered by a live grant, and the
+database's row-level security enforces the same grant rule independently."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from apps.common.errors import AccessDenied
+from apps.datasets.models import BudgetReservation, Dataset, DatasetGrant, DatasetVersion, PrivacyBudget
+from apps.tenancy.models import Tenant
+from apps.vault.models import DataKey
+
+
+def dataset_list(*, tenant: Tenant, q: str = "", status: str = "active") -> QuerySet[Dataset]:
+    qs = Dataset.objects.filter(tenant=tenant)
+    if status != "all":
+        qs = qs.filter(status=status)
+    if q:
+        qs = qs.filter(Q(name__icontains=q) | Q(description__icontains=q))
+    return qs.select_related("created_by")
+
+
+def version_list(*, dataset: Dataset, kind: str = "") -> QuerySet[DatasetVersion]:
+    qs = DatasetVersion.objects.filter(dataset=dataset)
+    if kind:
+        qs = qs.filter(kind=kind)
+    return qs
+
+
+def grant_list(*, dataset: Dataset) -> QuerySet[DatasetGrant]:
+    return DatasetGrant.objects.filter(dataset=dataset).select_related("grantee")
+
+
+def _live(now: Any = None) -> Q:
+    now = now or timezone.now()
+    return Q(revoked_at__isnull=True) & (Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+
+
+def live_grants(*, grantee: Tenant, dataset_id: int | None = None) -> QuerySet[DatasetGrant]:
+    qs = DatasetGrant.all_tenants.filter(_live(), grantee=grantee, dataset__status=Dataset.Status.ACTIVE)
+    if dataset_id is not None:
+        qs = qs.filter(dataset_id=dataset_id)
+    return qs
+
+
+def shared_dataset_list(*, tenant: Tenant, q: str = "") -> QuerySet[Dataset]:
+    ids = live_grants(grantee=tenant).values("dataset_id")
+    qs = Dataset.all_tenants.filter(pk__in=ids, status=Dataset.Status.ACTIVE).exclude(tenant=tenant)
+    if q:
+        qs = qs.filter(Q(name__icontains=q) | Q(description__icontains=q))
+    return qs.select_related("tenant")
+
+
+def shared_dataset_get(*, tenant: Tenant, dataset_id: int) -> tuple[Dataset, set[str]]:
+    """A dataset another tenant granted to ``tenant``, with the live permissions. 404 otherwise."""
+    perms = set(live_grants(grantee=tenant, dataset_id=dataset_id).values_list("permission", flat=True))
+    ds = Dataset.all_tenants.filter(pk=dataset_id, status=Dataset.Status.ACTIVE).exclude(tenant=tenant).first()
+    if ds is None or not perms:
+        raise AccessDenied(
+            reason="not_granted", tenant_id=tenant.pk, target_type="datasets.dataset", target_id=dataset_id
+        )
+    return ds, perms
+
+
+def latest_deidentified(*, dataset: Dataset, shared: bool = False) -> DatasetVersion | None:
+    """The newest ready de-identified version (what training and grantees use)."""
+    manager = DatasetVersion.all_tenants if shared else DatasetVersion.objects
+    return (
+        manager.filter(dataset_id=dataset.pk, kind=DatasetVersion.Kind.DEIDENTIFIED, status=DatasetVersion.Status.READY)
+        .order_by("-number")
+        .first()
+    )
+
+
+def dataset_access(*, consumer: Tenant, dataset_id: int, permission: str = "process") -> bool:
+    """The gate every use of a dataset checks, before it starts and at every step: the owner, or
+    a tenant holding a live grant (``download`` implies ``process``). Revocation is seen at once."""
+    ds = Dataset.all_tenants.filter(pk=dataset_id, status=Dataset.Status.ACTIVE).first()
+    if ds is None:
+        return False
+    if ds.tenant_id == consumer.pk:
+        return True
+    perms = set(live_grants(grantee=consumer, dataset_id=dataset_id).values_list("permission", flat=True))
+    return permission in perms or (permission == "process" and "download" in perms)
+
+
+def budget_for(*, dataset: Dataset) -> PrivacyBudget:
+    return PrivacyBudget.all_tenants.get(dataset_id=dataset.pk)
+
+
+def reservation_list(*, tenant: Tenant, budget: PrivacyBudget) -> QuerySet[BudgetReservation]:
+    """The owner sees every reservation of its dataset; a grantee sees its own."""
+    qs = BudgetReservation.all_tenants.filter(budget=budget).select_related("consumer")
+    if budget.tenant_id != tenant.pk:
+        qs = qs.filter(consumer=tenant)
+    return qs
+
+
+def version_key(*, consumer: Tenant, version: DatasetVersion) -> DataKey:
+    """The data key a version is encrypted under. A grantee may use the owner's key only while it
+    holds a live grant (checked here, again): the key row is read in the owner's scope."""
+    from apps.tenancy.scope import tenant_scope
+
+    if version.tenant_id == consumer.pk:
+        return DataKey.objects.get(pk=version.data_key_id)
+    if not dataset_access(consumer=consumer, dataset_id=version.dataset_id, permission="process"):
+        raise AccessDenied(
+            reason="not_granted", tenant_id=consumer.pk, target_type="datasets.datasetversion", target_id=version.pk
+        )
+    with tenant_scope(version.tenant_id):
+        return DataKey.objects.get(pk=version.data_key_id)

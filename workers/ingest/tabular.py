@@ -1,0 +1,566 @@
+"""Streaming readers for tabular uploads: CSV/TSV, JSON Lines and Parquet.
+
+Every reader yields bounded record batches, so memory stays flat however large the file is; the
+reader is re-opened for each pass (scan, then convert) rather than caching anything.
+
+CSV/TSV goes through ``pyarrow.csv.open_csv`` with every column read as a string (typing is ours,
+in :mod:`workers.ingest.validate`, so a stray value becomes a row error rather than a silently
+re-typed column). Quoted fields may contain newlines and delimiters.
+
+Positions. Each batch comes with the 1-based *physical line number* of every row (the header is
+line 1) for CSV/TSV and JSON Lines: Arrow reports record numbers, and we add the newlines found
+inside quoted values and count blank lines, so numbers stay exact with multi-line fields. Parquet
+has no lines: its positions are 1-based record numbers and :attr:`TableSource.position` says
+``"record"``.
+
+Blank lines (and rows whose every cell is empty) carry nothing and are dropped, counted in
+:attr:`TableSource.empty_rows`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from workers.ingest.errors import IngestError
+from workers.ingest.limits import Limits, MiB
+from workers.ingest.sniff import detect_encoding, sniff_delimiter
+
+# Tokens read as a missing value in text formats (compared exactly, before trimming).
+NULL_TOKENS: tuple[str, ...] = ("", "NA", "N/A", "n/a", "NULL", "null", "None", "NaN", "nan", "#N/A")
+# Arrow's streaming CSV reader keeps ~40 blocks in flight (readahead + parse buffers), so the block
+# size sets the reader's memory: 1 MiB ≈ 40 MB, 4 MiB ≈ 160 MB, independent of the file size.
+_BLOCK_SIZE = 1 * MiB
+_JSONL_MAX_LINE = 64 * MiB
+
+
+@dataclass
+class Chunk:
+    """One batch of string columns plus the position (line or record number) of each row."""
+
+    batch: pa.RecordBatch
+    lines: np.ndarray  # int64, same length as batch
+
+    @property
+    def first_line(self) -> int:
+        return int(self.lines[0]) if len(self.lines) else 0
+
+
+def _newlines_per_row(batch: pa.RecordBatch) -> np.ndarray | None:
+    """Newlines inside each row's values, or None when there are none (the common, fast case)."""
+    total: np.ndarray | None = None
+    for col in batch.columns:
+        if col.null_count == len(col):
+            continue
+        bufs = col.buffers()
+        data = bufs[2] if len(bufs) > 2 else None
+        if col.offset == 0 and data is not None and not (np.frombuffer(data, dtype=np.uint8) == 10).any():
+            continue
+        counts = pc.fill_null(pc.count_substring(col, "\n"), 0).to_numpy(zero_copy_only=False)
+        total = counts.astype(np.int64) if total is None else total + counts
+    if total is None or not total.any():
+        return None
+    return total
+
+
+def _all_empty_mask(batch: pa.RecordBatch) -> np.ndarray | None:
+    """Rows whose every cell is null (blank lines, or ``,,,``); None when there are none."""
+    if batch.num_columns == 0 or batch.num_rows == 0:
+        return None
+    if any(col.null_count == 0 for col in batch.columns):
+        return None
+    mask = pc.is_null(batch.column(0))
+    for col in batch.columns[1:]:
+        mask = pc.and_(mask, pc.is_null(col))
+    arr = mask.to_numpy(zero_copy_only=False)
+    return arr if arr.any() else None
+
+
+class TableSource:
+    """A re-readable tabular file. Build it with :meth:`open`.
+
+    Attributes: ``path``, ``format``, ``encoding``, ``delimiter``, ``column_names``, ``position``
+    (``"line"`` or ``"record"``), ``bytes``; after a pass: ``ragged_count``, ``ragged_lines``
+    (first N), ``empty_rows``. ``native_types`` maps each Parquet column to the logical type its
+    physical type implies (None: a string column, to be inferred); empty for text formats.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        fmt: str,
+        *,
+        column_names: list[str],
+        encoding: str | None,
+        delimiter: str | None,
+        batch_rows: int,
+        limits: Limits,
+        raw_names: list[str] | None = None,
+        native_types: dict[str, str | None] | None = None,
+    ) -> None:
+        self.path = path
+        self.format = fmt
+        self.column_names = column_names
+        self.encoding = encoding
+        self.delimiter = delimiter
+        self.batch_rows = batch_rows
+        self.limits = limits
+        self.bytes = os.path.getsize(path)
+        self.position = "record" if fmt == "parquet" else "line"
+        self.native_types: dict[str, str | None] = native_types or {}
+        self.warnings: list[str] = []
+        self._raw_names = raw_names or column_names
+        self.ragged_count = 0
+        self.ragged_lines: list[int] = []
+        self.empty_rows = 0
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(
+        cls,
+        path: str,
+        fmt: str,
+        *,
+        encoding: str | None = None,
+        delimiter: str | None = None,
+        batch_rows: int = 65536,
+        limits: Limits | None = None,
+    ) -> TableSource:
+        """Check the file's size and header and return a source ready to iterate.
+
+        Raises ``empty_file``, ``too_large``, ``no_header``, ``duplicate_columns``, the encoding
+        errors of :func:`detect_encoding`, ``parquet_unreadable`` or ``jsonl_invalid``.
+        """
+        limits = limits or Limits()
+        size = os.path.getsize(path)
+        if size == 0:
+            raise IngestError("empty_file", "The file is empty.")
+        if size > limits.max_bytes:
+            raise IngestError("too_large", "The file is larger than allowed.", {"bytes": size, "max": limits.max_bytes})
+        if fmt in ("csv", "tsv"):
+            return cls._open_csv(path, fmt, encoding, delimiter, batch_rows, limits)
+        if fmt == "jsonl":
+            return cls._open_jsonl(path, encoding, batch_rows, limits)
+        if fmt == "parquet":
+            return cls._open_parquet(path, batch_rows, limits)
+        raise IngestError("unsupported_format", f"Format {fmt!r} is not a tabular format.", {"format": fmt})
+
+    @classmethod
+    def _open_csv(
+        cls, path: str, fmt: str, encoding: str | None, delimiter: str | None, batch_rows: int, limits: Limits
+    ) -> TableSource:
+        encoding = encoding or detect_encoding(path, limits)
+        if delimiter is None:
+            if fmt == "tsv":
+                delimiter = "\t"
+            else:
+                with open(path, encoding=encoding, errors="replace", newline="") as f:
+                    delimiter = sniff_delimiter(f.read(1 << 16))
+        try:
+            # errors="replace": the buffered reader decodes past the header; invalid bytes further
+            # on are the CSV reader's to report, with their position.
+            with open(path, encoding=encoding, errors="replace", newline="") as f:
+                header = next(csv.reader(f, delimiter=delimiter), None)
+        except csv.Error:
+            raise IngestError("no_header", "The first line is not a readable header.", {"line": 1})
+        if header is None or not any(h.strip() for h in header):
+            raise IngestError("empty_file", "The file has no header and no data.", {})
+        if any("\ufffd" in h for h in header):
+            raise IngestError("wrong_encoding", f"The header is not valid {encoding}.", {"line": 1})
+        names = cls._check_names(header, limits)
+        src = cls(
+            path,
+            fmt,
+            column_names=names,
+            encoding=encoding,
+            delimiter=delimiter,
+            batch_rows=batch_rows,
+            limits=limits,
+            raw_names=header,
+        )
+        if any(not h.strip() for h in header):
+            src.warnings.append("empty column names were replaced by column_<n>")
+        return src
+
+    @staticmethod
+    def _check_names(header: list[str], limits: Limits) -> list[str]:
+        if len(header) > limits.max_columns:
+            raise IngestError(
+                "too_large", "The file has too many columns.", {"columns": len(header), "max": limits.max_columns}
+            )
+        names = [h.strip() or f"column_{i + 1}" for i, h in enumerate(header)]
+        stripped = [h.strip() for h in header]
+        if len(header) > 1 and all(_looks_numeric(h) for h in stripped if h) and any(stripped):
+            # A first row of numbers is data: the file has no header (and we never guess names).
+            raise IngestError("no_header", "The first line looks like data, not column names.", {"line": 1})
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise IngestError("duplicate_columns", "Column names must be unique.", {"columns": dupes})
+        return names
+
+    @classmethod
+    def _open_jsonl(cls, path: str, encoding: str | None, batch_rows: int, limits: Limits) -> TableSource:
+        encoding = encoding or detect_encoding(path, limits)
+        keys: dict[str, None] = {}
+        for seen, (_line, obj) in enumerate(_iter_jsonl(path, encoding), start=1):
+            for k in obj:
+                keys.setdefault(str(k), None)
+            if seen >= batch_rows:
+                break
+        if not keys:
+            raise IngestError("empty_file", "The file holds no JSON objects with keys.", {})
+        names = cls._check_names(list(keys), limits)
+        return cls(
+            path, "jsonl", column_names=names, encoding=encoding, delimiter=None, batch_rows=batch_rows, limits=limits
+        )
+
+    @classmethod
+    def _open_parquet(cls, path: str, batch_rows: int, limits: Limits) -> TableSource:
+        try:
+            pf = pq.ParquetFile(path)
+            arrow_schema = pf.schema_arrow
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise IngestError("parquet_unreadable", "The Parquet file cannot be read.", {"reason": type(exc).__name__})
+        names = cls._check_names([f.name for f in arrow_schema], limits)
+        native: dict[str, str | None] = {}
+        for f in arrow_schema:
+            ltype = _logical_from_arrow(f.type)
+            if ltype == "unsupported":
+                raise IngestError(
+                    "unsupported_format",
+                    "Nested or binary Parquet columns are not supported.",
+                    {"column": f.name, "arrow_type": str(f.type)},
+                )
+            native[f.name] = ltype
+        return cls(
+            path,
+            "parquet",
+            column_names=names,
+            encoding=None,
+            delimiter=None,
+            batch_rows=batch_rows,
+            limits=limits,
+            native_types=native,
+        )
+
+    # ------------------------------------------------------------------ iteration
+    def iter_string_batches(self) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """Yield ``(first_line, batch)`` with every column as Arrow string (nulls for empty cells).
+        Per-row positions are in :meth:`iter_chunks`."""
+        for chunk in self.iter_chunks():
+            yield chunk.first_line, chunk.batch
+
+    def iter_chunks(self) -> Iterator[Chunk]:
+        """Yield :class:`Chunk` s of string columns, each row with its line (or record) number."""
+        self.ragged_count, self.ragged_lines, self.empty_rows = 0, [], 0
+        if self.format in ("csv", "tsv"):
+            yield from self._iter_csv()
+        elif self.format == "jsonl":
+            yield from self._iter_jsonl()
+        else:
+            for lines, batch in self._iter_parquet():
+                yield Chunk(_stringify(batch), lines)
+
+    def iter_native_batches(self) -> Iterator[tuple[np.ndarray, pa.RecordBatch]]:
+        """Parquet only: ``(record_numbers, batch)`` in the file's own types, for a cast-free convert."""
+        if self.format != "parquet":
+            raise ValueError("native batches exist for Parquet only")
+        yield from self._iter_parquet()
+
+    def _slice(self, batch: pa.RecordBatch, lines: np.ndarray) -> Iterator[Chunk]:
+        self._check_field_sizes(batch, lines)
+        empty = _all_empty_mask(batch)
+        if empty is not None:
+            keep = ~empty
+            self.empty_rows += int(empty.sum())
+            batch = batch.filter(pa.array(keep))
+            lines = lines[keep]
+        for start in range(0, batch.num_rows, self.batch_rows):
+            yield Chunk(batch.slice(start, self.batch_rows), lines[start : start + self.batch_rows])
+
+    def _check_field_sizes(self, batch: pa.RecordBatch, lines: np.ndarray) -> None:
+        for name, col in zip(batch.schema.names, batch.columns, strict=True):
+            if col.null_count == len(col):
+                continue
+            lengths = pc.binary_length(col)
+            biggest = pc.max(lengths).as_py()
+            if biggest is not None and biggest > self.limits.max_field_bytes:
+                row = int(np.argmax(lengths.fill_null(0).to_numpy(zero_copy_only=False)))
+                raise IngestError(
+                    "too_large",
+                    "A value is larger than allowed.",
+                    {"column": name, self.position: int(lines[row]), "max_field_bytes": self.limits.max_field_bytes},
+                )
+
+    def _iter_csv(self) -> Iterator[Chunk]:
+        limit = self.limits.max_row_errors_reported
+        pending: list[tuple[int, int]] = []  # (record number, newlines in the invalid row)
+
+        def on_invalid(row: Any) -> str:
+            # Called by the (serial) reader for a row with the wrong number of fields. Keep only the
+            # record number and its newline count; the row text may contain PII and is dropped here.
+            pending.append((int(row.number), (row.text or "").count("\n")))
+            return "skip"
+
+        enc = self.encoding or "utf-8"
+        arrow_enc = "utf8" if codecs.lookup(enc).name in ("utf-8", "utf-8-sig") else enc
+        read_opts = pacsv.ReadOptions(
+            use_threads=False,
+            block_size=max(_BLOCK_SIZE, 2 * self.limits.max_field_bytes),
+            encoding=arrow_enc,
+        )
+        parse_opts = pacsv.ParseOptions(
+            delimiter=self.delimiter or ",",
+            newlines_in_values=True,
+            ignore_empty_lines=False,
+            invalid_row_handler=on_invalid,
+        )
+        conv_opts = pacsv.ConvertOptions(
+            column_types={raw: pa.string() for raw in self._raw_names},
+            null_values=list(NULL_TOKENS),
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=True,
+        )
+        try:
+            reader = pacsv.open_csv(
+                self.path, read_options=read_opts, parse_options=parse_opts, convert_options=conv_opts
+            )
+        except pa.ArrowInvalid as exc:
+            raise _csv_error(exc, None)
+        next_record = 2  # the header is record 1, line 1
+        extra_newlines = 0  # newlines inside quoted values (and skipped rows) seen so far
+        last_line = 1
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            except pa.ArrowInvalid as exc:
+                raise _csv_error(exc, last_line)
+            batch = _as_strings(batch, self.column_names)
+            n = batch.num_rows
+            pending.sort()
+            # Record numbers of this batch's rows: consecutive from next_record, minus skipped rows.
+            skipped_here: list[tuple[int, int]] = []
+            records = np.empty(n, dtype=np.int64)
+            r, i, p = next_record, 0, 0
+            while i < n:
+                if p < len(pending) and pending[p][0] == r:
+                    skipped_here.append(pending[p])
+                    p += 1
+                else:
+                    records[i] = r
+                    i += 1
+                r += 1
+            # Skipped rows right after the batch (before the next batch's first row).
+            while p < len(pending) and pending[p][0] == r:
+                skipped_here.append(pending[p])
+                p, r = p + 1, r + 1
+            del pending[:p]
+            inner = _newlines_per_row(batch)
+            row_extra = np.zeros(n, dtype=np.int64) if inner is None else inner
+            # Newlines before each row: everything so far + earlier rows of this batch + skipped rows before it.
+            before = extra_newlines + np.concatenate(([0], np.cumsum(row_extra)[:-1])) if n else np.zeros(0, np.int64)
+            if skipped_here:
+                sk_rec = np.array([s[0] for s in skipped_here], dtype=np.int64)
+                sk_nl = np.array([s[1] for s in skipped_here], dtype=np.int64)
+                sk_cum = np.cumsum(sk_nl)
+                # For each row, newlines of skipped rows with a smaller record number.
+                idx = np.searchsorted(sk_rec, records, side="left")
+                before = before + np.where(idx > 0, sk_cum[np.maximum(idx - 1, 0)], 0)
+                # Line numbers of the skipped (ragged) rows themselves.
+                rows_before = np.searchsorted(records, sk_rec, side="left")
+                valid_cum = np.concatenate(([0], np.cumsum(row_extra)))
+                sk_lines = sk_rec + extra_newlines + valid_cum[rows_before] + (sk_cum - sk_nl)
+                self.ragged_count += len(skipped_here)
+                room = limit - len(self.ragged_lines)
+                if room > 0:
+                    self.ragged_lines.extend(int(x) for x in sk_lines[:room])
+                extra_newlines += int(sk_nl.sum())
+            lines = records + before
+            extra_newlines += int(row_extra.sum())
+            next_record = r
+            if n:
+                last_line = int(lines[-1])
+                yield from self._slice(batch, lines)
+        # Ragged rows after the last batch (trailing lines).
+        for rec, nl in sorted(pending):
+            self.ragged_count += 1
+            if len(self.ragged_lines) < limit:
+                self.ragged_lines.append(rec + extra_newlines)
+            extra_newlines += nl
+
+    def _iter_jsonl(self) -> Iterator[Chunk]:
+        names = self.column_names
+        known = set(names)
+        cols: dict[str, list[str | None]] = {n: [] for n in names}
+        lines: list[int] = []
+
+        def flush() -> Chunk:
+            batch = pa.RecordBatch.from_arrays([pa.array(cols[n], type=pa.string()) for n in names], names=names)
+            chunk = Chunk(batch, np.array(lines, dtype=np.int64))
+            for v in cols.values():
+                v.clear()
+            lines.clear()
+            return chunk
+
+        for line_no, obj in _iter_jsonl(self.path, self.encoding or "utf-8"):
+            for k in obj:
+                if k not in known:
+                    raise IngestError(
+                        "jsonl_invalid",
+                        "A record has a key that the first records do not have.",
+                        {"line": line_no, "column": str(k), "reason": "unexpected key"},
+                    )
+            for n in names:
+                cols[n].append(_json_cell(obj.get(n)))
+            lines.append(line_no)
+            if len(lines) >= self.batch_rows:
+                yield from self._slice_plain(flush())
+        if lines:
+            yield from self._slice_plain(flush())
+
+    def _slice_plain(self, chunk: Chunk) -> Iterator[Chunk]:
+        yield from self._slice(chunk.batch, chunk.lines)
+
+    def _iter_parquet(self) -> Iterator[tuple[np.ndarray, pa.RecordBatch]]:
+        try:
+            pf = pq.ParquetFile(self.path)
+            record = 1
+            for batch in pf.iter_batches(batch_size=self.batch_rows):
+                lines = np.arange(record, record + batch.num_rows, dtype=np.int64)
+                record += batch.num_rows
+                yield lines, _decode_dictionaries(batch)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            if isinstance(exc, IngestError):
+                raise
+            raise IngestError("parquet_unreadable", "The Parquet file cannot be read.", {"reason": type(exc).__name__})
+
+
+# ---------------------------------------------------------------------- helpers
+def _looks_numeric(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _csv_error(exc: pa.ArrowInvalid, last_line: int | None) -> IngestError:
+    """Map an Arrow CSV failure to a code without forwarding its message (it quotes row text)."""
+    text = str(exc)
+    details: dict[str, Any] = {}
+    if last_line is not None:
+        details["after_line"] = last_line
+    if "UTF8" in text or "UTF-8" in text or "decode" in text.lower():
+        return IngestError("wrong_encoding", "The file contains bytes that are not valid in its encoding.", details)
+    if "straddling" in text or "block" in text:
+        return IngestError("too_large", "A record is larger than the reader's block size.", details)
+    return IngestError("unsupported_format", "The file could not be parsed as delimited text.", details)
+
+
+def _as_strings(batch: pa.RecordBatch, names: list[str]) -> pa.RecordBatch:
+    arrays = [col if col.type == pa.string() else pc.cast(col, pa.string()) for col in batch.columns]
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def _iter_jsonl(path: str, encoding: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)``; blank lines are skipped. Reads one bounded line at a time."""
+    try:
+        with open(path, encoding=encoding, errors="strict", newline="") as f:
+            line_no = 0
+            while True:
+                line = f.readline(_JSONL_MAX_LINE)
+                if not line:
+                    return
+                line_no += 1
+                if not line.endswith("\n") and len(line) >= _JSONL_MAX_LINE:
+                    raise IngestError("too_large", "A line is larger than allowed.", {"line": line_no})
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    # exc.msg names the syntax problem ("Expecting value"), never the content.
+                    raise IngestError(
+                        "jsonl_invalid",
+                        "A line is not valid JSON.",
+                        {"line": line_no, "reason": f"invalid JSON: {exc.msg} (column {exc.colno})"},
+                    )
+                if not isinstance(obj, dict):
+                    raise IngestError(
+                        "jsonl_invalid",
+                        "Every line must be a JSON object.",
+                        {"line": line_no, "reason": f"not a JSON object ({type(obj).__name__})"},
+                    )
+                yield line_no, obj
+    except UnicodeDecodeError:
+        raise IngestError("wrong_encoding", f"The file is not valid {encoding}.", {})
+
+
+def _json_cell(value: Any) -> str | None:
+    """A JSON value as the string the typed parsers read. Nested objects and arrays are kept as
+    compact JSON text (they type as string/text) rather than rejected, so one nested field does not
+    block an upload; the owner can mark such a column ``ignore``."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return None if value == "" else value
+    if isinstance(value, int | float):
+        return json.dumps(value)
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def _logical_from_arrow(t: pa.DataType) -> str | None:
+    """The logical type a Parquet column's Arrow type implies; None for strings (inferred)."""
+    if pa.types.is_dictionary(t):
+        return _logical_from_arrow(t.value_type)
+    if pa.types.is_boolean(t):
+        return "boolean"
+    if pa.types.is_integer(t):
+        return "integer"
+    if pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "float"
+    if pa.types.is_date(t):
+        return "date"
+    if pa.types.is_timestamp(t):
+        return "datetime"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return None
+    if pa.types.is_time(t) or pa.types.is_null(t):
+        return None
+    return "unsupported"
+
+
+def _decode_dictionaries(batch: pa.RecordBatch) -> pa.RecordBatch:
+    if not any(pa.types.is_dictionary(f.type) for f in batch.schema):
+        return batch
+    arrays = [c.dictionary_decode() if pa.types.is_dictionary(c.type) else c for c in batch.columns]
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+
+
+def _stringify(batch: pa.RecordBatch) -> pa.RecordBatch:
+    arrays = []
+    for col in batch.columns:
+        if col.type == pa.string():
+            arrays.append(col)
+        elif pa.types.is_date(col.type):
+            arrays.append(pc.strftime(pc.cast(col, pa.timestamp("s")), format="%Y-%m-%d"))
+        elif pa.types.is_timestamp(col.type):
+            arrays.append(pc.cast(col, pa.string()))
+        else:
+            arrays.append(pc.cast(col, pa.string()))
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
