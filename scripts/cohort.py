@@ -294,6 +294,9 @@ def serve(env: dict[str, str], host: str, port: int) -> int:
                 "default,cpu,gpu",
                 "-c",
                 "1",
+                "-B",  # beat in the dev worker: retention purge, expired uploads (CELERY_BEAT_SCHEDULE)
+                "--schedule",
+                str(STATE / "celerybeat-schedule"),
                 "--loglevel",
                 "INFO",
             ],

@@ -253,6 +253,29 @@ def purge_expired() -> int:
     return len(due)
 
 
+def expire_uploads() -> int:
+    """Drop the stored chunks of upload sessions past their expiry (audited per session)."""
+    from apps.tenancy.scope import tenant_scope
+
+    with platform_scope():
+        due = list(
+            UploadSession.all_tenants.filter(status=UploadSession.Status.OPEN, expires_at__lte=timezone.now()).values_list(
+                "tenant_id", "pk"
+            )
+        )
+    for tenant_id, pk in due:
+        with transaction.atomic(), tenant_scope(tenant_id):
+            session = UploadSession.objects.select_for_update().get(pk=pk)
+            if session.status != UploadSession.Status.OPEN:
+                continue
+            with audited_change():
+                _drop_parts(session)
+                session.status = UploadSession.Status.EXPIRED
+                session.save(update_fields=["status"])
+                audit_record(action="upload.expired", tenant=tenant_id, target=session)
+    return len(due)
+
+
 def _user_or_none(user: Any) -> Any:
     return user if getattr(user, "key_id", None) is None and getattr(user, "pk", None) else None
 

@@ -21,6 +21,7 @@ def process_version(tenant_id: int, version_id: int, session_id: int, expected_s
 @shared_task(name="datasets.purge_expired", acks_late=True, reject_on_worker_lost=True)
 def purge_expired_task() -> int:
     """Purge the stored data of datasets deleted longer ago than the retention period."""
-    from apps.datasets.services import purge_expired
+    from apps.datasets.services import expire_uploads, purge_expired
 
+    expire_uploads()
     return purge_expired()

@@ -32,7 +32,15 @@ from apps.tenancy.models import Membership, Role
 from apps.tenancy.scope import platform_scope, tenant_scope
 from apps.tenancy.services import invitation_create, membership_remove
 from tests.conftest import write_report
-from tests.security.helpers import DENIAL_ACTIONS, REFUSED_STATUSES, admin_connect, denial_count, tenant_tables
+from tests.security.helpers import (
+    DENIAL_ACTIONS,
+    REFUSED_STATUSES,
+    DatasetSeed,
+    admin_connect,
+    denial_count,
+    seed_datasets,
+    tenant_tables,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -47,14 +55,25 @@ SKIPPED: dict[str, str] = {
 METHODS = ("get", "post", "put", "patch", "delete")
 
 
+FILE = object()  # in a multipart valid_body: a small CSV file goes here
+
+
 @dataclass(frozen=True)
 class RouteProbe:
     kind: str  # tenant | public | self | accept
     methods: tuple[str, ...]  # the methods the route implements (checked against the view)
     valid_body: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> fields the API accepts
+    # method -> how the body is encoded: "json" (default), "multipart" (FILE becomes a file; nested
+    # values JSON-encoded) or "octet" (the body dict, JSON-encoded, as application/octet-stream bytes)
+    content: dict[str, str] = field(default_factory=dict)
+    valid_query: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> query the API needs
+    # Body fields naming a tenant object: also sent alone (valid body + A's id) on B's own tenant.
+    body_fks: tuple[str, ...] = ()
 
 
 T = "api/v1/tenants/<slug:tenant_slug>/"
+D = T + "datasets/<pk:dataset_id>/"
+V = D + "versions/<pk:version_id>/"
 PROBES: dict[str, RouteProbe] = {
     "healthz": RouteProbe("public", ("GET",)),
     "readyz": RouteProbe("public", ("GET",)),
@@ -75,6 +94,51 @@ PROBES: dict[str, RouteProbe] = {
     T + "audit-events/export/": RouteProbe("tenant", ("GET",)),
     T + "audit-events/verify/": RouteProbe("tenant", ("POST",)),
     T + "audit-events/<pk:event_id>/": RouteProbe("tenant", ("GET",)),
+    # datasets
+    T + "datasets/": RouteProbe("tenant", ("GET", "POST"), {"POST": {"name": "probe set", "description": "x"}}),
+    D: RouteProbe("tenant", ("GET", "PATCH", "DELETE"), {"PATCH": {"name": "renamed", "description": "x"}}),
+    D + "versions/": RouteProbe(
+        "tenant", ("GET", "POST"), {"POST": {"file": FILE, "format": "csv"}}, content={"POST": "multipart"}
+    ),
+    V: RouteProbe("tenant", ("GET",)),
+    V + "pii-report/": RouteProbe("tenant", ("GET",)),
+    V + "deidentify/": RouteProbe(
+        "tenant",
+        ("POST",),
+        {"POST": {"policy": {"columns": {"name": {"action": "drop", "params": {}}}, "quasi_identifiers": []}}},
+    ),
+    V + "preview/": RouteProbe("tenant", ("GET",)),
+    V + "download/": RouteProbe("tenant", ("GET",)),
+    D + "grants/": RouteProbe(
+        "tenant", ("GET", "POST"), {"POST": {"grantee": "iso-probe-grantee", "permission": "download"}}
+    ),
+    D + "grants/<pk:grant_id>/": RouteProbe("tenant", ("GET", "DELETE")),
+    D + "budget/": RouteProbe("tenant", ("GET", "PUT"), {"PUT": {"epsilon": "900", "delta": "0.001"}}),
+    D + "budget/reservations/": RouteProbe(
+        "tenant", ("GET", "POST"), {"POST": {"epsilon": "0.1", "delta": "0", "purpose": "probe"}}
+    ),
+    D + "budget/reservations/<pk:reservation_id>/commit/": RouteProbe(
+        "tenant", ("POST",), {"POST": {"epsilon_spent": "0.1"}}
+    ),
+    D + "budget/reservations/<pk:reservation_id>/release/": RouteProbe("tenant", ("POST",), {"POST": {}}),
+    T + "uploads/": RouteProbe(
+        "tenant",
+        ("POST",),
+        {"POST": {"dataset_id": 1, "filename": "probe.csv", "size": 16}},
+        body_fks=("dataset_id",),
+    ),
+    T + "uploads/<pk:upload_id>/": RouteProbe(
+        "tenant",
+        ("GET", "PUT", "DELETE"),
+        {"PUT": {"chunk": "a,b"}},
+        content={"PUT": "octet"},
+        valid_query={"PUT": {"offset": 8}},
+    ),
+    T + "uploads/<pk:upload_id>/complete/": RouteProbe("tenant", ("POST",), {"POST": {"sha256": "0" * 64}}),
+    T + "shared-datasets/": RouteProbe("tenant", ("GET",)),
+    T + "shared-datasets/<pk:dataset_id>/": RouteProbe("tenant", ("GET",)),
+    T + "shared-datasets/<pk:dataset_id>/preview/": RouteProbe("tenant", ("GET",)),
+    T + "shared-datasets/<pk:dataset_id>/download/": RouteProbe("tenant", ("GET",)),
 }
 
 _PARAM_RE = re.compile(r"<(?:(?P<conv>\w+):)?(?P<name>\w+)>")
@@ -144,17 +208,26 @@ class Side:
     revoked_key_secret: str = ""
     revoked_key_prefix: str = ""
     event_id: int = 0
+    datasets: DatasetSeed | None = None  # a dataset (raw + de-identified versions), grant, upload, reservation
 
     def object_ids(self) -> dict[str, int]:
+        assert self.datasets is not None
         return {
             "member_id": self.memberships[Role.ANALYST],
             "invitation_id": self.invitation_id,
             "key_id": self.key_id,
             "event_id": self.event_id,
+            **self.datasets.object_ids(),
         }
 
 
-def _seed(name: str, make_tenant: Callable[..., Any], make_user: Callable[..., Any]) -> Side:
+def _seed(
+    name: str,
+    make_tenant: Callable[..., Any],
+    make_user: Callable[..., Any],
+    api_client_for: Callable[[Any], APIClient],
+    grantee_slug: str,
+) -> Side:
     from apps.audit.services import audit_record, audited_change
 
     tenant = make_tenant(slug=f"iso-{name}-{secrets.token_hex(3)}", name=f"Tenant {name.upper()} Confidential")
@@ -183,6 +256,14 @@ def _seed(name: str, make_tenant: Callable[..., Any], make_user: Callable[..., A
         side.revoked_key_id, side.revoked_key_secret = revoked.key.pk, revoked.secret
         side.revoked_key_prefix = revoked.key.prefix
         side.event_id = AuditEvent.objects.filter(tenant=tenant).order_by("-id").values_list("id", flat=True)[0]
+    # Grants go to a third tenant: a grant between A and B would legitimately show A's dataset to B
+    # (shared-datasets); that is ISO-8's subject (tests/security/test_grants.py).
+    side.datasets = seed_datasets(
+        api_client_for(owner),
+        tenant,
+        name=f"{name.capitalize()} Confidential Cohort {secrets.token_hex(3)}",
+        grantee_slug=grantee_slug,
+    )
     return side
 
 
@@ -221,6 +302,11 @@ class World:
             "chain": f"t{a.tenant.pk}",
         }
 
+    def dataset_filter_query(self) -> dict[str, Any]:
+        """Real filters of the dataset lists, matching A's dataset (must still only match B's)."""
+        assert self.a.datasets is not None
+        return {"q": self.a.datasets.name, "status": "all"}
+
     def audit_filter_query(self) -> dict[str, Any]:
         """Real filters of the audit list, pointing at A's rows (must still only match B's)."""
         a = self.a
@@ -233,9 +319,12 @@ class World:
 
 
 @pytest.fixture
-def world(make_tenant: Callable[..., Any], make_user: Callable[..., Any]) -> World:
-    a = _seed("alpha", make_tenant, make_user)
-    b = _seed("bravo", make_tenant, make_user)
+def world(
+    make_tenant: Callable[..., Any], make_user: Callable[..., Any], api_client_for: Callable[[Any], APIClient]
+) -> World:
+    c = make_tenant(slug=f"iso-charlie-{secrets.token_hex(3)}", name="Tenant C (grantee of A and B)")
+    a = _seed("alpha", make_tenant, make_user, api_client_for, c.slug)
+    b = _seed("bravo", make_tenant, make_user, api_client_for, c.slug)
     removed = make_user(email=f"former-{secrets.token_hex(3)}@alpha-corp.example")
     from apps.audit.services import audit_record, audited_change
 
@@ -252,6 +341,8 @@ def world(make_tenant: Callable[..., Any], make_user: Callable[..., Any]) -> Wor
         a.revoked_key_prefix,
         f"{'alpha'}-integration-key",
         *(u.email for u in a.users.values()),
+        a.datasets.name,
+        *a.datasets.content_sha256,
     ]
     with platform_scope():
         a_strings += list(AuditEvent.all_tenants.filter(tenant_id=a.tenant.pk).values_list("hash", flat=True))
@@ -310,6 +401,7 @@ class Probe:
     query: dict[str, Any] | None
     body: dict[str, Any] | None
     targets_a: bool  # the path (or token) addresses A's tenant or objects
+    content: str = "json"  # how the body is encoded (RouteProbe.content)
 
 
 def fill(route: str, slug: str, ids: dict[str, int]) -> str:
@@ -320,7 +412,7 @@ def lacking_role(route: str, method: str) -> str | None:
     """A role of A that may not do this route+method (None when every role may)."""
     from django.urls import resolve
 
-    cls = resolve(fill(route, "x", {"member_id": 1, "invitation_id": 1, "key_id": 1, "event_id": 1})).func.cls
+    cls = resolve(fill(route, "x", {m["name"]: 1 for m in _PARAM_RE.finditer(route)})).func.cls
     action = cls.permission_actions.get(method) or cls.permission_action
     allowed = policy.MATRIX[action][0]
     return next((r for r in (Role.ANALYST, Role.INTEGRATOR, Role.AUDITOR, Role.ADMIN) if r not in allowed), None)
@@ -336,6 +428,22 @@ def build_probes(world: World, skipped_insider: list[str]) -> list[Probe]:
             valid = spec.valid_body.get(method, {})
             has_body = method in ("POST", "PATCH", "PUT")
             body = {**valid, **world.foreign_fields()} if has_body else None
+            content = spec.content.get(method, "json")
+            vquery = spec.valid_query.get(method)
+
+            def add(
+                ident: str,
+                variant: str,
+                path: str,
+                query: Any,
+                body: Any,
+                targets_a: bool,
+                route: str = route,
+                method: str = method,
+                content: str = content,
+            ) -> None:
+                probes.append(Probe(route, method, ident, variant, path, query, body, targets_a, content))
+
             if spec.kind == "tenant":
                 has_id = "<pk:" in route
                 a_path = fill(route, a.tenant.slug, a_ids)
@@ -346,31 +454,31 @@ def build_probes(world: World, skipped_insider: list[str]) -> list[Probe]:
                 else:
                     idents.append(f"a_{role}")
                 for ident in idents:
-                    probes.append(Probe(route, method, ident, "path", a_path, None, body, True))
-                    probes.append(Probe(route, method, ident, "query", a_path, world.foreign_query(), None, True))
+                    add(ident, "path", a_path, vquery, body, True)
+                    add(ident, "query", a_path, {**(vquery or {}), **world.foreign_query()}, None, True)
                 # B's own tenant: A's object ids in the path, or A's ids only in the query/body.
                 b_path_a_ids = fill(route, b.tenant.slug, a_ids)
                 for ident in ("b_owner", "b_key"):
                     if has_id:
-                        probes.append(Probe(route, method, ident, "own-slug-a-id", b_path_a_ids, None, body, True))
-                        probes.append(
-                            Probe(
-                                route,
-                                method,
-                                ident,
-                                "own-slug-a-id+query",
-                                b_path_a_ids,
-                                world.foreign_query(),
-                                None,
-                                True,
-                            )
+                        add(ident, "own-slug-a-id", b_path_a_ids, vquery, body, True)
+                        add(
+                            ident,
+                            "own-slug-a-id+query",
+                            b_path_a_ids,
+                            {**(vquery or {}), **world.foreign_query()},
+                            None,
+                            True,
                         )
+                        if has_body and valid:  # a body the API accepts, so only the path ids can refuse it
+                            add(ident, "own-slug-a-id+valid-body", b_path_a_ids, vquery, dict(valid), True)
                     else:
-                        probes.append(
-                            Probe(route, method, ident, "own-query", b_path_a_ids, world.foreign_query(), None, False)
-                        )
+                        add(ident, "own-query", b_path_a_ids, world.foreign_query(), None, False)
                         if has_body:
-                            probes.append(Probe(route, method, ident, "own-body", b_path_a_ids, None, body, False))
+                            add(ident, "own-body", b_path_a_ids, None, body, False)
+                        for fk in spec.body_fks:  # a valid body whose FK names A's object: refused as missing
+                            add(ident, f"own-body-a-{fk}", b_path_a_ids, vquery, {**valid, fk: a_ids[fk]}, True)
+                        if method == "GET" and route.endswith(("/datasets/", "/shared-datasets/")):
+                            add(ident, "own-dataset-filters", b_path_a_ids, world.dataset_filter_query(), None, False)
                         if "audit-events" in route and method == "GET":
                             probes.append(
                                 Probe(
@@ -447,12 +555,32 @@ class Clients:
         self.cache.pop(ident, None)
 
 
-def send(client: APIClient, method: str, path: str, query: dict[str, Any] | None, body: dict[str, Any] | None) -> Any:
+def send(
+    client: APIClient,
+    method: str,
+    path: str,
+    query: dict[str, Any] | None,
+    body: dict[str, Any] | None,
+    content: str = "json",
+) -> Any:
+    import json
     from urllib.parse import urlencode
+
+    from tests.apps.datasets.helpers import named, table_csv
 
     url = path + ("?" + urlencode(query) if query else "")
     fn = getattr(client, method.lower())
-    return fn(url, body, format="json") if body is not None else fn(url)
+    if body is None:
+        return fn(url)
+    if content == "multipart":
+        form = {
+            k: named(table_csv(4)) if v is FILE else json.dumps(v) if isinstance(v, dict | list) else v
+            for k, v in body.items()
+        }
+        return fn(url, form, format="multipart")
+    if content == "octet":
+        return fn(url, json.dumps(body).encode(), content_type="application/octet-stream")
+    return fn(url, body, format="json")
 
 
 def leaked(world: World, content: bytes) -> list[str]:
@@ -482,7 +610,7 @@ def test_cross_tenant_probe_matrix(world: World, api_client_for: Callable[[Any],
     leaks: list[str] = []
     last = denials_before_all
     for p in probes:
-        r = send(clients.get(p.identity), p.method, p.path, p.query, p.body)
+        r = send(clients.get(p.identity), p.method, p.path, p.query, p.body, p.content)
         now = denial_count(admin)
         refused = r.status_code in REFUSED_STATUSES
         found = leaked(world, r.content)
@@ -496,6 +624,8 @@ def test_cross_tenant_probe_matrix(world: World, api_client_for: Callable[[Any],
         results.append(
             {
                 "probe": label,
+                "route": f"{p.method} {p.route}",
+                "variant": p.variant,
                 "status": r.status_code,
                 "refused": refused,
                 "targets_a": p.targets_a,
@@ -512,45 +642,25 @@ def test_cross_tenant_probe_matrix(world: World, api_client_for: Callable[[Any],
     a, b = world.a, world.b
     missing_ids = {k: 10**17 + secrets.randbelow(10**16) for k in a.object_ids()}
     missing_slug = f"iso-nope-{secrets.token_hex(4)}"
-    oracle_pairs: list[tuple[str, str, str, dict[str, Any] | None, str]] = []
+    oracle_pairs: list[tuple[str, str, str, str, dict[str, Any] | None, dict[str, Any] | None, str]] = []
     for route, spec in PROBES.items():
         for method in spec.methods:
             body = spec.valid_body.get(method) or None
+            query = spec.valid_query.get(method)
+            content = spec.content.get(method, "json")
             if spec.kind == "tenant":
+                pairs = [(fill(route, a.tenant.slug, a.object_ids()), fill(route, missing_slug, missing_ids))]
+                if "<pk:" in route:
+                    pairs.append((fill(route, a.tenant.slug, a.object_ids()), fill(route, a.tenant.slug, missing_ids)))
+                    pairs.append((fill(route, b.tenant.slug, a.object_ids()), fill(route, b.tenant.slug, missing_ids)))
                 for ident in ("b_owner", "b_key"):
-                    oracle_pairs.append(
-                        (
-                            ident,
-                            method,
-                            fill(route, a.tenant.slug, a.object_ids()),
-                            body,
-                            fill(route, missing_slug, missing_ids),
-                        )
-                    )
-                    if "<pk:" in route:
-                        oracle_pairs.append(
-                            (
-                                ident,
-                                method,
-                                fill(route, a.tenant.slug, a.object_ids()),
-                                body,
-                                fill(route, a.tenant.slug, missing_ids),
-                            )
-                        )
-                        oracle_pairs.append(
-                            (
-                                ident,
-                                method,
-                                fill(route, b.tenant.slug, a.object_ids()),
-                                body,
-                                fill(route, b.tenant.slug, missing_ids),
-                            )
-                        )
+                    for real, fake in pairs:
+                        oracle_pairs.append((ident, method, real, fake, query, body, content))
     mismatches: list[str] = []
     comparisons = 0
-    for ident, method, real, body, fake in oracle_pairs:
+    for ident, method, real, fake, query, body, content in oracle_pairs:
         c = clients.get(ident)
-        r1, r2 = send(c, method, real, None, body), send(c, method, fake, None, body)
+        r1, r2 = send(c, method, real, query, body, content), send(c, method, fake, query, body, content)
         comparisons += 1
         if (r1.status_code, r1.content, r1.get("Content-Type")) != (r2.status_code, r2.content, r2.get("Content-Type")):
             mismatches.append(f"{ident} {method} {real} ({r1.status_code}) vs {fake} ({r2.status_code})")
@@ -585,9 +695,19 @@ def test_cross_tenant_probe_matrix(world: World, api_client_for: Callable[[Any],
         "probes": len(results),
         "probes_targeting_a": len(foreign),
         "probes_targeting_a_rejected_as_invalid_400": sum(1 for x in foreign if x["status"] == 400),
+        "probes_targeting_a_rejected_as_invalid_400_details": [x["probe"] for x in foreign if x["status"] == 400],
         "probes_targeting_a_neither_refused_nor_invalid": len(foreign_unrefused),
         "probes_in_own_context": len(results) - len(foreign),
         "status_counts": dict(Counter(x["status"] for x in results)),
+        "status_counts_per_route": {
+            k: dict(v)
+            for k, v in sorted(
+                {
+                    r: Counter(f"{x['variant']}:{x['status']}" for x in results if x["route"] == r)
+                    for r in {x["route"] for x in results}
+                }.items()
+            )
+        },
         "leaks": len(leaks),
         "leak_details": leaks[:50],
         "side_effects": len(effects),
