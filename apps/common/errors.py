@@ -81,7 +81,7 @@ class RejectedInput(exceptions.APIException):
     transaction commits (keeping that event) instead of rolling back. ``details`` is a JSON-safe,
     machine-readable reason; it never carries the caller's data."""
 
-    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    status_code: int = status.HTTP_422_UNPROCESSABLE_ENTITY
     default_code = "rejected"
     commit = True
 

@@ -105,6 +105,10 @@ def version_key(*, consumer: Tenant, version: DatasetVersion) -> DataKey:
     holds a live grant (checked here, again): the key row is read in the owner's scope."""
     from apps.tenancy.scope import tenant_scope
 
+    if version.data_key_id is None:
+        raise AccessDenied(
+            reason="not_ready", tenant_id=consumer.pk, target_type="datasets.datasetversion", target_id=version.pk
+        )
     if version.tenant_id == consumer.pk:
         return DataKey.objects.get(pk=version.data_key_id)
     if not dataset_access(consumer=consumer, dataset_id=version.dataset_id, permission="process"):

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -40,6 +40,7 @@ from apps.tenancy.models import Tenant
 from apps.tenancy.scope import platform_scope
 from apps.vault import services as vault
 from apps.vault.models import DataKey
+from workers.ingest.errors import IngestError
 from workers.schema import DatasetSchema, SchemaError
 
 logger = logging.getLogger(__name__)
@@ -53,9 +54,7 @@ class UploadRejected(Exception):
         self.code, self.message, self.details = code, message, details
 
 
-def _rejections() -> tuple[type[Exception], ...]:
-    from workers.ingest.errors import IngestError
-
+def _rejections() -> tuple[type[IngestError], type[UploadRejected]]:
     return (IngestError, UploadRejected)
 
 
@@ -259,9 +258,9 @@ def expire_uploads() -> int:
 
     with platform_scope():
         due = list(
-            UploadSession.all_tenants.filter(status=UploadSession.Status.OPEN, expires_at__lte=timezone.now()).values_list(
-                "tenant_id", "pk"
-            )
+            UploadSession.all_tenants.filter(
+                status=UploadSession.Status.OPEN, expires_at__lte=timezone.now()
+            ).values_list("tenant_id", "pk")
         )
     for tenant_id, pk in due:
         with transaction.atomic(), tenant_scope(tenant_id):
@@ -648,7 +647,7 @@ def process_upload(*, version: DatasetVersion, session: UploadSession, expected_
             raise UploadRejected("empty_file", "The file is empty.", {})
         up = EncryptedUpload(version.tenant_id, VERSION_KIND, version.pk, size_hint=os.path.getsize(path) * 2)
         try:
-            result = ingest_file(path, filename=session.filename, options=opts, sink=up.writer)
+            result = ingest_file(path, filename=session.filename, options=opts, sink=cast(BinaryIO, up.writer))
             stored = up.finish()
         except BaseException:
             up.abort()
@@ -696,8 +695,11 @@ def process_version_async(tenant_id: int, version_id: int, session_id: int, expe
 def version_batches(version: DatasetVersion) -> Callable[[], Iterator[pa.RecordBatch]]:
     """A factory of fresh passes over a stored version's record batches (decrypting as it reads)."""
 
+    assert version.data_key is not None, "only stored versions have batches"
+    key = version.data_key
+
     def batches() -> Iterator[pa.RecordBatch]:
-        reader = open_decrypted(version.tenant_id, VERSION_KIND, version.pk, version.storage_name, version.data_key)
+        reader = open_decrypted(version.tenant_id, VERSION_KIND, version.pk, version.storage_name, key)
         with reader:
             pf = pq.ParquetFile(pa.PythonFile(reader, mode="r"))
             yield from pf.iter_batches(batch_size=65536)
@@ -739,7 +741,7 @@ def deidentify(*, tenant: Tenant, raw: DatasetVersion, policy: dict[str, Any], c
         out_schema, batches, stats = run_deid(version_batches(raw), schema, parsed, pseudonym_key)
         up = EncryptedUpload(tenant.pk, VERSION_KIND, version.pk, size_hint=raw.size_bytes)
         try:
-            rows = write_parquet(batches, out_schema.arrow_schema(), up.writer)
+            rows = write_parquet(batches, out_schema.arrow_schema(), cast(BinaryIO, up.writer))
             stored = up.finish()
         except BaseException:
             up.abort()

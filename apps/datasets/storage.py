@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, BinaryIO, cast
 
 from django.conf import settings
 from django.core.files import File
@@ -104,7 +104,7 @@ class EncryptedUpload:
 def open_decrypted(tenant_id: int, kind: str, object_id: object, name: str, key: DataKey) -> DecryptingReader:
     """A seekable plaintext reader over a stored object (decrypts frame by frame)."""
     raw = object_storage().open(name, "rb")
-    return DecryptingReader(raw, vault.material(key), context_for(tenant_id, kind, object_id))
+    return DecryptingReader(cast(BinaryIO, raw), vault.material(key), context_for(tenant_id, kind, object_id))
 
 
 def delete_object(name: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from typing import IO, Any
+from typing import IO, Any, BinaryIO, cast
 
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
@@ -36,7 +36,7 @@ class SpooledUpload(UploadedFile):
         sink = EncryptedUpload(tenant_id, "upload_part", f"mp-{uuid.uuid4().hex}", size_hint=self.size or 0)
         try:
             self.spool.seek(0)
-            reader = DecryptingReader(self.spool, self.key, _SPOOL_CONTEXT)
+            reader = DecryptingReader(cast(BinaryIO, self.spool), self.key, _SPOOL_CONTEXT)
             while block := reader.read(1024 * 1024):
                 sink.write(block)
             return sink.finish()
@@ -48,9 +48,6 @@ class SpooledUpload(UploadedFile):
 
     def discard(self) -> None:
         self.spool.close()
-
-    def open(self, mode: str | None = None) -> Any:  # pragma: no cover - never read back this way
-        raise OSError("an encrypted upload is read through restage()")
 
 
 class SpoolingUploadHandler(FileUploadHandler):

@@ -182,6 +182,7 @@ def rewrap_all(provider: KeyProvider | None = None) -> RewrapResult:
         )
         now = timezone.now()
         for key in keys:
+            assert key.wrapped is not None  # destroyed keys are excluded above
             new = rewrap(WrappedKey(kek_id=key.kek_id, blob=bytes(key.wrapped)), provider, _wrap_context(key))
             key.kek_id, key.wrapped, key.rewrapped_at = new.kek_id, new.blob, now
         DataKey.all_tenants.bulk_update(keys, ["kek_id", "wrapped", "rewrapped_at"], batch_size=1000)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from config.env import BASE_DIR, LOCAL_STATE_DIR, env, parse_database_url
 
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
@@ -190,7 +192,7 @@ DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000
 # --- Static files ---------------------------------------------------------------------------
 STATIC_URL = "/static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
-STORAGES = {
+STORAGES: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }

@@ -445,7 +445,7 @@ def _form_options(data: Any) -> dict[str, Any]:
 class VersionListApi(TenantApi):
     pagination_class = CursorPagination
     permission_actions = {"GET": "dataset.list", "POST": "dataset.create"}
-    parser_classes = [parsers.MultiPartParser]
+    parser_classes = [parsers.MultiPartParser]  # type: ignore[misc]
 
     @extend_schema(
         operation_id="dataset_versions_list",
@@ -671,7 +671,7 @@ _RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 class UploadDetailApi(TenantApi):
     permission_actions = {"GET": "dataset.create", "PUT": "dataset.create", "DELETE": "dataset.create"}
-    parser_classes = [OctetStreamParser]
+    parser_classes = [OctetStreamParser]  # type: ignore[misc]
 
     @extend_schema(
         operation_id="uploads_retrieve",

@@ -4,11 +4,11 @@ versions, and S3-compatible storage."""
 from __future__ import annotations
 
 import threading
-from unittest.mock import patch
 from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 from django.db import connection

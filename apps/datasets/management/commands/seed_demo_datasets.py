@@ -177,7 +177,7 @@ class Command(BaseCommand):
         for slug, data in breast_cancer_parts().items():
             t, user = tenants[slug], owners[slug]
             ds, raw = _upload(t, user, BREAST_CANCER, data, f"breast_cancer_{slug}.csv", {"label": "target"})
-            keep_all = {"columns": {}, "quasi_identifiers": [], "k": None}
+            keep_all: dict[str, Any] = {"columns": {}, "quasi_identifiers": [], "k": None}
             deid = _deidentify(t, user, raw, keep_all)
             if t.pk != coordinator.pk:
                 with tenant_scope(t.pk):
