@@ -14,8 +14,13 @@ from apps.datasets.models import BudgetReservation, Dataset, DatasetGrant, Datas
 
 
 class ReadOnlyAdmin(ConsoleModelAdmin):
+    hidden: tuple[str, ...] = ()
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [f.name for f in self.model._meta.fields if f.name not in self.hidden]
+
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        return [f.name for f in self.model._meta.fields]
+        return self.get_fields(request, obj)
 
 
 @admin.register(Dataset, site=cohort_admin_site)
@@ -34,7 +39,7 @@ class DatasetVersionAdmin(ReadOnlyAdmin):
     search_fields = ("dataset__name", "content_sha256", "upload_sha256")
     list_select_related = ("dataset", "tenant")
     ordering = ("-id",)
-    exclude = ("storage_name",)
+    hidden = ("storage_name",)
 
 
 @admin.register(DatasetGrant, site=cohort_admin_site)

@@ -17,7 +17,8 @@ class DataKeyAdmin(ConsoleModelAdmin):
     list_filter = ("purpose", "status", "tenant")
     list_select_related = ("tenant",)
     ordering = ("-id",)
-    exclude = ("wrapped",)
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [f.name for f in self.model._meta.fields if f.name != "wrapped"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        return [f.name for f in self.model._meta.fields if f.name != "wrapped"]
+        return self.get_fields(request, obj)
