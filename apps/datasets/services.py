@@ -504,9 +504,17 @@ def _gaps(ranges: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
 
 
 def upload_single(
-    *, tenant: Tenant, dataset: Dataset, created_by: Any, filename: str, staged: Stored, options: dict[str, Any]
+    *,
+    tenant: Tenant,
+    dataset: Dataset,
+    created_by: Any,
+    filename: str,
+    staged: Stored,
+    options: dict[str, Any],
+    inline: bool | None = None,
 ) -> DatasetVersion:
-    """A multipart upload whose body was already encrypted while it streamed in (``staged``)."""
+    """A multipart upload whose body was already encrypted while it streamed in (``staged``).
+    ``inline``: process in this call (True), on a worker (False), or by size (None)."""
     if staged.plaintext_bytes == 0:
         delete_object(staged.name)
         _reject(tenant, "empty_file", "The file is empty.", {}, action="dataset.upload_rejected", target=dataset)
@@ -532,7 +540,7 @@ def upload_single(
         storage_name=staged.name,
         data_key=staged.key,
     )
-    return _start_version(tenant=tenant, session=session, expected_sha256=None, created_by=created_by, inline=None)
+    return _start_version(tenant=tenant, session=session, expected_sha256=None, created_by=created_by, inline=inline)
 
 
 def _start_version(

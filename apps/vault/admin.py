@@ -17,6 +17,7 @@ class DataKeyAdmin(ConsoleModelAdmin):
     list_filter = ("purpose", "status", "tenant")
     list_select_related = ("tenant",)
     ordering = ("-id",)
+
     def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return [f.name for f in self.model._meta.fields if f.name != "wrapped"]
 

@@ -26,6 +26,10 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e]
 
 
+# Set by the test settings for this process; the launched server must use its own state folder.
+TEST_STATE_VARS = ("COHORT_KEY_DIR", "COHORT_OBJECT_DIR", "COHORT_TMP_DIR", "COHORT_KEK")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -33,6 +37,7 @@ def _free_port() -> int:
 
 
 def _start(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {**env, "COHORT_DATASET_INLINE_MAX_BYTES": "1000"}  # small uploads go to the worker too
     return subprocess.Popen(
         [sys.executable, "scripts/cohort.py", "run", "--port", str(port)],
         cwd=ROOT,
@@ -119,6 +124,35 @@ def _exercise(base: str, state: Path, redis_url: str | None) -> None:
             else:
                 pytest.fail("the Celery worker did not run audit.tenant_verify within 60 s")
 
+            # A dataset larger than the inline limit is processed by the real worker (202 → ready),
+            # and the seeded notes dataset previews de-identified.
+            csrf = owner.cookies["csrftoken"]
+            hdr = {"X-CSRFToken": csrf, "Referer": base + "/"}
+            ds = owner.post("/api/v1/tenants/st-marys/datasets/", json={"name": "e2e upload"}, headers=hdr)
+            assert ds.status_code == 201, ds.text
+            rows = "\n".join(f"{i},{i % 7},{i % 2}" for i in range(3000))
+            up = owner.post(
+                f"/api/v1/tenants/st-marys/datasets/{ds.json()['id']}/versions/",
+                files={"file": ("e2e.csv", f"a,b,label\n{rows}\n".encode(), "text/csv")},
+                data={"label": "label"},
+                headers=hdr,
+            )
+            assert up.status_code == 202, up.text
+            url = f"/api/v1/tenants/st-marys/datasets/{ds.json()['id']}/versions/{up.json()['id']}/"
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                v = owner.get(url).json()
+                if v["status"] != "processing":
+                    break
+                time.sleep(0.5)
+            assert v["status"] == "ready" and v["rows"] == 3000, v
+            notes = owner.get("/api/v1/tenants/st-marys/datasets/", params={"q": "Discharge"}).json()["results"]
+            assert notes, "the demo notes dataset is seeded"
+            versions = owner.get(f"/api/v1/tenants/st-marys/datasets/{notes[0]['id']}/versions/").json()["results"]
+            deid = next(x for x in versions if x["kind"] == "deidentified")
+            prev = owner.get(f"/api/v1/tenants/st-marys/datasets/{notes[0]['id']}/versions/{deid['id']}/preview/")
+            assert prev.status_code == 200 and "@mail.example" not in prev.text, prev.text[:500]
+
 
 def _run_twice(env: dict[str, str], state: Path, tmp_path: Path, redis_url: str | None) -> None:
     log = tmp_path / "run.log"
@@ -165,6 +199,7 @@ def test_embedded_mode(tmp_path: Path) -> None:
             "COHORT_AUDIT_SIGNING_KEY",
             "COHORT_EMBEDDED_POSTGRES",
             "COHORT_EMBEDDED_REDIS",
+            *TEST_STATE_VARS,
         }
     }
     env.update({"COHORT_STATE_DIR": str(state), "COHORT_EMBEDDED_REDIS_PORT": str(redis_port)})
@@ -181,7 +216,7 @@ def test_external_servers(tmp_path: Path) -> None:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in {"DATABASE_OWNER_URL", "DJANGO_SETTINGS_MODULE", "COHORT_DB_ADMIN_URL"}
+        if k not in {"DATABASE_OWNER_URL", "DJANGO_SETTINGS_MODULE", "COHORT_DB_ADMIN_URL", *TEST_STATE_VARS}
     }
     from psycopg import connect, sql
 

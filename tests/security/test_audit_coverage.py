@@ -1,11 +1,21 @@
 """AUD-1: every mutating API route (found by walking the URL resolver) writes exactly one complete
-audit event carrying the request's X-Request-ID. A new route without a request builder here fails."""
+audit event carrying the request's X-Request-ID. A new route without a request builder here fails.
+
+The rule is "exactly one event per audit chain the request touches": an action that concerns two
+tenants writes one event in each tenant's chain, by design, and each must be complete. These are
+granting and revoking (``grant.created``/``grant.received``, ``grant.revoked``/``grant.lost``), a
+grantee's budget reservation (``budget.reserved`` in the grantee's and the owner's chain) and a
+grantee's read of a shared dataset (``dataset.shared_read`` in the grantee's chain,
+``dataset.read_by_grantee`` in the owner's). Every other request writes one event in one chain.
+Sensitive reads (audit export, version preview and download, shared preview and download) are held
+to the same rule. A refused upload writes ``dataset.upload_rejected`` instead (not covered here:
+the builders send valid requests)."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -61,7 +71,9 @@ class World:
     make_user: Callable[..., Any]
     member: Callable[..., Any]
     api_client_for: Callable[..., APIClient]
+    make_tenant: Callable[..., Any] = lambda: None
     counter: itertools.count = field(default_factory=lambda: itertools.count(1))
+    cache: dict[str, Any] = field(default_factory=dict)
 
     @property
     def base(self) -> str:
@@ -84,6 +96,9 @@ class Call:
     status: int
     action: str
     tenant_id: int | None  # None: a platform event (platform chain)
+    # The other chains this request writes one event in, by design: (tenant id, action).
+    also: tuple[tuple[int, str], ...] = ()
+    content: str = "json"  # "multipart" for file uploads, "octet" for raw chunks (body["data"])
 
 
 def _login(w: World) -> Call:
@@ -185,7 +200,262 @@ def _audit_export(w: World) -> Call:
     )
 
 
+# --- datasets ------------------------------------------------------------------------------------
+
+
+def _dataset(w: World) -> int:
+    from tests.apps.datasets.helpers import create_dataset
+
+    return create_dataset(w.client, w.tenant.slug, f"aud1 dataset {next(w.counter)}")
+
+
+def _ready(w: World) -> tuple[int, int, int]:
+    """One dataset with a raw and a de-identified version (made once): (dataset, raw, deidentified)."""
+    from tests.apps.datasets.helpers import deidentify, table_csv, upload_version
+
+    if "ready" not in w.cache:
+        ds = _dataset(w)
+        raw = upload_version(w.client, w.tenant.slug, ds, table_csv(12))
+        deid = deidentify(w.client, w.tenant.slug, ds, raw["id"])
+        w.cache["ready"] = (ds, raw["id"], deid["id"])
+    return w.cache["ready"]
+
+
+def _partner(w: World, permission: str) -> tuple[Tenant, APIClient]:
+    """Another tenant holding a ``permission`` grant on the ready dataset, and its owner's client."""
+    key = f"partner-{permission}"
+    if key not in w.cache:
+        ds, _raw, _deid = _ready(w)
+        other = w.make_tenant()
+        r = w.client.post(
+            f"{w.base}/datasets/{ds}/grants/", {"grantee": other.slug, "permission": permission}, format="json"
+        )
+        assert r.status_code == 201, r.content
+        w.cache[key] = (other, w.api_client_for(w.member(Role.OWNER, tenant=other)))
+    return w.cache[key]
+
+
+def _dataset_create(w: World) -> Call:
+    return Call(w.client, "POST", f"{w.base}/datasets/", {"name": "aud1 new"}, 201, "dataset.created", w.tenant.pk)
+
+
+def _dataset_update(w: World) -> Call:
+    ds = _dataset(w)
+    return Call(
+        w.client, "PATCH", f"{w.base}/datasets/{ds}/", {"description": "x"}, 200, "dataset.updated", w.tenant.pk
+    )
+
+
+def _dataset_delete(w: World) -> Call:
+    ds = _dataset(w)
+    return Call(w.client, "DELETE", f"{w.base}/datasets/{ds}/", None, 200, "dataset.deleted", w.tenant.pk)
+
+
+def _version_upload(w: World) -> Call:
+    from tests.apps.datasets.helpers import named, table_csv
+
+    ds = _dataset(w)
+    return Call(
+        w.client,
+        "POST",
+        f"{w.base}/datasets/{ds}/versions/",
+        {"file": named(table_csv(8))},
+        201,
+        "dataset.version_uploaded",
+        w.tenant.pk,
+        content="multipart",
+    )
+
+
+def _deidentify(w: World) -> Call:
+    from tests.apps.datasets.helpers import SIMPLE_POLICY
+
+    ds, raw, _deid = _ready(w)
+    return Call(
+        w.client,
+        "POST",
+        f"{w.base}/datasets/{ds}/versions/{raw}/deidentify/",
+        {"policy": SIMPLE_POLICY},
+        201,
+        "dataset.deidentified",
+        w.tenant.pk,
+    )
+
+
+def _grant_create(w: World) -> Call:
+    ds, _raw, _deid = _ready(w)
+    other = w.make_tenant()
+    return Call(
+        w.client,
+        "POST",
+        f"{w.base}/datasets/{ds}/grants/",
+        {"grantee": other.slug, "permission": "process"},
+        201,
+        "grant.created",
+        w.tenant.pk,
+        also=((other.pk, "grant.received"),),
+    )
+
+
+def _grant_revoke(w: World) -> Call:
+    ds, _raw, _deid = _ready(w)
+    other = w.make_tenant()
+    r = w.client.post(
+        f"{w.base}/datasets/{ds}/grants/", {"grantee": other.slug, "permission": "process"}, format="json"
+    )
+    assert r.status_code == 201, r.content
+    return Call(
+        w.client,
+        "DELETE",
+        f"{w.base}/datasets/{ds}/grants/{r.json()['id']}/",
+        None,
+        200,
+        "grant.revoked",
+        w.tenant.pk,
+        also=((other.pk, "grant.lost"),),
+    )
+
+
+def _budget_set(w: World) -> Call:
+    ds = _dataset(w)
+    return Call(
+        w.client,
+        "PUT",
+        f"{w.base}/datasets/{ds}/budget/",
+        {"epsilon": "5", "delta": "0.000001"},
+        200,
+        "budget.set",
+        w.tenant.pk,
+    )
+
+
+def _budget_reserve(w: World) -> Call:
+    """A grantee's reservation: one event in its chain and one in the owner's."""
+    ds, _raw, _deid = _ready(w)
+    other, client = _partner(w, "process")
+    return Call(
+        client,
+        "POST",
+        f"/api/v1/tenants/{other.slug}/datasets/{ds}/budget/reservations/",
+        {"epsilon": "0.1", "delta": "0", "purpose": "aud1"},
+        201,
+        "budget.reserved",
+        other.pk,
+        also=((w.tenant.pk, "budget.reserved"),),
+    )
+
+
+def _reservation(w: World) -> tuple[int, int]:
+    ds = _dataset(w)
+    r = w.client.post(
+        f"{w.base}/datasets/{ds}/budget/reservations/",
+        {"epsilon": "0.2", "delta": "0", "purpose": "aud1"},
+        format="json",
+    )
+    assert r.status_code == 201, r.content
+    return ds, int(r.json()["id"])
+
+
+def _budget_commit(w: World) -> Call:
+    ds, res = _reservation(w)
+    path = f"{w.base}/datasets/{ds}/budget/reservations/{res}/commit/"
+    return Call(w.client, "POST", path, {"epsilon_spent": "0.1"}, 200, "budget.committed", w.tenant.pk)
+
+
+def _budget_release(w: World) -> Call:
+    ds, res = _reservation(w)
+    path = f"{w.base}/datasets/{ds}/budget/reservations/{res}/release/"
+    return Call(w.client, "POST", path, None, 200, "budget.released", w.tenant.pk)
+
+
+def _session(w: World, size: int) -> int:
+    r = w.client.post(
+        f"{w.base}/uploads/", {"dataset_id": _dataset(w), "filename": "a.csv", "size": size}, format="json"
+    )
+    assert r.status_code == 201, r.content
+    return int(r.json()["id"])
+
+
+def _upload_create(w: World) -> Call:
+    ds = _dataset(w)
+    body = {"dataset_id": ds, "filename": "a.csv", "size": 100}
+    return Call(w.client, "POST", f"{w.base}/uploads/", body, 201, "upload.created", w.tenant.pk)
+
+
+def _upload_put(w: World) -> Call:
+    up = _session(w, 100)
+    return Call(
+        w.client,
+        "PUT",
+        f"{w.base}/uploads/{up}/?offset=0",
+        {"data": b"x" * 10},
+        200,
+        "upload.part_stored",
+        w.tenant.pk,
+        content="octet",
+    )
+
+
+def _upload_abort(w: World) -> Call:
+    up = _session(w, 100)
+    return Call(w.client, "DELETE", f"{w.base}/uploads/{up}/", None, 200, "upload.aborted", w.tenant.pk)
+
+
+def _upload_complete(w: World) -> Call:
+    import hashlib
+
+    from tests.apps.datasets.helpers import table_csv
+
+    data = table_csv(8)
+    up = _session(w, len(data))
+    r = w.client.put(f"{w.base}/uploads/{up}/?offset=0", data, content_type="application/octet-stream")
+    assert r.status_code == 200, r.content
+    return Call(
+        w.client,
+        "POST",
+        f"{w.base}/uploads/{up}/complete/",
+        {"sha256": hashlib.sha256(data).hexdigest()},
+        201,
+        "dataset.version_uploaded",
+        w.tenant.pk,
+    )
+
+
+def _version_preview(w: World) -> Call:
+    ds, _raw, deid = _ready(w)
+    path = f"{w.base}/datasets/{ds}/versions/{deid}/preview/"
+    return Call(w.client, "GET", path, None, 200, "dataset.previewed", w.tenant.pk)
+
+
+def _version_download(w: World) -> Call:
+    """The raw version: the most sensitive read there is."""
+    ds, raw, _deid = _ready(w)
+    path = f"{w.base}/datasets/{ds}/versions/{raw}/download/"
+    return Call(w.client, "GET", path, None, 200, "dataset.raw_read", w.tenant.pk)
+
+
+def _shared_read(op: str) -> Callable[[World], Call]:
+    def build(w: World) -> Call:
+        ds, _raw, _deid = _ready(w)
+        other, client = _partner(w, "download")
+        path = f"/api/v1/tenants/{other.slug}/shared-datasets/{ds}/{op}/"
+        return Call(
+            client,
+            "GET",
+            path,
+            None,
+            200,
+            "dataset.shared_read",
+            other.pk,
+            also=((w.tenant.pk, "dataset.read_by_grantee"),),
+        )
+
+    return build
+
+
 T = "api/v1/tenants/<slug:tenant_slug>"
+D = f"{T}/datasets/<pk:dataset_id>"
+V = f"{D}/versions/<pk:version_id>"
 # Every mutating route needs a builder here: a route added without one fails the test below.
 BUILDERS: dict[str, Callable[[World], Call]] = {
     "POST api/v1/auth/login/": _login,
@@ -200,10 +470,29 @@ BUILDERS: dict[str, Callable[[World], Call]] = {
     f"DELETE {T}/invitations/<pk:invitation_id>/": _invitation_revoke,
     "POST api/v1/invitations/accept/": _invitation_accept,
     f"POST {T}/audit-events/verify/": _audit_verify,
+    f"POST {T}/datasets/": _dataset_create,
+    f"PATCH {D}/": _dataset_update,
+    f"DELETE {D}/": _dataset_delete,
+    f"POST {D}/versions/": _version_upload,
+    f"POST {V}/deidentify/": _deidentify,
+    f"POST {D}/grants/": _grant_create,
+    f"DELETE {D}/grants/<pk:grant_id>/": _grant_revoke,
+    f"PUT {D}/budget/": _budget_set,
+    f"POST {D}/budget/reservations/": _budget_reserve,
+    f"POST {D}/budget/reservations/<pk:reservation_id>/commit/": _budget_commit,
+    f"POST {D}/budget/reservations/<pk:reservation_id>/release/": _budget_release,
+    f"POST {T}/uploads/": _upload_create,
+    f"PUT {T}/uploads/<pk:upload_id>/": _upload_put,
+    f"DELETE {T}/uploads/<pk:upload_id>/": _upload_abort,
+    f"POST {T}/uploads/<pk:upload_id>/complete/": _upload_complete,
 }
 # Sensitive reads (RELIABILITY AUD-1) are held to the same rule.
 SENSITIVE_READS: dict[str, Callable[[World], Call]] = {
     f"GET {T}/audit-events/export/": _audit_export,
+    f"GET {V}/preview/": _version_preview,
+    f"GET {V}/download/": _version_download,
+    f"GET {T}/shared-datasets/<pk:dataset_id>/preview/": _shared_read("preview"),
+    f"GET {T}/shared-datasets/<pk:dataset_id>/download/": _shared_read("download"),
 }
 
 
@@ -239,7 +528,7 @@ def _last_event_id() -> int:
 
 @pytest.mark.django_db
 def test_aud1_every_mutating_route_writes_exactly_one_event(
-    tenant: Any, member: Any, make_user: Any, api_client_for: Any
+    tenant: Any, member: Any, make_user: Any, api_client_for: Any, make_tenant: Any
 ) -> None:
     owner = member("owner")
     w = World(
@@ -249,7 +538,9 @@ def test_aud1_every_mutating_route_writes_exactly_one_event(
         make_user=make_user,
         member=member,
         api_client_for=api_client_for,
+        make_tenant=make_tenant,
     )
+    _ready(w)  # the tenant's data keys are created on first use (key.created): not by the measured calls
     routes = api_routes()
     reads = [r for r in api_routes(("GET",)) if r in SENSITIVE_READS]
     unbuilt = [r for r in routes if r not in BUILDERS]
@@ -260,23 +551,43 @@ def test_aud1_every_mutating_route_writes_exactly_one_event(
         request_id = f"aud1-{len(results):03d}-{tenant.pk}"
         since = _last_event_id()
         send = getattr(call.client, call.method.lower())
-        r = (
-            send(call.path, call.body, format="json", HTTP_X_REQUEST_ID=request_id)
-            if call.body is not None
-            else send(call.path, HTTP_X_REQUEST_ID=request_id)
-        )
+        if call.body is None:
+            r = send(call.path, HTTP_X_REQUEST_ID=request_id)
+        elif call.content == "multipart":
+            r = send(call.path, call.body, format="multipart", HTTP_X_REQUEST_ID=request_id)
+        elif call.content == "octet":
+            r = send(
+                call.path, call.body["data"], content_type="application/octet-stream", HTTP_X_REQUEST_ID=request_id
+            )
+        else:
+            r = send(call.path, call.body, format="json", HTTP_X_REQUEST_ID=request_id)
         with platform_scope():
             new = list(AuditEvent.all_tenants.filter(id__gt=since).order_by("id"))
-        missing = missing_fields(new[0], call, request_id) if len(new) == 1 else ["exactly_one_event"]
+        # Exactly one event in each chain the request touches (see the module docstring).
+        expected = {call.tenant_id: call.action, **dict(call.also)}
+        by_chain: dict[int | None, list[AuditEvent]] = {}
+        for e in new:
+            by_chain.setdefault(e.tenant_id, []).append(e)
+        one_per_chain = set(by_chain) == set(expected) and all(len(v) == 1 for v in by_chain.values())
+        if one_per_chain:
+            missing = [
+                f"t{chain}:{m}" if chain != call.tenant_id else m
+                for chain, evs in by_chain.items()
+                for m in missing_fields(evs[0], replace(call, tenant_id=chain, action=expected[chain]), request_id)
+            ]
+        else:
+            missing = ["exactly_one_event"]
         results[route] = {
             "status": r.status_code,
             "events": [(e.chain, e.action, e.request_id) for e in new],
+            "chains": len(expected),
+            "one_event_per_chain": one_per_chain,
             "missing": missing,
-            "has_object": bool(new and new[0].target_type),
+            "has_object": bool(new) and all(e.target_type for e in new),
         }
-        assert r.status_code == call.status, (route, r.status_code, r.content[:300])
+        assert r.status_code == call.status, (route, r.status_code, getattr(r, "content", b"")[:300])
     mutating = [r for r in routes if r in BUILDERS]
-    exactly_one = sum(len(results[r]["events"]) == 1 for r in mutating)
+    exactly_one = sum(results[r]["one_event_per_chain"] for r in mutating)
     missing_count = sum(len(results[r]["missing"]) for r in mutating if results[r]["missing"] != ["exactly_one_event"])
     passed = (
         not unbuilt
@@ -290,6 +601,9 @@ def test_aud1_every_mutating_route_writes_exactly_one_event(
         {
             "routes_enumerated": len(routes),
             "routes_with_exactly_one_event": exactly_one,
+            "rule": "exactly one event in each audit chain the request touches (two chains, one event each, "
+            "for grant create/revoke, a grantee's budget reservation and a grantee's shared read)",
+            "routes_writing_two_chains": sorted(r for r, v in results.items() if v["chains"] == 2),
             "missing_field_count": missing_count,
             "routes_without_builder": unbuilt,
             "stale_builders": stale,
@@ -302,7 +616,7 @@ def test_aud1_every_mutating_route_writes_exactly_one_event(
     assert not unbuilt, f"mutating routes with no request builder in BUILDERS (add one): {unbuilt}"
     assert not stale, f"BUILDERS entries that match no route (renamed or removed?): {stale}"
     assert reads == list(SENSITIVE_READS), reads
-    assert exactly_one == len(routes), {r: v["events"] for r, v in results.items() if len(v["events"]) != 1}
+    assert exactly_one == len(routes), {r: v["events"] for r, v in results.items() if not v["one_event_per_chain"]}
     assert missing_count == 0 and all(not v["missing"] for v in results.values()), {
         r: v["missing"] for r, v in results.items() if v["missing"]
     }

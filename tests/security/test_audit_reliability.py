@@ -547,7 +547,26 @@ def _db_events(after_id: int) -> list[AuditEvent]:
 
 
 @pytest.mark.django_db
-def test_aud2_bulk_writes_are_audited(tenant: Any, member: Any, make_user: Any, api_key_for: Any) -> None:
+def test_aud2_bulk_writes_are_audited(
+    tenant: Any, other_tenant: Any, member: Any, make_user: Any, api_key_for: Any
+) -> None:
+    """Bulk and raw writes on every audited table family: tenancy, API keys, users, and the dataset
+    tables and data keys (capture triggers on datasets_* except datasets_uploadpart, and on
+    vault_datakey; datasets_datasetversion is left out because ready versions are immutable)."""
+    from decimal import Decimal
+
+    from apps.datasets import services as dataset_services
+    from apps.datasets.models import (
+        BudgetReservation,
+        Dataset,
+        DatasetGrant,
+        DatasetQuota,
+        PrivacyBudget,
+        UploadSession,
+    )
+    from apps.vault import services as vault_services
+    from apps.vault.models import DataKey
+
     owner = member("owner")
     analysts = [member("analyst") for _ in range(3)]
     for _ in range(3):
@@ -560,6 +579,27 @@ def test_aud2_bulk_writes_are_audited(tenant: Any, member: Any, make_user: Any, 
         tenancy_services.invitation_create(
             tenant=tenant, actor_role=Role.OWNER, invited_by=owner, email="b@example.org", role=Role.ANALYST
         )
+    with tenant_scope(tenant.pk):
+        datasets = [
+            dataset_services.dataset_create(tenant=tenant, created_by=owner, name=f"aud2 {i}") for i in range(3)
+        ]
+        for ds in datasets:
+            dataset_services.grant_create(
+                tenant=tenant, dataset=ds, grantee=other_tenant, permission="process", created_by=owner
+            )
+            dataset_services.upload_session_create(
+                tenant=tenant, dataset=ds, created_by=owner, filename="a.csv", size=10, options={}
+            )
+            dataset_services.budget_reserve(
+                consumer=tenant,
+                budget=PrivacyBudget.objects.get(dataset=ds),
+                epsilon=Decimal("0.1"),
+                delta=Decimal(0),
+                purpose="aud2",
+                reference="",
+                created_by=owner,
+            )
+        vault_services.active_key(tenant.pk)
     with platform_scope():
         baseline = AuditEvent.all_tenants.order_by("-id").values_list("id", flat=True).first()
 
@@ -597,6 +637,31 @@ def test_aud2_bulk_writes_are_audited(tenant: Any, member: Any, make_user: Any, 
 
         # A no-op update changes nothing and is not an event.
         Membership.objects.filter(pk__in=ids).update(role=Role.AUDITOR)
+
+        ds_ids = {str(d.pk) for d in datasets}
+        assert Dataset.objects.filter(pk__in=[d.pk for d in datasets]).update(description="bulk") == 3
+        changed["queryset.update(datasets)"] = ("datasets_dataset", ds_ids)
+        budgets = list(PrivacyBudget.objects.filter(dataset__in=datasets))
+        for b in budgets:
+            b.epsilon_total = Decimal("7")
+        assert PrivacyBudget.objects.bulk_update(budgets, ["epsilon_total"]) == 3
+        changed["bulk_update(budgets)"] = ("datasets_privacybudget", {str(b.pk) for b in budgets})
+        quota = DatasetQuota.objects.bulk_create([DatasetQuota(tenant=tenant, max_datasets=9)])
+        changed["bulk_create(quota)"] = ("datasets_datasetquota", {str(q.pk) for q in quota})
+        grant_ids = sorted(DatasetGrant.objects.values_list("pk", flat=True))
+        session_ids = sorted(UploadSession.objects.values_list("pk", flat=True))
+        reservation_ids = sorted(BudgetReservation.objects.values_list("pk", flat=True))
+        key_ids = sorted(DataKey.objects.values_list("pk", flat=True))
+        with connection.cursor() as cur:
+            cur.execute("UPDATE datasets_datasetgrant SET note = 'bulk' WHERE tenant_id = %s", [tenant.pk])
+            assert cur.rowcount == 3
+            changed["raw UPDATE(grants)"] = ("datasets_datasetgrant", {str(i) for i in grant_ids})
+            cur.execute("UPDATE datasets_uploadsession SET filename = 'b.csv' WHERE tenant_id = %s", [tenant.pk])
+            changed["raw UPDATE(upload sessions)"] = ("datasets_uploadsession", {str(i) for i in session_ids})
+            cur.execute("UPDATE vault_datakey SET rewrapped_at = now() WHERE tenant_id = %s", [tenant.pk])
+            changed["raw UPDATE(data keys)"] = ("vault_datakey", {str(i) for i in key_ids})
+        BudgetReservation.objects.filter(pk__in=reservation_ids).update(reference="bulk")
+        changed["queryset.update(reservations)"] = ("datasets_budgetreservation", {str(i) for i in reservation_ids})
 
     with connection.cursor() as cur:  # platform table (users): the platform chain
         cur.execute("UPDATE accounts_user SET full_name = 'Bulk' WHERE id = ANY(%s)", [[u.pk for u in newcomers]])

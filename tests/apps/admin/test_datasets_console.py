@@ -16,16 +16,23 @@ from tests.apps.datasets.helpers import create_dataset, deidentify, table_csv, u
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_console_shows_dataset_metadata_read_only(staff_client: Any, tenant: Any, other_tenant: Any,
-                                                   member: Any, api_client_for: Any) -> None:
+def test_console_shows_dataset_metadata_read_only(
+    staff_client: Any, tenant: Any, other_tenant: Any, member: Any, api_client_for: Any
+) -> None:
     owner = api_client_for(member(Role.OWNER, tenant=tenant))
     ds = create_dataset(owner, tenant.slug, "Oncology outcomes")
     raw = upload_version(owner, tenant.slug, ds, table_csv(20), label="outcome")
     deidentify(owner, tenant.slug, ds, raw["id"])
-    owner.post(f"/api/v1/tenants/{tenant.slug}/datasets/{ds}/grants/",
-               {"grantee": other_tenant.slug, "permission": "process"}, format="json")
-    owner.post(f"/api/v1/tenants/{tenant.slug}/datasets/{ds}/budget/reservations/",
-               {"epsilon": "1", "delta": "0", "purpose": "study"}, format="json")
+    owner.post(
+        f"/api/v1/tenants/{tenant.slug}/datasets/{ds}/grants/",
+        {"grantee": other_tenant.slug, "permission": "process"},
+        format="json",
+    )
+    owner.post(
+        f"/api/v1/tenants/{tenant.slug}/datasets/{ds}/budget/reservations/",
+        {"epsilon": "1", "delta": "0", "purpose": "study"},
+        format="json",
+    )
     client, _ = staff_client()
     with platform_scope():
         version = DatasetVersion.all_tenants.get(pk=raw["id"])

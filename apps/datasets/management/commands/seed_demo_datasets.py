@@ -149,6 +149,7 @@ def _upload(tenant: Tenant, user: User, name: str, data: bytes, filename: str, o
             filename=filename,
             staged=staged,
             options=services.clean_options(options),
+            inline=True,
         )
         return ds, raw
 
