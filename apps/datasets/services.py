@@ -715,8 +715,46 @@ def version_batches(version: DatasetVersion) -> Callable[[], Iterator[pa.RecordB
     return batches
 
 
-def deidentify(*, tenant: Tenant, raw: DatasetVersion, policy: dict[str, Any], created_by: Any) -> DatasetVersion:
-    """Derive a de-identified version from a raw one by a column policy (and k-anonymity)."""
+def _confirm_schema(schema: DatasetSchema, confirm: dict[str, Any] | None) -> DatasetSchema:
+    """Apply the owner's confirmation of the inferred schema (label, task, roles) to the schema the
+    de-identified version will carry. Raises a 400 naming each bad field."""
+    if not confirm:
+        return schema
+    from rest_framework.exceptions import ValidationError
+
+    errors: dict[str, list[str]] = {}
+    roles = confirm.get("roles") or {}
+    for name, role in roles.items():
+        if not schema.has(name):
+            errors.setdefault(f"schema.roles.{name}", []).append("No such column in the de-identified version.")
+        else:
+            schema.column(name).role = role
+    if "label" in confirm:
+        schema.label = confirm["label"]
+        if schema.label and schema.has(schema.label):
+            schema.column(schema.label).role = "label"
+    if "task" in confirm:
+        schema.task = confirm["task"]
+    try:
+        schema.check()
+    except SchemaError as exc:
+        for k, v in exc.fields.items():
+            errors.setdefault(f"schema.{k}", []).extend(v)
+    if errors:
+        raise ValidationError(errors)
+    return schema
+
+
+def deidentify(
+    *,
+    tenant: Tenant,
+    raw: DatasetVersion,
+    policy: dict[str, Any],
+    created_by: Any,
+    confirm: dict[str, Any] | None = None,
+) -> DatasetVersion:
+    """Derive a de-identified version from a raw one by a column policy (and k-anonymity).
+    ``confirm`` (label, task, roles) is the owner's confirmation of the inferred schema."""
     from workers.deid.policy import DeidPolicy, PolicyError
     from workers.deid.transform import deidentify as run_deid
     from workers.ingest import write_parquet
@@ -724,7 +762,7 @@ def deidentify(*, tenant: Tenant, raw: DatasetVersion, policy: dict[str, Any], c
     if raw.kind != DatasetVersion.Kind.RAW or raw.status != DatasetVersion.Status.READY:
         raise Conflict("Only a ready raw version can be de-identified.")
     if raw.format == "zip":
-        raise Conflict("Image datasets carry no tabular PII to de-identify; their raw version is used as is.")
+        return _publish_images(tenant=tenant, raw=raw, policy=policy, created_by=created_by)
     schema = DatasetSchema.from_dict(raw.schema)
     try:
         parsed = DeidPolicy.from_dict(policy)
@@ -747,6 +785,7 @@ def deidentify(*, tenant: Tenant, raw: DatasetVersion, policy: dict[str, Any], c
             created_by=_user_or_none(created_by),
         )
         out_schema, batches, stats = run_deid(version_batches(raw), schema, parsed, pseudonym_key)
+        out_schema = _confirm_schema(out_schema, confirm)
         up = EncryptedUpload(tenant.pk, VERSION_KIND, version.pk, size_hint=raw.size_bytes)
         try:
             rows = write_parquet(batches, out_schema.arrow_schema(), cast(BinaryIO, up.writer))
@@ -776,6 +815,55 @@ def deidentify(*, tenant: Tenant, raw: DatasetVersion, policy: dict[str, Any], c
                 "actions": {c: p["action"] for c, p in list(parsed.to_dict().get("columns", {}).items())[:50]},
                 "k": parsed.k,
             },
+        )
+    return version
+
+
+def _publish_images(*, tenant: Tenant, raw: DatasetVersion, policy: dict[str, Any], created_by: Any) -> DatasetVersion:
+    """An image dataset's "de-identified" version: the validated zip re-encrypted as a new object.
+    There are no columns to transform (images are not altered: no face or text blurring), so the
+    only policy accepted is the empty one; the step exists so training and grantees keep seeing
+    de-identified versions only, and the owner decides explicitly to publish."""
+    if policy.get("columns") or policy.get("quasi_identifiers") or policy.get("k"):
+        from rest_framework.exceptions import ValidationError
+
+        raise ValidationError({"policy": ["Image datasets take an empty policy (images are published as is)."]})
+    assert raw.data_key is not None
+    with audited_change():
+        version = DatasetVersion.objects.create(
+            tenant=tenant,
+            dataset=raw.dataset,
+            number=_next_number(raw.dataset),
+            kind=DatasetVersion.Kind.DEIDENTIFIED,
+            source_version=raw,
+            format="zip",
+            original_filename=raw.original_filename,
+            policy={"columns": {}, "quasi_identifiers": [], "k": None},
+            created_by=_user_or_none(created_by),
+        )
+        up = EncryptedUpload(tenant.pk, VERSION_KIND, version.pk, size_hint=raw.size_bytes)
+        try:
+            with open_decrypted(tenant.pk, VERSION_KIND, raw.pk, raw.storage_name, raw.data_key) as reader:
+                while block := reader.read(1024 * 1024):
+                    up.write(block)
+            stored = up.finish()
+        except BaseException:
+            up.abort()
+            raise
+        version.schema, version.validation, version.rows = raw.schema, raw.validation, raw.rows
+        version.size_bytes, version.stored_bytes, version.storage_name = (
+            stored.plaintext_bytes,
+            stored.stored_bytes,
+            stored.name,
+        )
+        version.data_key, version.content_sha256 = stored.key, stored.sha256
+        version.status, version.ready_at = DatasetVersion.Status.READY, timezone.now()
+        version.save()
+        audit_record(
+            action="dataset.deidentified",
+            tenant=tenant,
+            target=version,
+            details={"source_version_id": raw.pk, "rows": raw.rows, "images": True},
         )
     return version
 

@@ -232,7 +232,9 @@ PreviewOutput = inline_serializer(
         "rows": serializers.ListField(child=serializers.ListField()),
     },
 )
-FORMAT_PARAM = OpenApiParameter("format", str, enum=["parquet", "csv"], description="Download format")
+FORMAT_PARAM = OpenApiParameter(
+    "format", str, enum=["parquet", "csv"], description="Download format (image datasets always download as their zip)"
+)
 ROWS_PARAM = OpenApiParameter("rows", int, description=f"Rows to preview (1-{PREVIEW_MAX_ROWS}, default 20)")
 
 
@@ -248,8 +250,31 @@ class OctetStreamParser(parsers.BaseParser):
         return stream
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
+
+
+def _preview_images(reader: Any, rows: int) -> tuple[list[str], list[list[Any]]]:
+    """The first images of a (validated) zip with their labels, read in place from the decrypting
+    reader: member names and labels only, never image bytes."""
+    import zipfile
+
+    with zipfile.ZipFile(reader) as zf:
+        names = [n for n in zf.namelist() if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith("__MACOSX")]
+        labels: dict[str, str] = {}
+        if "labels.csv" in zf.namelist():
+            with zf.open("labels.csv") as fh:
+                for rec in csv.DictReader(io.TextIOWrapper(fh, encoding="utf-8-sig")):
+                    labels[rec.get("file", "")] = rec.get("label", "")
+    out = [[n, labels.get(n, n.rsplit("/", 1)[0] if "/" in n else "")] for n in names[:rows]]
+    return ["image", "label"], out
+
+
 def _preview(version: DatasetVersion, rows: int, key: Any) -> dict[str, Any]:
     reader = open_decrypted(version.tenant_id, services.VERSION_KIND, version.pk, version.storage_name, key)
+    if version.format == "zip":
+        with reader:
+            cols, img_rows = _preview_images(reader, rows)
+        return {"version_id": version.pk, "kind": version.kind, "columns": cols, "rows": img_rows}
     with reader:
         pf = pq.ParquetFile(pa.PythonFile(reader, mode="r"))
         table = pa.Table.from_batches(list(_take(pf.iter_batches(batch_size=rows), rows)), schema=pf.schema_arrow)
@@ -304,15 +329,19 @@ def _stream(version: DatasetVersion, fmt: str, key: Any) -> StreamingHttpRespons
                 buf.truncate()
             yield buf.getvalue().encode()
 
+    if version.format == "zip":
+        fmt = "zip"  # image datasets download as the validated zip
     ds_name = re.sub(r"[^A-Za-z0-9._-]+", "-", version.dataset.name)[:80] or "dataset"
     filename = f"{ds_name}-v{version.number}.{fmt}"
-    resp = StreamingHttpResponse(
-        parquet_chunks() if fmt == "parquet" else csv_chunks(),
-        content_type="application/vnd.apache.parquet" if fmt == "parquet" else "text/csv; charset=utf-8",
-    )
+    content_type = {
+        "parquet": "application/vnd.apache.parquet",
+        "csv": "text/csv; charset=utf-8",
+        "zip": "application/zip",
+    }[fmt]
+    resp = StreamingHttpResponse(csv_chunks() if fmt == "csv" else parquet_chunks(), content_type=content_type)
     resp["Content-Disposition"] = f'attachment; filename="{filename}"'
     resp["Cache-Control"] = "no-store"
-    if fmt == "parquet":
+    if fmt != "csv":
         resp["Content-Length"] = str(version.size_bytes)
     return resp
 
@@ -534,10 +563,22 @@ class PiiReportApi(TenantApi):
 class DeidentifyApi(TenantApi):
     permission_actions = {"POST": "dataset.deidentify"}
 
+    class SchemaConfirm(StrictSerializer):
+        label = serializers.CharField(max_length=200, required=False, allow_null=True)
+        task = serializers.CharField(max_length=50, required=False, allow_null=True)
+        roles = serializers.DictField(
+            child=serializers.ChoiceField(choices=["feature", "label", "identifier", "quasi_identifier", "ignore"]),
+            required=False,
+        )
+
     class Input(StrictSerializer):
         policy = serializers.DictField(
             help_text="{columns: {name: {action, params}}, quasi_identifiers: [...], k: int|null}; "
             "use the PII report's proposed policy as a start"
+        )
+        schema = serializers.DictField(
+            required=False,
+            help_text="Confirm or correct the inferred schema for this version: {label, task, roles: {column: role}}",
         )
 
     @extend_schema(
@@ -554,8 +595,18 @@ class DeidentifyApi(TenantApi):
         def create() -> Response:
             data = self.Input(data=request.data)
             data.is_valid(raise_exception=True)
+            confirm = None
+            if "schema" in data.validated_data:
+                conf = self.SchemaConfirm(data=data.validated_data["schema"])
+                if not conf.is_valid():
+                    raise ValidationError({"schema": conf.errors})
+                confirm = dict(conf.validated_data)
             v = services.deidentify(
-                tenant=self.tenant, raw=raw, policy=data.validated_data["policy"], created_by=request.user
+                tenant=self.tenant,
+                raw=raw,
+                policy=data.validated_data["policy"],
+                created_by=request.user,
+                confirm=confirm,
             )
             return Response(VersionOutput(v).data, status=status.HTTP_201_CREATED)
 

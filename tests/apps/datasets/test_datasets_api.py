@@ -286,3 +286,82 @@ def test_quota_on_dataset_count_and_bytes(tenant: Any, owner_client: Any) -> Non
     assert r.status_code == 422 and r.json()["error"]["details"]["quota"] == "bytes"
     with platform_scope():
         assert Dataset.all_tenants.filter(tenant=tenant).count() == 1
+
+
+def _png(color: tuple[int, int, int]) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_image_zip_dataset_uploads_publishes_previews_and_downloads(tenant: Any, owner_client: Any) -> None:
+    import zipfile
+
+    slug = tenant.slug
+    ds_id = create_dataset(owner_client, slug, "X-rays")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(6):
+            zf.writestr(f"img/{i}.png", _png((i * 40, 0, 0)))
+        zf.writestr("labels.csv", "file,label\n" + "".join(f"img/{i}.png,{'ab'[i % 2]}\n" for i in range(6)))
+    r = upload(owner_client, slug, ds_id, buf.getvalue(), name="xrays.zip")
+    assert r.status_code == 201, r.content
+    raw = r.json()
+    assert raw["format"] == "zip" and raw["rows"] == 6 and raw["schema"]["task"] == "image_classification"
+    bad = owner_client.post(
+        f"/api/v1/tenants/{slug}/datasets/{ds_id}/versions/{raw['id']}/deidentify/",
+        {"policy": {"columns": {"image": {"action": "drop", "params": {}}}}},
+        format="json",
+    )
+    assert bad.status_code == 400
+    r = owner_client.post(
+        f"/api/v1/tenants/{slug}/datasets/{ds_id}/versions/{raw['id']}/deidentify/",
+        {"policy": {"columns": {}, "quasi_identifiers": [], "k": None}},
+        format="json",
+    )
+    assert r.status_code == 201, r.content
+    pub = r.json()
+    assert pub["kind"] == "deidentified" and pub["format"] == "zip" and pub["content_sha256"] == raw["content_sha256"]
+    prev = owner_client.get(f"/api/v1/tenants/{slug}/datasets/{ds_id}/versions/{pub['id']}/preview/?rows=3").json()
+    assert prev["columns"] == ["image", "label"] and prev["rows"][0] == ["img/0.png", "a"]
+    dl = owner_client.get(f"/api/v1/tenants/{slug}/datasets/{ds_id}/versions/{pub['id']}/download/")
+    assert dl["Content-Type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(b"".join(dl.streaming_content))) as zf:
+        assert len([n for n in zf.namelist() if n.endswith(".png")]) == 6
+
+
+def test_owner_confirms_the_inferred_schema_when_publishing(tenant: Any, owner_client: Any) -> None:
+    slug = tenant.slug
+    ds_id = create_dataset(owner_client, slug, "confirm")
+    raw = upload(owner_client, slug, ds_id, clinical_csv(40)).json()  # no label given: nothing inferred as label
+    url = f"/api/v1/tenants/{slug}/datasets/{ds_id}/versions/{raw['id']}/deidentify/"
+    policy = {
+        "columns": {
+            "name": {"action": "drop", "params": {}},
+            "email": {"action": "drop", "params": {}},
+            "notes": {"action": "drop", "params": {}},
+            "phone": {"action": "drop", "params": {}},
+            "patient_id": {"action": "pseudonymise", "params": {}},
+        }
+    }
+    bad = owner_client.post(url, {"policy": policy, "schema": {"label": "nope"}}, format="json")
+    assert bad.status_code == 400 and "schema.label" in bad.json()["error"]["fields"]
+    r = owner_client.post(
+        url,
+        {
+            "policy": policy,
+            "schema": {
+                "label": "outcome",
+                "task": "binary_classification",
+                "roles": {"age": "quasi_identifier", "sex": "quasi_identifier"},
+            },
+        },
+        format="json",
+    )
+    assert r.status_code == 201, r.content
+    schema = r.json()["schema"]
+    roles = {c["name"]: c["role"] for c in schema["columns"]}
+    assert schema["label"] == "outcome" and schema["task"] == "binary_classification"
+    assert roles["outcome"] == "label" and roles["age"] == "quasi_identifier" and roles["patient_id"] == "identifier"
