@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, cast
 import pyarrow as pa
 import pyarrow.parquet as pq
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -75,14 +75,18 @@ def quota_for(tenant: Tenant) -> tuple[int, int]:
 
 
 def usage_for(tenant: Tenant) -> tuple[int, int]:
-    """(bytes stored in live versions and open upload parts, live datasets)."""
+    """(bytes stored in live versions plus the declared size of open upload sessions, live
+    datasets). Open sessions count in full from the start, so parallel sessions cannot jointly
+    exceed the quota by filling up later."""
     stored = (
         DatasetVersion.objects.filter(tenant=tenant)
         .exclude(status=DatasetVersion.Status.PURGED)
         .aggregate(n=Sum("stored_bytes"))["n"]
         or 0
     )
-    staged = UploadPart.objects.filter(tenant=tenant).aggregate(n=Sum("size"))["n"] or 0
+    staged = (
+        UploadSession.objects.filter(tenant=tenant, status=UploadSession.Status.OPEN).aggregate(n=Sum("size"))["n"] or 0
+    )
     count = Dataset.objects.filter(tenant=tenant, status=Dataset.Status.ACTIVE).count()
     return int(stored) + int(staged), count
 
@@ -432,16 +436,21 @@ def upload_part_put(*, tenant: Tenant, session: UploadSession, offset: int, stre
             raise Conflict("A different chunk is already stored at this offset.")
         return existing
     stored = up.finish()
-    part = UploadPart.objects.create(
-        tenant=tenant,
-        session=session,
-        offset=offset,
-        size=length,
-        sha256=digest.hexdigest(),
-        object_id=part_id,
-        storage_name=stored.name,
-        data_key=stored.key,
-    )
+    try:
+        with transaction.atomic():
+            part = UploadPart.objects.create(
+                tenant=tenant,
+                session=session,
+                offset=offset,
+                size=length,
+                sha256=digest.hexdigest(),
+                object_id=part_id,
+                storage_name=stored.name,
+                data_key=stored.key,
+            )
+    except IntegrityError:  # the same offset arrived twice at once: keep the first
+        delete_object(stored.name)
+        raise Conflict("Another chunk at this offset was stored at the same time; check the received ranges.")
     return part
 
 
@@ -756,8 +765,6 @@ def deidentify(
     """Derive a de-identified version from a raw one by a column policy (and k-anonymity).
     ``confirm`` (label, task, roles) is the owner's confirmation of the inferred schema."""
     from workers.deid.policy import DeidPolicy, PolicyError
-    from workers.deid.transform import deidentify as run_deid
-    from workers.ingest import write_parquet
 
     if raw.kind != DatasetVersion.Kind.RAW or raw.status != DatasetVersion.Status.READY:
         raise Conflict("Only a ready raw version can be de-identified.")
@@ -771,7 +778,11 @@ def deidentify(
         from rest_framework.exceptions import ValidationError
 
         raise ValidationError({f"policy.{k}": v for k, v in exc.fields.items()} or {"policy": [exc.message]})
-    pseudonym_key = vault.material(vault.active_key(tenant.pk, DataKey.Purpose.PSEUDONYM))
+    from workers.deid.policy import output_schema
+
+    _confirm_schema(output_schema(schema, parsed), confirm)  # a bad confirmation is a 400 now, not later
+    inline = raw.size_bytes <= settings.COHORT_DATASET_INLINE_MAX_BYTES
+    actions = {c: p["action"] for c, p in list(parsed.to_dict().get("columns", {}).items())[:50]}
     with audited_change():
         version = DatasetVersion.objects.create(
             tenant=tenant,
@@ -782,41 +793,102 @@ def deidentify(
             format="parquet",
             original_filename=raw.original_filename,
             policy=parsed.to_dict(),
+            options={"confirm": confirm or {}},
             created_by=_user_or_none(created_by),
         )
-        out_schema, batches, stats = run_deid(version_batches(raw), schema, parsed, pseudonym_key)
-        out_schema = _confirm_schema(out_schema, confirm)
-        up = EncryptedUpload(tenant.pk, VERSION_KIND, version.pk, size_hint=raw.size_bytes)
-        try:
-            rows = write_parquet(batches, out_schema.arrow_schema(), cast(BinaryIO, up.writer))
-            stored = up.finish()
-        except BaseException:
-            up.abort()
-            raise
-        version.schema = out_schema.to_dict()
-        version.deid_report = stats.to_dict()
-        version.validation = _aggregate_stats(out_schema, version_stats_source(stored, version))
-        version.rows = rows
-        version.size_bytes = stored.plaintext_bytes
-        version.stored_bytes = stored.stored_bytes
-        version.storage_name = stored.name
-        version.data_key = stored.key
-        version.content_sha256 = stored.sha256
-        version.status = DatasetVersion.Status.READY
-        version.ready_at = timezone.now()
-        version.save()
+        if inline:  # one event for the whole change
+            result = _deidentify_body(version)
+            audit_record(
+                action="dataset.deidentified",
+                tenant=tenant,
+                target=version,
+                details={"source_version_id": raw.pk, "actions": actions, "k": parsed.k, **result},
+            )
+        else:
+            audit_record(
+                action="dataset.deidentify_started",
+                tenant=tenant,
+                target=version,
+                details={"source_version_id": raw.pk, "actions": actions, "k": parsed.k},
+            )
+    if not inline:
+        from apps.datasets.tasks import deidentify_version
+
+        transaction.on_commit(lambda: deidentify_version.delay(tenant.pk, version.pk))  # type: ignore[attr-defined]
+    version.refresh_from_db()
+    return version
+
+
+def run_deidentify(version: DatasetVersion) -> None:
+    """Worker side: transform a processing version (idempotent: anything else is left alone)."""
+    if version.status != DatasetVersion.Status.PROCESSING:
+        return
+    with audited_change():
+        result = _deidentify_body(version)
         audit_record(
             action="dataset.deidentified",
-            tenant=tenant,
+            tenant=version.tenant_id,
             target=version,
-            details={
-                "source_version_id": raw.pk,
-                "rows": rows,
-                "actions": {c: p["action"] for c, p in list(parsed.to_dict().get("columns", {}).items())[:50]},
-                "k": parsed.k,
-            },
+            details={"source_version_id": version.source_version_id, **result},
         )
-    return version
+
+
+def _deidentify_body(version: DatasetVersion) -> dict[str, Any]:
+    """Transform the source version by the version's policy into a new encrypted object and mark
+    the version ready. The caller wraps it in ``audited_change`` and records the event."""
+    from workers.deid.policy import DeidPolicy
+    from workers.deid.transform import deidentify as run_deid
+    from workers.ingest import write_parquet
+
+    assert version.source_version_id is not None, "a de-identified version has a source"
+    raw = DatasetVersion.objects.select_related("data_key").get(pk=version.source_version_id)
+    schema = DatasetSchema.from_dict(raw.schema)
+    parsed = DeidPolicy.from_dict(version.policy)
+    pseudonym_key = vault.material(vault.active_key(version.tenant_id, DataKey.Purpose.PSEUDONYM))
+    out_schema, batches, stats = run_deid(version_batches(raw), schema, parsed, pseudonym_key)
+    out_schema = _confirm_schema(out_schema, (version.options or {}).get("confirm"))
+    up = EncryptedUpload(version.tenant_id, VERSION_KIND, version.pk, size_hint=raw.size_bytes)
+    try:
+        rows = write_parquet(batches, out_schema.arrow_schema(), cast(BinaryIO, up.writer))
+        stored = up.finish()
+    except BaseException:
+        up.abort()
+        raise
+    version.schema = out_schema.to_dict()
+    version.deid_report = stats.to_dict()
+    version.validation = _aggregate_stats(out_schema, version_stats_source(stored, version))
+    version.rows = rows
+    version.size_bytes = stored.plaintext_bytes
+    version.stored_bytes = stored.stored_bytes
+    version.storage_name = stored.name
+    version.data_key = stored.key
+    version.content_sha256 = stored.sha256
+    version.status = DatasetVersion.Status.READY
+    version.ready_at = timezone.now()
+    version.save()
+    k_report = (version.deid_report.get("k_anonymity") or {}) if parsed.k else {}
+    return {"rows": rows, "k_achieved": k_report.get("k_achieved"), "rows_suppressed": k_report.get("rows_suppressed")}
+
+
+def run_deidentify_async(version_id: int) -> None:
+    """Worker side of a large de-identification (called by the Celery task in tenant scope)."""
+    version = DatasetVersion.objects.get(pk=version_id)
+    try:
+        with transaction.atomic():
+            run_deidentify(version)
+    except Exception as exc:
+        logger.exception("de-identification of version %s failed", version_id)
+        with audited_change():
+            version.status = DatasetVersion.Status.FAILED
+            version.error = {"code": "deidentify_failed", "message": type(exc).__name__}
+            version.save(update_fields=["status", "error"])
+            audit_record(
+                action="dataset.deidentify_failed",
+                tenant=version.tenant_id,
+                target=version,
+                outcome="error",
+                details={"error": type(exc).__name__},
+            )
 
 
 def _publish_images(*, tenant: Tenant, raw: DatasetVersion, policy: dict[str, Any], created_by: Any) -> DatasetVersion:

@@ -18,6 +18,16 @@ def process_version(tenant_id: int, version_id: int, session_id: int, expected_s
     return "done"
 
 
+@shared_task(name="datasets.deidentify_version", acks_late=True, reject_on_worker_lost=True, max_retries=0)
+def deidentify_version(tenant_id: int, version_id: int) -> str:
+    """Apply a version's policy to its source (large datasets). Idempotent like process_version."""
+    from apps.datasets.services import run_deidentify_async
+
+    with tenant_scope(tenant_id):
+        run_deidentify_async(version_id)
+    return "done"
+
+
 @shared_task(name="datasets.purge_expired", acks_late=True, reject_on_worker_lost=True)
 def purge_expired_task() -> int:
     """Purge the stored data of datasets deleted longer ago than the retention period."""

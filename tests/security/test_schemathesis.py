@@ -10,6 +10,11 @@ database restarts its sequences per test, so small ids hit real rows).
 * negative data (``MAX_EXAMPLES_NEGATIVE`` per operation): ``not_a_server_error``,
   ``negative_data_rejection``.
 
+Every operation is driven, the multipart upload (``dataset_versions_upload``) and the
+octet-stream chunk PUT (``uploads_put_chunk``) included: Schemathesis encodes their bodies from the
+schema's media types, so none is excluded. The API rate limit is reset before each operation so
+that examples reach the handlers instead of a 429 (``rate_limited_429`` in the figures).
+
 Examples are derandomized (reproducible) and the generated ``Authorization`` header is dropped (it
 would only ever be a garbage bearer token). Figures: reports/API-1.json.
 """

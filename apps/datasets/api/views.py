@@ -564,7 +564,7 @@ class DeidentifyApi(TenantApi):
     permission_actions = {"POST": "dataset.deidentify"}
 
     class SchemaConfirm(StrictSerializer):
-        label = serializers.CharField(max_length=200, required=False, allow_null=True)
+        label = serializers.CharField(max_length=200, required=False, allow_null=True)  # type: ignore[assignment]
         task = serializers.CharField(max_length=50, required=False, allow_null=True)
         roles = serializers.DictField(
             child=serializers.ChoiceField(choices=["feature", "label", "identifier", "quasi_identifier", "ignore"]),
@@ -585,7 +585,11 @@ class DeidentifyApi(TenantApi):
         operation_id="dataset_versions_deidentify",
         summary="Apply a column policy to a raw version: creates a de-identified version",
         request=Input,
-        responses={201: VersionOutput, **error_responses(409, 415, 422)},
+        responses={
+            201: VersionOutput,
+            202: OpenApiResponse(VersionOutput, description="Large dataset: de-identifying on a worker"),
+            **error_responses(409, 415, 422),
+        },
         tags=["datasets"],
     )
     def post(self, request: Request, tenant_slug: str, dataset_id: int, version_id: int) -> Response:
@@ -608,7 +612,10 @@ class DeidentifyApi(TenantApi):
                 created_by=request.user,
                 confirm=confirm,
             )
-            return Response(VersionOutput(v).data, status=status.HTTP_201_CREATED)
+            ready = v.status == DatasetVersion.Status.READY
+            return Response(
+                VersionOutput(v).data, status=status.HTTP_201_CREATED if ready else status.HTTP_202_ACCEPTED
+            )
 
         return idempotent(request, self.tenant.pk, create)
 

@@ -227,3 +227,33 @@ def test_s3_compatible_storage(tenant: Any, owner: Any, settings: Any) -> None:
             assert b"S3CANARYVALUE" in read_version(v)
         finally:
             storages._storages.pop("objects", None)
+
+
+@pytest.mark.django_db
+def test_large_deidentification_runs_on_the_worker(
+    tenant: Any, owner: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from apps.datasets.tasks import deidentify_version
+
+    ds = create_dataset(owner, tenant.slug, "big-deid")
+    raw = upload_version(owner, tenant.slug, ds, table_csv(40), label="outcome")
+    sent: list[tuple[Any, ...]] = []
+    with (
+        patch.object(deidentify_version, "delay", side_effect=lambda *a: sent.append(a)),
+        override_settings(COHORT_DATASET_INLINE_MAX_BYTES=10),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        r = owner.post(
+            f"/api/v1/tenants/{tenant.slug}/datasets/{ds}/versions/{raw['id']}/deidentify/",
+            {"policy": {"columns": {"name": {"action": "drop", "params": {}}}}},
+            format="json",
+        )
+    assert r.status_code == 202 and r.json()["status"] == "processing", r.content
+    assert len(sent) == 1
+    deidentify_version.run(*sent[0])
+    deidentify_version.run(*sent[0])  # redelivery: no-op
+    with tenant_scope(tenant.pk):
+        v = DatasetVersion.objects.get(pk=r.json()["id"])
+    assert v.status == "ready" and v.rows == 40 and "name" not in [c["name"] for c in v.schema["columns"]]
+    acts = _actions(tenant)
+    assert acts.count("dataset.deidentify_started") == 1 and acts.count("dataset.deidentified") == 1
