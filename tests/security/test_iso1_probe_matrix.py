@@ -3,11 +3,15 @@ AUD-3 (every refused probe leaves exactly one denial event).
 
 Every route of the URL resolver must have an entry in ``PROBES`` (or in the reviewed ``SKIPPED``
 allow-list); a new route without one fails the test. Tenants A and B each hold one of every object
-(members of every role, an invitation, active and revoked API keys, audit events). The probing
+(members of every role, an invitation, active and revoked API keys, audit events, and a dataset
+with a raw and a de-identified version, a ``process`` grant to a third tenant C, an open upload
+session with a stored chunk and a budget reservation: ``tests.security.helpers.seed_datasets``;
+no grant links A and B, so nothing of A's is legitimately visible to B). The probing
 identities are B's owner, B's read+write API key, anonymous, A's revoked API key, a user removed
 from A, and a member of A whose role lacks the route's permission. Each route and method is probed
 with A's slug/ids in the path, A's ids in the query string, and A's ids in the JSON body (FK-like
-fields and nested arrays).
+fields and nested arrays); bodies the API would accept are also sent with only A's ids (path or
+FK field) wrong. Multipart and octet-stream routes get bodies of their own media type.
 
 Figures: reports/ISO-1.json, ISO-2.json, AUD-3.json.
 """
