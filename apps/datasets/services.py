@@ -207,15 +207,24 @@ def dataset_delete(*, tenant: Tenant, dataset: Dataset) -> Dataset:
         dataset.deleted_at = now
         dataset.purge_after = now + timedelta(days=settings.COHORT_DATASET_RETENTION_DAYS)
         dataset.save(update_fields=["status", "deleted_at", "purge_after", "updated_at"])
-        revoked = DatasetGrant.objects.filter(tenant=tenant, dataset=dataset, revoked_at__isnull=True).update(
-            revoked_at=now
-        )
+        grants = list(DatasetGrant.objects.filter(tenant=tenant, dataset=dataset, revoked_at__isnull=True))
+        for grant in grants:
+            grant.revoked_at = now
+            grant.save(update_fields=["revoked_at"])
+            audit_record(
+                action="grant.lost",
+                tenant=grant.grantee_id,
+                target=grant,
+                details={"dataset_id": dataset.pk, "permission": grant.permission, "reason": "dataset_deleted"},
+            )
         audit_record(
             action="dataset.deleted",
             tenant=tenant,
             target=dataset,
-            details={"purge_after": dataset.purge_after.isoformat(), "grants_revoked": revoked},
+            details={"purge_after": dataset.purge_after.isoformat(), "grants_revoked": len(grants)},
         )
+    for grant in grants:
+        _notify_revoked(grant)
     return dataset
 
 
@@ -346,9 +355,8 @@ def clean_options(raw: dict[str, Any]) -> dict[str, Any]:
 # --- uploads ----------------------------------------------------------------------------------------
 
 
-def upload_session_create(
-    *, tenant: Tenant, dataset: Dataset, created_by: Any, filename: str, size: int, options: dict[str, Any]
-) -> UploadSession:
+def _check_new_upload(*, tenant: Tenant, dataset: Dataset, size: int) -> None:
+    """Refusals before anything is stored: a deleted dataset, a file over the limit, the quota."""
     if dataset.status != Dataset.Status.ACTIVE:
         raise Conflict("This dataset is deleted.")
     if size > settings.COHORT_DATASET_MAX_UPLOAD_BYTES:
@@ -362,15 +370,29 @@ def upload_session_create(
             http_status=413,
         )
     check_quota(tenant, adding_bytes=size)
+
+
+def _new_session(
+    *, tenant: Tenant, dataset: Dataset, created_by: Any, filename: str, size: int, options: dict[str, Any]
+) -> UploadSession:
+    return UploadSession.objects.create(
+        tenant=tenant,
+        dataset=dataset,
+        filename=os.path.basename(filename)[:255] or "upload",
+        size=size,
+        options=options,
+        created_by=_user_or_none(created_by),
+        expires_at=timezone.now() + timedelta(hours=settings.COHORT_UPLOAD_SESSION_HOURS),
+    )
+
+
+def upload_session_create(
+    *, tenant: Tenant, dataset: Dataset, created_by: Any, filename: str, size: int, options: dict[str, Any]
+) -> UploadSession:
+    _check_new_upload(tenant=tenant, dataset=dataset, size=size)
     with audited_change():
-        session = UploadSession.objects.create(
-            tenant=tenant,
-            dataset=dataset,
-            filename=os.path.basename(filename)[:255] or "upload",
-            size=size,
-            options=options,
-            created_by=_user_or_none(created_by),
-            expires_at=timezone.now() + timedelta(hours=settings.COHORT_UPLOAD_SESSION_HOURS),
+        session = _new_session(
+            tenant=tenant, dataset=dataset, created_by=created_by, filename=filename, size=size, options=options
         )
         audit_record(
             action="upload.created",
@@ -437,7 +459,7 @@ def upload_part_put(*, tenant: Tenant, session: UploadSession, offset: int, stre
         return existing
     stored = up.finish()
     try:
-        with transaction.atomic():
+        with audited_change():
             part = UploadPart.objects.create(
                 tenant=tenant,
                 session=session,
@@ -447,6 +469,12 @@ def upload_part_put(*, tenant: Tenant, session: UploadSession, offset: int, stre
                 object_id=part_id,
                 storage_name=stored.name,
                 data_key=stored.key,
+            )
+            audit_record(
+                action="upload.part_stored",
+                tenant=tenant,
+                target=session,
+                details={"offset": offset, "size": length},
             )
     except IntegrityError:  # the same offset arrived twice at once: keep the first
         delete_object(stored.name)
@@ -497,8 +525,22 @@ def upload_complete(
             http_status=409,
         )
     return _start_version(
-        tenant=tenant, session=session, expected_sha256=sha256.lower(), created_by=created_by, inline=inline
+        tenant=tenant,
+        dataset=session.dataset,
+        make_session=lambda: session,
+        expected_sha256=sha256.lower(),
+        created_by=created_by,
+        inline=inline,
+        staged_names=list(UploadPart.objects.filter(session=session).values_list("storage_name", flat=True)),
+        on_reject=lambda: _abort_session(session),
     )
+
+
+def _abort_session(session: UploadSession) -> None:
+    """A rejected completion: the session's chunks are gone (nothing partial is kept)."""
+    UploadPart.objects.filter(session=session).delete()
+    session.status = UploadSession.Status.ABORTED
+    session.save(update_fields=["status"])
 
 
 def _gaps(ranges: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
@@ -523,12 +565,19 @@ def upload_single(
     inline: bool | None = None,
 ) -> DatasetVersion:
     """A multipart upload whose body was already encrypted while it streamed in (``staged``).
-    ``inline``: process in this call (True), on a worker (False), or by size (None)."""
+    ``inline``: process in this call (True), on a worker (False), or by size (None). One audit
+    event: the version uploaded (or the upload rejected)."""
     if staged.plaintext_bytes == 0:
         delete_object(staged.name)
         _reject(tenant, "empty_file", "The file is empty.", {}, action="dataset.upload_rejected", target=dataset)
     try:
-        session = upload_session_create(
+        _check_new_upload(tenant=tenant, dataset=dataset, size=staged.plaintext_bytes)
+    except BaseException:
+        delete_object(staged.name)
+        raise
+
+    def make_session() -> UploadSession:
+        session = _new_session(
             tenant=tenant,
             dataset=dataset,
             created_by=created_by,
@@ -536,97 +585,107 @@ def upload_single(
             size=staged.plaintext_bytes,
             options=options,
         )
-    except Exception:
-        delete_object(staged.name)
-        raise
-    UploadPart.objects.create(
+        UploadPart.objects.create(
+            tenant=tenant,
+            session=session,
+            offset=0,
+            size=staged.plaintext_bytes,
+            sha256=staged.sha256,
+            object_id=staged.object_id,
+            storage_name=staged.name,
+            data_key=staged.key,
+        )
+        return session
+
+    return _start_version(
         tenant=tenant,
-        session=session,
-        offset=0,
-        size=staged.plaintext_bytes,
-        sha256=staged.sha256,
-        object_id=staged.object_id,
-        storage_name=staged.name,
-        data_key=staged.key,
+        dataset=dataset,
+        make_session=make_session,
+        expected_sha256=None,
+        created_by=created_by,
+        inline=inline,
+        staged_names=[staged.name],
     )
-    return _start_version(tenant=tenant, session=session, expected_sha256=None, created_by=created_by, inline=inline)
 
 
 def _start_version(
     *,
     tenant: Tenant,
-    session: UploadSession,
+    dataset: Dataset,
+    make_session: Callable[[], UploadSession],
     expected_sha256: str | None,
     created_by: Any,
     inline: bool | None,
+    staged_names: list[str],
+    on_reject: Callable[[], None] | None = None,
 ) -> DatasetVersion:
-    dataset = session.dataset
-    if inline is None:
-        inline = session.size <= settings.COHORT_DATASET_INLINE_MAX_BYTES
-    with audited_change():
-        version = DatasetVersion.objects.create(
-            tenant=tenant,
-            dataset=dataset,
-            number=_next_number(dataset),
-            kind=DatasetVersion.Kind.RAW,
-            original_filename=session.filename,
-            upload_bytes=session.size,
-            options=session.options,
-            created_by=_user_or_none(created_by),
-        )
-        session.status, session.version = UploadSession.Status.COMPLETED, version
-        session.save(update_fields=["status", "version"])
-        audit_record(
-            action="dataset.version_uploaded",
-            tenant=tenant,
-            target=version,
-            details={"dataset_id": dataset.pk, "bytes": session.size, "inline": inline},
-        )
+    """Create the raw version for an upload and process it here (small) or on a worker (large).
+
+    Inline, the whole change — session bookkeeping, version, processing — is one transaction with
+    one event (``dataset.version_uploaded``, status ready). A rejected file rolls all of it back;
+    the staged chunks are deleted and one ``dataset.upload_rejected`` event is kept."""
+    try:
+        with audited_change():
+            session = make_session()
+            if inline is None:
+                inline = session.size <= settings.COHORT_DATASET_INLINE_MAX_BYTES
+            version = DatasetVersion.objects.create(
+                tenant=tenant,
+                dataset=dataset,
+                number=_next_number(dataset),
+                kind=DatasetVersion.Kind.RAW,
+                original_filename=session.filename,
+                upload_bytes=session.size,
+                options=session.options,
+                created_by=_user_or_none(created_by),
+            )
+            session.status, session.version = UploadSession.Status.COMPLETED, version
+            session.save(update_fields=["status", "version"])
+            details: dict[str, Any] = {"dataset_id": dataset.pk, "bytes": session.size, "inline": inline}
+            if inline:
+                details.update(process_upload(version=version, session=session, expected_sha256=expected_sha256))
+            details["status"] = version.status
+            audit_record(action="dataset.version_uploaded", tenant=tenant, target=version, details=details)
+    except _rejections() as exc:
+        with audited_change():
+            for name in staged_names:
+                delete_object(name)
+            if on_reject is not None:
+                on_reject()
+            audit_record(
+                action="dataset.upload_rejected",
+                tenant=tenant,
+                target=dataset,
+                outcome="error",
+                details={"code": exc.code, **_safe_details(exc.details)},
+            )
+        raise RejectedInput(exc.code, exc.message, details=exc.details) from exc
     if not inline:
         from apps.datasets.tasks import process_version
 
+        session_id = session.pk
         transaction.on_commit(
-            lambda: process_version.delay(tenant.pk, version.pk, session.pk, expected_sha256)  # type: ignore[attr-defined]
+            lambda: process_version.delay(tenant.pk, version.pk, session_id, expected_sha256)  # type: ignore[attr-defined]
         )
-        return version
-    try:
-        with transaction.atomic():
-            process_upload(version=version, session=session, expected_sha256=expected_sha256)
-    except _rejections() as exc:
-        # The savepoint rolled back the version's processing; drop the version, keep the event.
-        _fail_version(version, session, exc.code, exc.message, exc.details, delete_row=True)
-        raise RejectedInput(exc.code, exc.message, details=exc.details) from exc
-    version.refresh_from_db()
     return version
 
 
 def _fail_version(
-    version: DatasetVersion,
-    session: UploadSession,
-    code: str,
-    message: str,
-    details: dict[str, Any],
-    *,
-    delete_row: bool,
+    version: DatasetVersion, session: UploadSession, code: str, message: str, details: dict[str, Any]
 ) -> None:
-    """Nothing partial is kept: staged parts and any written object are deleted; the failure is
-    an audit event (and, for worker-processed versions, the version's error)."""
+    """A worker-processed upload failed: its chunks and any written object are deleted, the version
+    keeps the machine-readable error, and the failure is one audit event."""
     with audited_change():
         _drop_parts(session)
         if version.storage_name:
             delete_object(version.storage_name)
-        if delete_row:
-            UploadSession.objects.filter(pk=session.pk).update(version=None, status=UploadSession.Status.ABORTED)
-            DatasetVersion.objects.filter(pk=version.pk).delete()
-        else:
-            version.status, version.storage_name = DatasetVersion.Status.FAILED, ""
-            version.error = {"code": code, "message": message[:1000], "details": details}
-            version.save(update_fields=["status", "storage_name", "error"])
+        version.status, version.storage_name = DatasetVersion.Status.FAILED, ""
+        version.error = {"code": code, "message": message[:1000], "details": details}
+        version.save(update_fields=["status", "storage_name", "error"])
         audit_record(
             action="dataset.upload_rejected",
             tenant=version.tenant_id,
-            target_type="datasets.datasetversion",
-            target_id=version.pk,
+            target=version,
             outcome="error",
             details={"code": code, "dataset_id": version.dataset_id, **_safe_details(details)},
         )
@@ -652,8 +711,9 @@ def _assemble(session: UploadSession, path: str, expected_sha256: str | None) ->
     return got
 
 
-def process_upload(*, version: DatasetVersion, session: UploadSession, expected_sha256: str | None) -> None:
-    """Validate, scan for PII, convert to typed Parquet and store it encrypted. Raises IngestError."""
+def process_upload(*, version: DatasetVersion, session: UploadSession, expected_sha256: str | None) -> dict[str, Any]:
+    """Validate, scan for PII, convert to typed Parquet and store it encrypted; mark the version
+    ready. Raises IngestError / UploadRejected. The caller records the audit event."""
     from workers.pipeline import ingest_file
 
     opts = dict(session.options or {})
@@ -683,14 +743,8 @@ def process_upload(*, version: DatasetVersion, session: UploadSession, expected_
     version.data_key = stored.key
     version.status = DatasetVersion.Status.READY
     version.ready_at = timezone.now()
-    with audited_change():
-        version.save()
-        audit_record(
-            action="dataset.version_ready",
-            tenant=version.tenant_id,
-            target=version,
-            details={"rows": result.rows, "format": result.format, "columns": len(result.schema.columns)},
-        )
+    version.save()
+    return {"rows": result.rows, "format": result.format, "columns": len(result.schema.columns)}
 
 
 def process_version_async(tenant_id: int, version_id: int, session_id: int, expected_sha256: str | None) -> None:
@@ -700,10 +754,11 @@ def process_version_async(tenant_id: int, version_id: int, session_id: int, expe
     if version.status != DatasetVersion.Status.PROCESSING:
         return  # a redelivered message: already done
     try:
-        with transaction.atomic():
-            process_upload(version=version, session=session, expected_sha256=expected_sha256)
+        with audited_change():
+            details = process_upload(version=version, session=session, expected_sha256=expected_sha256)
+            audit_record(action="dataset.version_ready", tenant=tenant_id, target=version, details=details)
     except _rejections() as exc:
-        _fail_version(version, session, exc.code, exc.message, exc.details, delete_row=False)
+        _fail_version(version, session, exc.code, exc.message, exc.details)
 
 
 # --- de-identification ---------------------------------------------------------------------------
@@ -979,11 +1034,16 @@ def grant_create(
         from rest_framework.exceptions import ValidationError
 
         raise ValidationError({"expires_at": ["Must be in the future."]})
-    if DatasetGrant.objects.filter(
+    now = timezone.now()
+    existing = DatasetGrant.objects.filter(
         tenant=tenant, dataset=dataset, grantee=grantee, permission=permission, revoked_at__isnull=True
-    ).exists():
+    ).first()
+    if existing is not None and existing.is_live(now):
         raise Conflict("This tenant already holds this grant; revoke it first to change it.")
     with audited_change():
+        if existing is not None:  # expired: close it so the new grant can take its place
+            existing.revoked_at = existing.expires_at
+            existing.save(update_fields=["revoked_at"])
         grant = DatasetGrant.objects.create(
             tenant=tenant,
             dataset=dataset,

@@ -117,7 +117,12 @@ def _snapshot(paths: list[Path]) -> set[str]:
 def test_api3_hostile_archives(tenant: Any, member: Callable[..., Any], api_client_for: Callable[..., Any]) -> None:
     client = api_client_for(member(Role.OWNER, tenant=tenant))
     ds = create_dataset(client, tenant.slug, "images")
-    watched = [Path(tempfile.gettempdir()), Path(settings.COHORT_OBJECT_DIR), Path(settings.BASE_DIR) / "apps"]
+    # Where an extraction would land: the state folder (objects, keys, scratch), the code folders,
+    # the working directory; and, by member name, anywhere in the system temp folder (other
+    # processes write there too, so only our members' names count).
+    state = Path(settings.COHORT_TMP_DIR).parent
+    watched = [state, Path(settings.BASE_DIR) / "apps", Path(settings.BASE_DIR) / "workers", Path.cwd() / "tests"]
+    member_names = {"evil.png", "zeros.png", "x0.zip", "x1.zip", "passwd", "2.png", "ok.png"}
     results: dict[str, Any] = {}
     for name, (make, code) in CASES.items():
         payload = make()
@@ -129,7 +134,9 @@ def test_api3_hostile_archives(tenant: Any, member: Callable[..., Any], api_clie
         r = client.post(f"/api/v1/tenants/{tenant.slug}/datasets/{ds}/versions/", {"file": f}, format="multipart")
         seconds = time.perf_counter() - t0
         rss_delta_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
-        new_files = sorted(_snapshot(watched) - before_files)
+        keys_dir = str(Path(settings.COHORT_KEY_DIR))  # the tenant's keys, created on its first upload
+        new_files = sorted(f for f in _snapshot(watched) - before_files if not f.startswith(keys_dir))
+        new_files += [str(p) for p in Path(tempfile.gettempdir()).rglob("*") if p.name in member_names]
         scratch_left = [p for p in Path(settings.COHORT_TMP_DIR).rglob("*") if p.is_file()]
         got = r.json().get("error", {}).get("code") if r.status_code != 201 else "accepted"
         results[name] = {

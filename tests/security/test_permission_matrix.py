@@ -8,6 +8,7 @@ here fails ``test_request_table_covers_the_matrix``.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,31 +22,55 @@ from apps.tenancy import policy
 from apps.tenancy.models import Invitation, Membership, Role
 from apps.tenancy.scope import tenant_scope
 from apps.tenancy.services import invitation_create
+from tests.apps.datasets.helpers import SIMPLE_POLICY, create_dataset, deidentify, named, table_csv, upload_version
 from tests.security.helpers import assert_error_shape
 
 pytestmark = pytest.mark.django_db
 
+# A small valid table for uploads (single and resumable); the resumable one completes with its hash.
+UPLOAD_CSV = table_csv(8, seed=3)
+UPLOAD_SHA256 = hashlib.sha256(UPLOAD_CSV).hexdigest()
+
+
+@dataclass(frozen=True)
+class DatasetIds:
+    id: int
+    raw: int | None = None  # a ready raw version
+    deid: int | None = None  # a ready de-identified version derived from ``raw``
+
 
 @dataclass
 class Ctx:
-    """What a request builder may use: the tenant, the acting principal, a factory for targets."""
+    """What a request builder may use: the tenant, the acting principal, factories for targets.
+
+    Targets are made by an owner of the tenant (never by the principal under test), through the
+    API. ``cache`` and ``seq`` are shared by every principal of one test, so read-only targets
+    (``dataset()``, ``shared_dataset()``) are made once per test; the ``new_*`` ones are fresh.
+    """
 
     tenant: Any
     actor: Any  # a User, or None for an API key
     make_user: Callable[..., Any]
+    make_tenant: Callable[..., Any]
+    api_client_for: Callable[[Any], Any]
     seq: list[int] = field(default_factory=lambda: [0])
+    cache: dict[str, Any] = field(default_factory=dict)
 
     def unique(self, prefix: str) -> str:
         self.seq[0] += 1
         return f"{prefix}{self.seq[0]}"
 
-    def new_member(self, role: str = Role.ANALYST) -> Membership:
+    def base(self) -> str:
+        return f"/api/v1/tenants/{self.tenant.slug}/"
+
+    def new_member(self, role: str = Role.ANALYST, tenant: Any = None) -> Membership:
+        tenant = tenant or self.tenant
         user = self.make_user()
         from apps.audit.services import audit_record, audited_change
 
-        with tenant_scope(self.tenant.pk), audited_change():
-            m = Membership.objects.create(tenant=self.tenant, user=user, role=role)
-            audit_record(action="member.added", tenant=self.tenant, target=m, details={"fixture": True})
+        with tenant_scope(tenant.pk), audited_change():
+            m = Membership.objects.create(tenant=tenant, user=user, role=role)
+            audit_record(action="member.added", tenant=tenant, target=m, details={"fixture": True})
         return m
 
     def new_invitation(self) -> Invitation:
@@ -70,17 +95,140 @@ class Ctx:
         with tenant_scope(self.tenant.pk):
             return AuditEvent.objects.filter(tenant=self.tenant).order_by("-id").values_list("id", flat=True)[0]
 
+    # --- dataset targets (made by an owner through the API) ------------------------------------------
+
+    def owner_client(self, tenant: Any = None) -> Any:
+        """A session client of a (fixture) owner of ``tenant`` (default: this tenant)."""
+        tenant = tenant or self.tenant
+        key = f"owner:{tenant.pk}"
+        if key not in self.cache:
+            self.cache[key] = self.api_client_for(self.new_member(Role.OWNER, tenant=tenant).user)
+        return self.cache[key]
+
+    def other_tenant(self) -> Any:
+        """Another active tenant (the grantee of ``new_grant`` and ``grant.create``)."""
+        if "other" not in self.cache:
+            self.cache["other"] = self.make_tenant()
+        return self.cache["other"]
+
+    def new_dataset(self, *, versions: bool = True, tenant: Any = None) -> DatasetIds:
+        """A fresh dataset of ``tenant``; with ``versions``, a ready raw version and a ready
+        de-identified version of it."""
+        tenant = tenant or self.tenant
+        client = self.owner_client(tenant)
+        ds_id = create_dataset(client, tenant.slug, self.unique("Matrix dataset "))
+        if not versions:
+            return DatasetIds(ds_id)
+        raw = upload_version(client, tenant.slug, ds_id, table_csv(12, seed=tenant.pk % 7))
+        deid = deidentify(client, tenant.slug, ds_id, raw["id"])
+        assert raw["status"] == deid["status"] == "ready", (raw["status"], deid["status"])
+        return DatasetIds(ds_id, raw["id"], deid["id"])
+
+    def dataset(self) -> DatasetIds:
+        """This tenant's read-only dataset (raw + de-identified version), made once per test."""
+        if "dataset" not in self.cache:
+            self.cache["dataset"] = self.new_dataset()
+        return self.cache["dataset"]
+
+    def new_grant(self) -> tuple[int, int]:
+        """(dataset id, grant id): a live ``process`` grant of a fresh dataset to another tenant."""
+        ds = self.new_dataset(versions=False)
+        r = self.owner_client().post(
+            f"{self.base()}datasets/{ds.id}/grants/",
+            {"grantee": self.other_tenant().slug, "permission": "process"},
+            format="json",
+        )
+        assert r.status_code == 201, r.content
+        return ds.id, int(r.json()["id"])
+
+    def new_reservation(self) -> tuple[int, int]:
+        """(dataset id, reservation id): an open reservation this tenant made on its own dataset."""
+        ds = self.new_dataset(versions=False)
+        r = self.owner_client().post(
+            f"{self.base()}datasets/{ds.id}/budget/reservations/",
+            {"epsilon": "0.1", "delta": "0", "purpose": "matrix fixture"},
+            format="json",
+        )
+        assert r.status_code == 201, r.content
+        return ds.id, int(r.json()["id"])
+
+    def new_upload(self, *, chunks: bool = False) -> int:
+        """An open resumable upload session for ``UPLOAD_CSV`` (with ``chunks``: all bytes sent)."""
+        ds = self.new_dataset(versions=False)
+        client = self.owner_client()
+        r = client.post(
+            f"{self.base()}uploads/",
+            {"dataset_id": ds.id, "filename": "part.csv", "size": len(UPLOAD_CSV)},
+            format="json",
+        )
+        assert r.status_code == 201, r.content
+        upload_id = int(r.json()["id"])
+        if chunks:
+            r = client.put(
+                f"{self.base()}uploads/{upload_id}/?offset=0", UPLOAD_CSV, content_type="application/octet-stream"
+            )
+            assert r.status_code == 200, r.content
+        return upload_id
+
+    def shared_dataset(self) -> int:
+        """A dataset of ANOTHER tenant, with a de-identified version, granted to this tenant with
+        ``download`` (made once per test)."""
+        if "shared" not in self.cache:
+            owner = self.make_tenant()
+            ds = self.new_dataset(tenant=owner)
+            r = self.owner_client(owner).post(
+                f"/api/v1/tenants/{owner.slug}/datasets/{ds.id}/grants/",
+                {"grantee": self.tenant.slug, "permission": "download"},
+                format="json",
+            )
+            assert r.status_code == 201, r.content
+            self.cache["shared"] = ds.id
+        return int(self.cache["shared"])
+
 
 @dataclass(frozen=True)
 class Req:
     method: str
-    path: Callable[[Ctx], str]  # relative to /api/v1/tenants/<slug>/
-    body: Callable[[Ctx], dict[str, Any]] | None = None
+    path: Callable[[Ctx], str]  # absolute; see _t, _ds
+    body: Callable[[Ctx], Any] | None = None
     ok: int = 200
+    fmt: str = "json"  # how the body is sent: "json", "multipart", or "octet" (raw application/octet-stream)
 
 
 def _t(suffix: str = "") -> Callable[[Ctx], str]:
-    return lambda c: f"/api/v1/tenants/{c.tenant.slug}/{suffix}"
+    return lambda c: f"{c.base()}{suffix}"
+
+
+def _ds(suffix: str = "", *, fresh: bool = False) -> Callable[[Ctx], str]:
+    """A path under this tenant's read-only dataset, or (``fresh``) under a new bare dataset."""
+    return lambda c: f"{c.base()}datasets/{(c.new_dataset(versions=False) if fresh else c.dataset()).id}/{suffix}"
+
+
+def _version(which: str, suffix: str = "") -> Callable[[Ctx], str]:
+    """A path under the read-only dataset's ``raw`` or ``deid`` version."""
+    return lambda c: f"{c.base()}datasets/{c.dataset().id}/versions/{getattr(c.dataset(), which)}/{suffix}"
+
+
+def _grant(c: Ctx) -> str:
+    ds_id, grant_id = c.new_grant()
+    return f"{c.base()}datasets/{ds_id}/grants/{grant_id}/"
+
+
+def _reservation(suffix: str) -> Callable[[Ctx], str]:
+    def path(c: Ctx) -> str:
+        ds_id, res_id = c.new_reservation()
+        return f"{c.base()}datasets/{ds_id}/budget/reservations/{res_id}/{suffix}"
+
+    return path
+
+
+def _upload(suffix: str = "", *, chunks: bool = False) -> Callable[[Ctx], str]:
+    return lambda c: f"{c.base()}uploads/{c.new_upload(chunks=chunks)}/{suffix}"
+
+
+def _shared(suffix: str = "") -> Callable[[Ctx], str]:
+    """A path under this tenant's shared-datasets route for another tenant's granted dataset."""
+    return lambda c: f"{c.base()}shared-datasets/{c.shared_dataset()}/{suffix}"
 
 
 # action -> the requests that exercise it (each must succeed for an allowed principal).
@@ -123,7 +271,80 @@ REQUESTS: dict[str, list[Req]] = {
     ],
     "audit.export": [Req("GET", _t("audit-events/export/?file_format=csv"))],
     "audit.verify": [Req("POST", _t("audit-events/verify/"))],
+    "dataset.list": [
+        Req("GET", _t("datasets/")),
+        Req("GET", _ds()),
+        Req("GET", _ds("versions/")),
+        Req("GET", _version("raw")),
+    ],
+    "dataset.create": [
+        Req("POST", _t("datasets/"), lambda c: {"name": c.unique("Created "), "description": "matrix"}, 201),
+        Req("POST", _ds("versions/", fresh=True), lambda c: {"file": named(UPLOAD_CSV)}, 201, "multipart"),
+        Req(
+            "POST",
+            _t("uploads/"),
+            lambda c: {
+                "dataset_id": c.new_dataset(versions=False).id,
+                "filename": "part.csv",
+                "size": len(UPLOAD_CSV),
+            },
+            201,
+        ),
+        Req("GET", _upload()),
+        Req("PUT", _upload("?offset=0"), lambda c: UPLOAD_CSV, fmt="octet"),
+        Req("DELETE", _upload()),
+        Req("POST", _upload("complete/", chunks=True), lambda c: {"sha256": UPLOAD_SHA256}, 201),
+    ],
+    "dataset.update": [Req("PATCH", _ds(fresh=True), lambda c: {"description": c.unique("Described ")})],
+    "dataset.delete": [Req("DELETE", _ds(fresh=True))],
+    "dataset.pii_report": [Req("GET", _version("raw", "pii-report/"))],
+    "dataset.deidentify": [Req("POST", _version("raw", "deidentify/"), lambda c: {"policy": SIMPLE_POLICY}, 201)],
+    # Declared action dataset.download; a raw version also needs dataset.read_raw (SECONDARY_ACTIONS).
+    "dataset.read_raw": [
+        Req("GET", _version("raw", "preview/?rows=5")),
+        Req("GET", _version("raw", "download/?file_format=csv")),
+    ],
+    "dataset.download": [
+        Req("GET", _version("deid", "preview/?rows=5")),
+        Req("GET", _version("deid", "download/?file_format=parquet")),
+        Req("GET", _version("deid", "download/?file_format=csv")),
+    ],
+    "grant.list": [Req("GET", _ds("grants/")), Req("GET", _grant)],
+    "grant.create": [
+        Req(
+            "POST",
+            _ds("grants/", fresh=True),
+            lambda c: {"grantee": c.other_tenant().slug, "permission": "process"},
+            201,
+        ),
+    ],
+    "grant.revoke": [Req("DELETE", _grant)],
+    "budget.view": [Req("GET", _ds("budget/")), Req("GET", _ds("budget/reservations/"))],
+    "budget.set": [Req("PUT", _ds("budget/", fresh=True), lambda c: {"epsilon": "2.5", "delta": "0.00001"})],
+    "budget.reserve": [
+        Req(
+            "POST",
+            _ds("budget/reservations/", fresh=True),
+            lambda c: {"epsilon": "0.1", "delta": "0", "purpose": "matrix"},
+            201,
+        ),
+        Req("POST", _reservation("commit/"), lambda c: {"epsilon_spent": "0.05"}),
+        Req("POST", _reservation("release/")),
+    ],
+    "shared.list": [Req("GET", _t("shared-datasets/")), Req("GET", _shared())],
+    "shared.download": [
+        Req("GET", _shared("preview/?rows=5")),
+        Req("GET", _shared("download/?file_format=parquet")),
+        Req("GET", _shared("download/?file_format=csv")),
+    ],
 }
+
+# Actions no view declares: their requests are governed by the declared action (the value) and the
+# view additionally checks the action itself. A principal must hold both.
+#   dataset.read_raw: preview/download declare dataset.download; for a RAW version ``_read_check``
+#   (apps/datasets/api/views.py) also requires a membership whose role allows dataset.read_raw
+#   (API keys never).
+SECONDARY_ACTIONS: dict[str, str] = {"dataset.read_raw": "dataset.download"}
 
 KEY_SCOPE_SETS: tuple[tuple[str, ...], ...] = (("read",), ("write",), ("read", "write"))
 
@@ -133,22 +354,67 @@ def test_request_table_covers_the_matrix() -> None:
     extra = sorted(set(REQUESTS) - set(policy.MATRIX))
     assert not missing, f"actions in policy.MATRIX without a request in REQUESTS: {missing}"
     assert not extra, f"REQUESTS names actions that policy.MATRIX does not define: {extra}"
+    assert set(SECONDARY_ACTIONS) <= set(policy.MATRIX) and set(SECONDARY_ACTIONS.values()) <= set(policy.MATRIX)
+
+
+def _ctx_maker(
+    tenant: Any, make_user: Callable[..., Any], make_tenant: Callable[..., Any], api_client_for: Callable[[Any], Any]
+) -> Callable[[Any], Ctx]:
+    """Ctx per principal, sharing the counter and the cached targets within the test."""
+    seq: list[int] = [0]
+    cache: dict[str, Any] = {}
+    return lambda actor: Ctx(
+        tenant=tenant,
+        actor=actor,
+        make_user=make_user,
+        make_tenant=make_tenant,
+        api_client_for=api_client_for,
+        seq=seq,
+        cache=cache,
+    )
 
 
 @pytest.mark.parametrize("action", list(REQUESTS))
-def test_each_request_is_routed_to_its_action(action: str, tenant: Any, make_user: Callable[..., Any]) -> None:
-    """The request we use for an action really is governed by that action (else the table lies)."""
-    ctx = Ctx(tenant=tenant, actor=make_user(), make_user=make_user)
+def test_each_request_is_routed_to_its_action(
+    action: str,
+    tenant: Any,
+    make_user: Callable[..., Any],
+    make_tenant: Callable[..., Any],
+    api_client_for: Callable[[Any], Any],
+) -> None:
+    """The request we use for an action really is governed by that action (else the table lies);
+    a secondary action's requests are governed by its declared action (``SECONDARY_ACTIONS``)."""
+    ctx = _ctx_maker(tenant, make_user, make_tenant, api_client_for)(make_user())
+    expected = SECONDARY_ACTIONS.get(action, action)
     for req in REQUESTS[action]:
         path = req.path(ctx).split("?")[0]
         view_cls = resolve(path).func.cls  # type: ignore[attr-defined]
         declared = view_cls.permission_actions.get(req.method) or view_cls.permission_action
-        assert declared == action, (req.method, path, declared, action)
+        assert declared == expected, (req.method, path, declared, action)
 
 
-def _dispatch(client: Any, method: str, path: str, body: dict[str, Any] | None) -> Any:
-    fn = getattr(client, method.lower())
-    return fn(path, body, format="json") if body is not None else fn(path)
+def _dispatch(client: Any, req: Req, ctx: Ctx) -> tuple[Any, bytes]:
+    """Send the request; returns the response and its body (a streamed body is read in full)."""
+    path = req.path(ctx)
+    fn = getattr(client, req.method.lower())
+    if req.body is None:
+        r = fn(path)
+    elif req.fmt == "octet":
+        r = fn(path, req.body(ctx), content_type="application/octet-stream")
+    else:
+        r = fn(path, req.body(ctx), format=req.fmt)
+    content = b"".join(r.streaming_content) if getattr(r, "streaming", False) else r.content
+    return r, content
+
+
+def _role_allowed(role: str, action: str) -> bool:
+    declared = SECONDARY_ACTIONS.get(action, action)
+    return policy.role_allows(role, action) and policy.role_allows(role, declared)
+
+
+def _key_allowed(scopes: tuple[str, ...], action: str) -> bool:
+    declared = SECONDARY_ACTIONS.get(action, action)
+    return policy.api_key_allows(list(scopes), action) and policy.api_key_allows(list(scopes), declared)
 
 
 @pytest.mark.parametrize("action", list(policy.MATRIX))
@@ -157,21 +423,22 @@ def test_roles(
     tenant: Any,
     member: Callable[..., Any],
     make_user: Callable[..., Any],
+    make_tenant: Callable[..., Any],
     api_client_for: Callable[[Any], Any],
 ) -> None:
-    allowed_roles, _, _ = policy.MATRIX[action]
+    new_ctx = _ctx_maker(tenant, make_user, make_tenant, api_client_for)
     problems: list[str] = []
     for role in policy.ROLES:
         user = member(role)
         client = api_client_for(user)
-        ctx = Ctx(tenant=tenant, actor=user, make_user=make_user)
+        ctx = new_ctx(user)
         for req in REQUESTS[action]:
-            r = _dispatch(client, req.method, req.path(ctx), req.body(ctx) if req.body else None)
-            if role in allowed_roles:
+            r, content = _dispatch(client, req, ctx)
+            if _role_allowed(role, action):
                 if r.status_code != req.ok:
-                    problems.append(f"{role} {req.method}: expected {req.ok}, got {r.status_code} {r.content[:200]!r}")
+                    problems.append(f"{role} {req.method}: expected {req.ok}, got {r.status_code} {content[:200]!r}")
             elif r.status_code != 403:
-                problems.append(f"{role} {req.method}: expected 403, got {r.status_code} {r.content[:200]!r}")
+                problems.append(f"{role} {req.method}: expected 403, got {r.status_code} {content[:200]!r}")
             else:
                 assert assert_error_shape(r)["code"] == "permission_denied"
     assert not problems, "\n".join(problems)
@@ -182,21 +449,23 @@ def test_api_key_scopes(
     action: str,
     tenant: Any,
     make_user: Callable[..., Any],
+    make_tenant: Callable[..., Any],
     api_key_for: Callable[..., str],
     api_client_for: Callable[[Any], Any],
 ) -> None:
+    new_ctx = _ctx_maker(tenant, make_user, make_tenant, api_client_for)
     problems: list[str] = []
     for scopes in KEY_SCOPE_SETS:
         client = api_client_for(api_key_for(tenant, scopes=scopes))
-        ctx = Ctx(tenant=tenant, actor=None, make_user=make_user)
-        expected_ok = policy.api_key_allows(list(scopes), action)
+        ctx = new_ctx(None)
+        expected_ok = _key_allowed(scopes, action)
         for req in REQUESTS[action]:
-            r = _dispatch(client, req.method, req.path(ctx), req.body(ctx) if req.body else None)
+            r, content = _dispatch(client, req, ctx)
             if expected_ok and r.status_code != req.ok:
-                problems.append(f"key{scopes} {req.method}: expected {req.ok}, got {r.status_code} {r.content[:200]!r}")
+                problems.append(f"key{scopes} {req.method}: expected {req.ok}, got {r.status_code} {content[:200]!r}")
             if not expected_ok:
                 if r.status_code != 403:
-                    problems.append(f"key{scopes} {req.method}: expected 403, got {r.status_code} {r.content[:200]!r}")
+                    problems.append(f"key{scopes} {req.method}: expected 403, got {r.status_code} {content[:200]!r}")
                 else:
                     assert_error_shape(r)
     assert not problems, "\n".join(problems)

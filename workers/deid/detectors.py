@@ -14,6 +14,8 @@ Kinds (exact strings): ``email``, ``phone``, ``national_id``, ``insurance_id``, 
 Entry points:
 
 * :func:`detect` -- all (or some) kinds in a piece of text, overlaps resolved.
+* :func:`detect_many` -- :func:`detect` over a whole column (an Arrow string array) at once, with
+  the same results, many times faster on large columns (see "Batch prefilter" below).
 * :func:`detect_value` -- a single cell of a column: like :func:`detect` but the column's hints also
   enable whole-value rules (a ``zip`` column's ``12345``, a ``dob`` column's any date, a
   ``first_name`` column's ``ANNA``).
@@ -24,9 +26,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from functools import cache
 from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 Span = tuple[int, int, str]
 
@@ -310,6 +316,7 @@ def _names(filename: str) -> frozenset[str]:
     return frozenset(s.strip().casefold() for s in lines if s.strip() and not s.startswith("#"))
 
 
+@cache
 def first_names() -> frozenset[str]:
     """The shipped given-name dictionary (case-folded)."""
     return _names("first_names.txt") | _AMBIGUOUS_FIRST
@@ -766,9 +773,176 @@ def detect_value(value: str, hints: Collection[str] = ()) -> list[Span]:
     Hinted NINO / UK postcode values are upper-cased first (``ab123456c`` in an ``ni_number``
     column is still a NINO); spans index into the original value since upper-casing keeps length.
     """
-    text = value
+    return detect(_value_text(value, hints), hints=hints)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch prefilter: detect() over a whole column
+# ---------------------------------------------------------------------------------------------
+# Running every finder on every value costs ~30 us of Python per value, mostly call and loop
+# overhead on text that holds no PII at all. :func:`detect_many` first asks, per kind and for the
+# whole column at once, "can this value possibly hold a span of this kind?" with one RE2 regex
+# (``pyarrow.compute.match_substring_regex``, C++, well under a microsecond per value), then runs
+# the exact Python finders only for the kinds a value is a candidate for.
+#
+# The invariant that makes results identical to :func:`detect`: each prefilter is a *necessary*
+# condition -- whenever a finder returns a span for a text, the kind's prefilter matches that text.
+# A prefilter is derived from the finder's regex by dropping look-arounds, dictionary and checksum
+# checks and by widening character classes, never by narrowing. Python's ``re`` on ``str`` is
+# Unicode-aware (``\d`` is any decimal digit, ``\s`` includes \x1c-\x1f and Unicode spaces, the
+# IGNORECASE ``i``/``k``/``s`` also match U+0130 U+0131 U+212A U+017F) while RE2 classes are
+# ASCII, so every class below also admits *all* non-ASCII characters: a superset whatever the
+# Unicode version. Change a finder's regex or validator -> re-derive its prefilter here; the
+# equivalence tests in tests/workers/test_deid_batch.py compare the two paths on varied text.
+_NON_ASCII = r"\x{80}-\x{10FFFF}"
+_P_DIGIT = rf"[0-9{_NON_ASCII}]"  # superset of Python's \d
+_P_SPACE = rf"[\t-\r\x1c-\x20{_NON_ASCII}]"  # superset of Python's \s
+_P_LETTER = rf"[A-Za-z{_NON_ASCII}]"  # superset of an IGNORECASE ASCII letter
+_VALID_NAME_ENTRY_RE = re.compile(r"[a-z]{2,}(?:['-][a-z]+)*")
+
+
+def _first_name_alternation() -> str:
+    """RE2 alternation matching every capitalised token whose casefold is a given name.
+
+    A token the name rules accept is ``[A-Z][a-z]+(?:['-][A-Z]?[a-z]+)*`` (ASCII), so only
+    dictionary entries of that lower-cased shape can ever match; the rest are left out.
+    """
+    alts = sorted(
+        n[0].upper() + "(?i:" + n[1:] + ")" for n in first_names() if _VALID_NAME_ENTRY_RE.fullmatch(n)
+    )
+    return "(?:" + "|".join(alts) + ")" if alts else "(?!)"
+
+
+@cache
+def _prefilter(kind: str, hinted: bool) -> str | None:
+    """The RE2 necessary condition for ``kind`` (None: every non-empty value is a candidate)."""
+    d, s, letter = _P_DIGIT, _P_SPACE, _P_LETTER
+    if kind == "email":
+        # local part's last character, "@", a dotted domain, two letters of TLD
+        return r"[A-Za-z0-9._%+\-]@[A-Za-z0-9][A-Za-z0-9.\-]*\.[A-Za-z]{2}"
+    if kind == "phone":
+        # the validator needs >= 8 digits; between two digits of a candidate there are at most
+        # three of " .-()" (as in "+44 (0) (20) ...")
+        return rf"{d}(?:[ .()\-]{{0,3}}{d}){{7}}"
+    if kind == "national_id":
+        # SSN 3-2-4, NHS 3-3-4, bare NHS (10 digits), NINO; bare SSN (9 digits) when hinted
+        bare = rf"{d}{{9}}" if hinted else rf"{d}{{10}}"
+        return (
+            rf"{d}{{3}}[ \-]{d}{{2}}[ \-]{d}{{4}}|{d}{{3}}[ \-]{d}{{3}}[ \-]{d}{{4}}|{bare}|"
+            rf"[A-Z]{{2}} ?{d}{{2}} ?{d}{{2}} ?{d}{{2}} ?[A-D]"
+        )
+    if kind == "insurance_id":
+        # MBI; or a label ending (id / no / num / number / #) then an id holding an ASCII digit
+        i_ = rf"[Ii{_NON_ASCII}]"
+        return (
+            rf"[1-9][A-Z](?:[A-Z]|{d}){d}-?[A-Z](?:[A-Z]|{d}){d}-?[A-Z]{{2}}{d}{{2}}|"
+            rf"(?:{i_}[Dd]|[Nn][Oo]|[Nn][Uu][Mm]|[Bb][Ee][Rr]|#)\.?{s}*[:#.]?{s}*[A-Za-z0-9\-]*[0-9]"
+        )
+    if kind == "date_of_birth":
+        if hinted:
+            return None
+        # every birth context (d.o.b, date of birth, birth date, birthday, born, b.) contains a
+        # "b"; from there to the date only letters, spaces and ".,:=-" occur (including a month
+        # name before the day in "born March 14, 1980"); then one of the four date shapes
+        return (
+            rf"[Bb][A-Za-z.,:=\-\t-\r\x1c-\x20{_NON_ASCII}]*{d}{{1,4}}"
+            rf"(?:[/.\-]{d}{{1,2}}[/.\-]{d}|{letter}*,?{s}+(?:{letter}+\.?,?{s}+)?{d}{{4}})"
+        )
+    if kind == "postcode":
+        uk = rf"[A-Z]{{1,2}}{d}(?:[A-Z]|{d})? ?{d}[A-Z]{{2}}|GIR ?0AA"
+        if hinted:
+            return rf"{uk}|{d}{{5}}"
+        # "zip" / "... code" end in p / e; or a state abbreviation then spaces
+        return rf"{uk}|(?:[PpEe{_NON_ASCII}]{s}*[:#]?{s}*|(?:{_US_STATES}){s}+){d}{{5}}"
+    if kind == "person_name":
+        if hinted:
+            return None
+        firsts = _first_name_alternation()
+        return rf"{_HONORIFICS}\.?{s}+[A-Z]|{firsts}(?:{s}+[A-Z]\.?)?{s}+[A-Z]|,{s}+{firsts}"
+    if kind == "credit_card":
+        return rf"{d}(?:[ \-]?{d}){{12}}"
+    if kind == "iban":
+        return rf"[A-Z]{{2}}{d}{{2}}(?: ?[A-Z0-9]){{11}}"
+    if kind == "ip_address":
+        return rf"{d}{{1,3}}(?:\.{d}{{1,3}}){{3}}|:[0-9A-Fa-f]{{0,4}}:"
+    raise ValueError(f"Unknown PII kind {kind!r}; one of {', '.join(KINDS)}.")
+
+
+def candidate_masks(
+    values: pa.Array, kinds: Collection[str] | None = None, *, hints: Collection[str] = ()
+) -> dict[str, np.ndarray]:
+    """Per kind, a boolean array: which values *may* hold a span of that kind (see above).
+
+    False is a guarantee (the finder finds nothing there); True only means "run the finder".
+    Null values are False.
+    """
+    wanted = tuple(dict.fromkeys(KINDS if kinds is None else kinds))
+    masks: dict[str, np.ndarray] = {}
+    for kind in wanted:
+        if kind not in _FINDERS:
+            raise ValueError(f"Unknown PII kind {kind!r}; one of {', '.join(KINDS)}.")
+        pattern = _prefilter(kind, kind in hints)
+        if pattern is None:
+            hit = pc.is_valid(values)
+        else:
+            hit = pc.fill_null(pc.match_substring_regex(values, pattern), False)
+        masks[kind] = np.asarray(hit.to_numpy(zero_copy_only=False), dtype=bool)
+    return masks
+
+
+def _as_string_array(values: pa.Array | pa.ChunkedArray | Sequence[str | None]) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if not isinstance(values, pa.Array):
+        return pa.array(list(values), pa.string())
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        return values
+    if pa.types.is_dictionary(values.type):
+        return values.cast(values.type.value_type)
+    raise TypeError(f"detect_many needs strings, got {values.type}.")
+
+
+def detect_many(
+    values: pa.Array | pa.ChunkedArray | Sequence[str | None],
+    kinds: Collection[str] | None = None,
+    *,
+    hints: Collection[str] = (),
+) -> list[list[Span]]:
+    """``[detect(v, kinds, hints=hints) for v in values]`` (a null value gives ``[]``), computed
+    with the batch prefilter: identical spans, several times faster on a column of free text.
+
+    ``values`` is an Arrow string array (or any sequence of ``str | None``, converted).
+    """
+    arr = _as_string_array(values)
+    masks = candidate_masks(arr, kinds, hints=hints)
+    texts = arr.to_pylist()
+    if not masks:
+        return [[] for _ in texts]
+    wanted = tuple(masks)
+    codes = np.zeros(len(arr), dtype=np.int64)
+    for bit, kind in enumerate(wanted):
+        codes |= masks[kind].astype(np.int64) << bit
+    subsets: dict[int, tuple[str, ...]] = {}
+    out: list[list[Span]] = []
+    for text, code in zip(texts, codes.tolist(), strict=True):
+        if not code:
+            out.append([])
+            continue
+        subset = subsets.get(code)
+        if subset is None:
+            subset = subsets[code] = tuple(k for bit, k in enumerate(wanted) if code >> bit & 1)
+        out.append(detect(text, subset, hints=hints))
+    return out
+
+
+def _value_text(value: str, hints: Collection[str]) -> str:
     if hints and ("national_id" in hints or "postcode" in hints) and len(value) < 20:
         upper = value.upper()
         if len(upper) == len(value):
-            text = upper
-    return detect(text, hints=hints)
+            return upper
+    return value
+
+
+def detect_values(values: Sequence[str | None], hints: Collection[str] = ()) -> list[list[Span]]:
+    """``[detect_value(v, hints) for v in values]`` (None gives ``[]``) via :func:`detect_many`."""
+    return detect_many([None if v is None else _value_text(v, hints) for v in values], hints=hints)

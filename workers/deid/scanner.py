@@ -25,7 +25,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from workers.deid.detectors import KINDS, column_hints, detect_value, is_uk_postcode, normalise_column_name
+from workers.deid.detectors import (
+    KINDS,
+    Span,
+    column_hints,
+    detect_value,
+    detect_values,
+    is_uk_postcode,
+    normalise_column_name,
+)
 from workers.schema import DatasetSchema
 
 # Kinds that identify a person on their own: pseudonymise (keeps joins and de-duplication across
@@ -95,11 +103,13 @@ class _ColumnScan:
     total_tokens: int = 0
     typed_dates: bool = False
 
-    def add(self, value: str) -> None:
+    def add(self, value: str, spans: list[Span] | None = None) -> None:
+        """Count one value; ``spans`` are its :func:`detect_value` spans when already known."""
         self.values_scanned += 1
         self.total_chars += len(value)
         self.total_tokens += len(value.split())
-        spans = detect_value(value, self.hints)
+        if spans is None:
+            spans = detect_value(value, self.hints)
         if not spans:
             return
         self.values_with_pii += 1
@@ -256,9 +266,10 @@ class PiiScanner:
             elif not (pa.types.is_string(t) or pa.types.is_large_string(t)):
                 col.values_scanned += len(arr) - arr.null_count
                 continue
-            for value in arr.to_pylist():
-                if value is not None and value.strip() != "":
-                    col.add(value)
+            values = [v for v in arr.to_pylist() if v is not None and v.strip() != ""]
+            # one vectorised prefilter over the column, exact finders only where it may match
+            for value, spans in zip(values, detect_values(values, col.hints), strict=True):
+                col.add(value, spans)
 
     # --- result --------------------------------------------------------------------------
     def result(self, schema: DatasetSchema | None = None) -> PiiReport:

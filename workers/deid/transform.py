@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from workers.deid.detectors import KINDS, column_hints, detect, is_uk_postcode
+from workers.deid.detectors import KINDS, column_hints, detect_many, is_uk_postcode
 from workers.deid.policy import ColumnPolicy, DeidPolicy, output_schema
 from workers.schema import ARROW_TYPES, NUMERIC_TYPES, DatasetSchema
 
@@ -312,8 +312,7 @@ class Deidentifier:
         valid = ~np.asarray(enc.indices.is_null().to_numpy(zero_copy_only=False), dtype=bool)
         multiplicity = np.bincount(idx[valid].astype(np.int64), minlength=len(values))
         out: list[str] = []
-        for i, v in enumerate(values):
-            spans = detect(v, kinds, hints=hints)
+        for i, (v, spans) in enumerate(zip(values, detect_many(enc.dictionary, kinds, hints=hints), strict=True)):
             if not spans:
                 out.append(v)
                 continue

@@ -30,6 +30,7 @@ from workers.ingest.validate import (
     ROW_ERROR_POLICIES,
     ColumnReport,
     ValidationReport,
+    _string_buffers,
     json_number,
     parse_column,
     utc_iso,
@@ -114,17 +115,37 @@ class _ColumnState:
 def _track_distinct(state: _ColumnState, arr: pa.Array, cap: int) -> None:
     if state.hashes is None:
         return
-    uniq = pc.unique(arr.drop_null())
+    uniq = pc.unique(arr)
+    if len(uniq) - uniq.null_count > cap:
+        # Over the cap whatever the earlier batches held: stop without hashing anything.
+        state.hashes = None
+        return
     # Python's hash of the string: 64 bits, collision odds negligible at 10^4 values, and no value kept.
-    state.hashes.update(hash(v) for v in uniq.to_pylist())
+    state.hashes.update(map(hash, uniq.drop_null().to_pylist()))
     if len(state.hashes) > cap:
         state.hashes = None
 
 
 def _observe_text(state: _ColumnState, arr: pa.Array) -> None:
-    vals = arr.drop_null()
-    if not len(vals):
+    n_valid = len(arr) - arr.null_count
+    if not n_valid:
         return
+    sb = _string_buffers(arr)
+    if sb is not None:
+        # Fast path, straight from the Arrow buffers: for ASCII text, characters are bytes.
+        offsets, data = sb
+        lens = np.diff(offsets)
+        if arr.null_count:
+            lens = lens[pc.is_valid(arr).to_numpy(zero_copy_only=False)]
+        if int(lens.sum()) == len(data) and (not len(data) or int(data.max()) < 128):
+            lo, hi = int(lens.min()), int(lens.max())
+            state.len_n += n_valid
+            state.len_sum += len(data)
+            state.len_min = lo if state.len_min is None else min(state.len_min, lo)
+            state.len_max = hi if state.len_max is None else max(state.len_max, hi)
+            state.spaces += int(np.count_nonzero(data == 32))
+            return
+    vals = arr.drop_null()
     lengths = pc.utf8_length(vals)
     mm = pc.min_max(lengths)
     lo, hi = mm["min"].as_py(), mm["max"].as_py()
@@ -139,6 +160,7 @@ def _update_inferred(state: _ColumnState, arr: pa.Array) -> None:
     """Drop candidate types this batch contradicts; accumulate stats for the survivors."""
     if arr.null_count == len(arr):
         return
+    ints: pa.Array | None = None
     for ltype in list(CANDIDATES):
         if ltype not in state.candidates:
             continue
@@ -148,10 +170,17 @@ def _update_inferred(state: _ColumnState, arr: pa.Array) -> None:
             if not ok.as_py():
                 state.candidates.discard(ltype)
             continue
-        values, bad, _ = parse_column(arr, ltype)
-        if pc.any(bad).as_py():
-            state.candidates.discard(ltype)
-            continue
+        if ltype == "float" and ints is not None:
+            # Every integer spelling is also a float one, with the same (correctly rounded) value:
+            # no second parse for an integer column.
+            values = pc.cast(ints, pa.float64(), safe=False)
+        else:
+            values, bad, _ = parse_column(arr, ltype)
+            if pc.any(bad).as_py():
+                state.candidates.discard(ltype)
+                continue
+        if ltype == "integer":
+            ints = values
         if ltype in NUMERIC_TYPES:
             state.moments.setdefault(ltype, _Moments()).add_numeric(values)
         else:
@@ -297,7 +326,8 @@ def scan(
             st.rows += len(arr)
             st.nulls += arr.null_count
             _track_distinct(st, arr, cap)
-            _observe_text(st, arr)
+            if st.fixed is None or st.fixed in TEXTUAL_TYPES:  # length stats are reported for text only
+                _observe_text(st, arr)
             if st.fixed is None:
                 _update_inferred(st, arr)
                 continue
@@ -311,14 +341,16 @@ def scan(
             if n_bad:
                 report.row_error_count += n_bad
                 bad_rows = bad_np if bad_rows is None else (bad_rows | bad_np)
-                room = max_err - len(report.row_errors_first) - len(batch_errors)
+                # Up to ``room`` per column, then the batch's first ``room`` by position: the report
+                # lists the file's first errors whatever the batch boundaries.
+                room = max_err - len(report.row_errors_first)
                 for i in np.flatnonzero(bad_np)[: max(room, 0)]:
                     batch_errors.append(
                         {source.position: int(lines[i]), "column": name, "reason": _reason(arr, int(i), reason)}
                     )
         if batch_errors:
             batch_errors.sort(key=lambda e: e[source.position])
-            report.row_errors_first.extend(batch_errors)
+            report.row_errors_first.extend(batch_errors[: max_err - len(report.row_errors_first)])
         if bad_rows is not None:
             report.row_error_rows += int(bad_rows.sum())
         if label_counts is not None and label is not None:

@@ -43,6 +43,8 @@ NULL_TOKENS: tuple[str, ...] = ("", "NA", "N/A", "n/a", "NULL", "null", "None", 
 # size sets the reader's memory: 1 MiB ≈ 40 MB, 4 MiB ≈ 160 MB, independent of the file size.
 _BLOCK_SIZE = 1 * MiB
 _JSONL_MAX_LINE = 64 * MiB
+# Chunks handed to scan/convert: at most ``batch_rows`` rows and (about) this many bytes of cells.
+_CHUNK_BYTES = 16 * MiB
 
 
 @dataclass
@@ -278,7 +280,8 @@ class TableSource:
             raise ValueError("native batches exist for Parquet only")
         yield from self._iter_parquet()
 
-    def _slice(self, batch: pa.RecordBatch, lines: np.ndarray) -> Iterator[Chunk]:
+    def _clean(self, batch: pa.RecordBatch, lines: np.ndarray) -> tuple[pa.RecordBatch, np.ndarray]:
+        """Check field sizes and drop the all-empty rows (counted in ``empty_rows``)."""
         self._check_field_sizes(batch, lines)
         empty = _all_empty_mask(batch)
         if empty is not None:
@@ -286,6 +289,10 @@ class TableSource:
             self.empty_rows += int(empty.sum())
             batch = batch.filter(pa.array(keep))
             lines = lines[keep]
+        return batch, lines
+
+    def _slice(self, batch: pa.RecordBatch, lines: np.ndarray) -> Iterator[Chunk]:
+        batch, lines = self._clean(batch, lines)
         for start in range(0, batch.num_rows, self.batch_rows):
             yield Chunk(batch.slice(start, self.batch_rows), lines[start : start + self.batch_rows])
 
@@ -316,6 +323,8 @@ class TableSource:
         enc = self.encoding or "utf-8"
         arrow_enc = "utf8" if codecs.lookup(enc).name in ("utf-8", "utf-8-sig") else enc
         read_opts = pacsv.ReadOptions(
+            # Serial on purpose: with use_threads=True Arrow cannot number invalid rows (row.number
+            # is None), and the exact line numbers above depend on it.
             use_threads=False,
             block_size=max(_BLOCK_SIZE, 2 * self.limits.max_field_bytes),
             encoding=arrow_enc,
@@ -338,6 +347,7 @@ class TableSource:
             )
         except pa.ArrowInvalid as exc:
             raise _csv_error(exc, None)
+        chunker = _Chunker(self.batch_rows)
         next_record = 2  # the header is record 1, line 1
         extra_newlines = 0  # newlines inside quoted values (and skipped rows) seen so far
         last_line = 1
@@ -351,22 +361,22 @@ class TableSource:
             batch = _as_strings(batch, self.column_names)
             n = batch.num_rows
             pending.sort()
-            # Record numbers of this batch's rows: consecutive from next_record, minus skipped rows.
-            skipped_here: list[tuple[int, int]] = []
-            records = np.empty(n, dtype=np.int64)
-            r, i, p = next_record, 0, 0
-            while i < n:
-                if p < len(pending) and pending[p][0] == r:
-                    skipped_here.append(pending[p])
-                    p += 1
-                else:
-                    records[i] = r
-                    i += 1
-                r += 1
+            # Record numbers of this batch's rows: consecutive from next_record, minus skipped rows
+            # (vectorised: the first n numbers from next_record that are not a skipped record).
+            p = 0
+            if pending:
+                skipped_recs = np.fromiter((rec for rec, _ in pending), dtype=np.int64, count=len(pending))
+                span = np.arange(next_record, next_record + n + len(pending), dtype=np.int64)
+                records = span[~np.isin(span, skipped_recs)][:n]
+                r = int(records[-1]) + 1 if n else next_record
+                p = int(np.searchsorted(skipped_recs, r, side="left"))
+            else:
+                records = np.arange(next_record, next_record + n, dtype=np.int64)
+                r = next_record + n
             # Skipped rows right after the batch (before the next batch's first row).
             while p < len(pending) and pending[p][0] == r:
-                skipped_here.append(pending[p])
                 p, r = p + 1, r + 1
+            skipped_here: list[tuple[int, int]] = pending[:p]
             del pending[:p]
             inner = _newlines_per_row(batch)
             row_extra = np.zeros(n, dtype=np.int64) if inner is None else inner
@@ -393,7 +403,8 @@ class TableSource:
             next_record = r
             if n:
                 last_line = int(lines[-1])
-                yield from self._slice(batch, lines)
+                yield from chunker.add(*self._clean(batch, lines))
+        yield from chunker.finish()
         # Ragged rows after the last batch (trailing lines).
         for rec, nl in sorted(pending):
             self.ragged_count += 1
@@ -449,6 +460,49 @@ class TableSource:
 
 
 # ---------------------------------------------------------------------- helpers
+class _Chunker:
+    """Re-cuts the reader's small batches (one per ~1 MiB block) into chunks of ``batch_rows`` rows,
+    or fewer once ``_CHUNK_BYTES`` are buffered: every later step costs a fixed Python overhead
+    per batch and column, so bigger batches are cheaper, and the byte bound keeps wide rows flat."""
+
+    def __init__(self, batch_rows: int) -> None:
+        self.batch_rows = batch_rows
+        self._parts: list[tuple[pa.RecordBatch, np.ndarray]] = []
+        self._rows = 0
+        self._bytes = 0
+
+    def add(self, batch: pa.RecordBatch, lines: np.ndarray) -> Iterator[Chunk]:
+        if batch.num_rows:
+            self._parts.append((batch, lines))
+            self._rows += batch.num_rows
+            self._bytes += batch.nbytes
+        while self._rows >= self.batch_rows or (self._rows and self._bytes >= _CHUNK_BYTES):
+            yield self._take(min(self._rows, self.batch_rows))
+
+    def finish(self) -> Iterator[Chunk]:
+        while self._rows:
+            yield self._take(min(self._rows, self.batch_rows))
+
+    def _take(self, n: int) -> Chunk:
+        taken: list[tuple[pa.RecordBatch, np.ndarray]] = []
+        need = n
+        while need:
+            batch, lines = self._parts[0]
+            if batch.num_rows <= need:
+                taken.append(self._parts.pop(0))
+                need -= batch.num_rows
+            else:
+                taken.append((batch.slice(0, need), lines[:need]))
+                self._parts[0] = (batch.slice(need), lines[need:])
+                need = 0
+        self._rows -= n
+        self._bytes = sum(b.nbytes for b, _ in self._parts)
+        if len(taken) == 1:
+            return Chunk(*taken[0])
+        batch = pa.concat_batches([b for b, _ in taken])
+        return Chunk(batch, np.concatenate([ln for _, ln in taken]))
+
+
 def _looks_numeric(s: str) -> bool:
     try:
         float(s)

@@ -233,7 +233,10 @@ PreviewOutput = inline_serializer(
     },
 )
 FORMAT_PARAM = OpenApiParameter(
-    "format", str, enum=["parquet", "csv"], description="Download format (image datasets always download as their zip)"
+    "file_format",
+    str,
+    enum=["parquet", "csv"],
+    description="Download format (image datasets always download as their zip)",
 )
 ROWS_PARAM = OpenApiParameter("rows", int, description=f"Rows to preview (1-{PREVIEW_MAX_ROWS}, default 20)")
 
@@ -347,9 +350,10 @@ def _stream(version: DatasetVersion, fmt: str, key: Any) -> StreamingHttpRespons
 
 
 def _format_param(request: Request) -> str:
-    fmt = request.query_params.get("format", "parquet")
+    # Not "format": DRF reserves that query parameter for renderer selection.
+    fmt = request.query_params.get("file_format", "parquet")
     if fmt not in ("parquet", "csv"):
-        raise ValidationError({"format": ["One of parquet, csv."]})
+        raise ValidationError({"file_format": ["One of parquet, csv."]})
     return fmt
 
 

@@ -165,7 +165,6 @@ def test_owner_uploads_reviews_reports_applies_policy_and_grants_process(
     for a in (
         "dataset.created",
         "dataset.version_uploaded",
-        "dataset.version_ready",
         "dataset.deidentified",
         "dataset.previewed",
         "dataset.downloaded",
