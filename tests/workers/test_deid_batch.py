@@ -24,16 +24,18 @@ FRAGMENTS = [
     # email
     "john.smith@example.co.uk", "A.B+tag@sub.Example.ORG", "a@b.io", "c_d@e-f.com", "user@localhost",
     "@handle", "price 3@4.5", "x@y.c0m", "jo%e@ex-ample.org.", "m\u00fcller@example.de",
+    "first_@example.com", "tag+@ex.org", "a.-@b.co",
     # phone
     "07700 900123", "07700900123", "020 7946 0958", "+44 20 7946 0958", "+44 (0)20 7946 0958",
     "+44 (0) (20) 7946 0958", "0161 496 0000", "(555) 234-5678", "555-234-5678", "555.234.5678",
     "+1 555 234 5678", "1-555-234-5678", "+33 1 42 68 53 00", "+91 98765 43210", "+81-3-1234-5678",
     "5552345678", "12.03.2024", "0\u0661\u0662\u0663 \u0664\u0665\u0666 \u0667\u0668\u0669\u0660",
     "+\u0664\u0664 7700 900123", "07700\u00a0900123",
+    "+46 8 123 45", "+1 234 5678", "+49 (30) 1234 56",
     # national ids
     "123-45-6789", "123 45 6789", "123456789", "000-12-3456", "AB 12 34 56 C", "AB123456C",
     "QQ123456C", "GB123456A", "943 476 5919", "943-476-5919", "9434765919", "NHS 9434765919",
-    "NHS no: 9434765919", "ab123456c", "\u0669\u0664\u0663 \u0664\u0667\u0666 \u0665\u0669\u0661\u0669",
+    "NHS no: 9434765919", "\u0661\u0662\u0663-45-6789", "\u0661\u0662\u0663456789", "ab123456c", "\u0669\u0664\u0663 \u0664\u0667\u0666 \u0665\u0669\u0661\u0669",
     # insurance
     "1EG4-TE5-MK73", "1EG4TE5MK73", "Member ID: XYZ12345", "Policy No. AB-99812", "Subscriber # 88A7731",
     "policy number: pending", "MEDICARE NUMBER 77123A", "Group Num 5512-AA", "Plan ID\u000b:\u000bQ12345",
@@ -50,13 +52,13 @@ FRAGMENTS = [
     "Dr Okafor", "Mrs. J. Patel", "Prof Anna Kowalczyk", "Anna Kowalczyk", "John P. Smith",
     "Smith, John", "Will Smith", "Will Patient", "May 2020", "Grace Hospital", "Anna Hospital",
     "Anne-Marie O'Brien", "Mary-Jane Watson", "saw Anna Smith today", "ANNA SMITH", "smith",
-    "Dr\u00a0Okafor", "Anna\u2003Smith", "Jean-anna Smith", "Thanks, Anna", "Patient seen by Ms Jones",
+    "Dr\u00a0Okafor", "Anna\u2003Smith", "Anna\u001dSmith", "Dr\u001fOkafor", "Jean-anna Smith", "Thanks, Anna", "Patient seen by Ms Jones",
     # cards
     "4111 1111 1111 1111", "4111-1111-1111-1111", "4111111111111111", "5500 0000 0000 0004",
-    "3400 000000 00009", "1234 5678 9012 3456", "4111 1111 1111 1112", "\u0664111111111111111",
+    "3400 000000 00009", "1234 5678 9012 3456", "4111 1111 1111 1112", "4222222222222", "\u0664111111111111111",
     # iban
     "GB82 WEST 1234 5698 7654 32", "GB82WEST12345698765432", "DE89 3704 0044 0532 0130 00",
-    "GB82 WEST 1234 5698 7654 32 NOTE", "FR14 2004 1010 0505 0001 3M02 606", "XX00 0000 0000 0000",
+    "GB82 WEST 1234 5698 7654 32 NOTE", "FR14 2004 1010 0505 0001 3M02 606", "XX00 0000 0000 0000", "NO93 8601 1117 947", "NO9386011117947",
     # ip
     "192.168.0.1", "10.0.0.256", "1.2.3.4.5", "2001:db8::1", "fe80::1ff:fe23:4567:890a", "12:30:45",
     "::1", "v1.2.3.4",
@@ -130,7 +132,8 @@ def test_detect_many_nulls_empty_and_inputs() -> None:
 
 
 def test_detect_values_equals_detect_value() -> None:
-    short = [t for t in NOTES if len(t) < 30][:1500] + ["ab123456c", "sw1a 1aa", "anna smith", "14/03/1980"]
+    short = [t for t in NOTES if len(t) < 30][:1500]
+    short += ["ab123456c", "sw1a 1aa", "anna smith", "14/03/1980"]
     for hints in HINT_SETS:
         assert detect_values(short, hints) == [detect_value(v, hints) for v in short]
     assert detect_values([None, "x"], ()) == [[], []]

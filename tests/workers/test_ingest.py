@@ -527,6 +527,110 @@ def test_observers_see_every_string_batch(tmp_path: Path) -> None:
     assert rec.calls == [(2, 30), (32, 30), (62, 30), (92, 10)]
 
 
+# ---------------------------------------------------------------------- fast paths
+def _multi_block_csv(tmp_path: Path) -> tuple[str, list[int], list[int]]:
+    """A ~4 MB CSV (several reader blocks) with ragged rows, blank lines and multi-line quoted
+    values scattered through it; returns the path and the expected line numbers of good and ragged rows."""
+    rnd = random.Random(3)
+    rows, good, ragged, line = ["a,b,c"], [], [], 2
+    for i in range(120_000):
+        k = rnd.random()
+        if k < 0.002:
+            rows.append(f"{i},x,y,z")
+            ragged.append(line)
+            line += 1
+        elif k < 0.004:
+            rows.append("")
+            line += 1
+        elif k < 0.01:
+            rows.append(f'{i},"multi\nline\nvalue",{i}')
+            good.append(line)
+            line += 3
+        elif k < 0.011:
+            rows.append(f'{i},"ragged\nmulti",{i},extra')
+            ragged.append(line)
+            line += 2
+        else:
+            rows.append(f"{i},{'w' * rnd.randint(1, 40)},{i}")
+            good.append(line)
+            line += 1
+    return _write(tmp_path, "multi.csv", "\n".join(rows) + "\n"), good, ragged
+
+
+@pytest.mark.parametrize("batch_rows", [65536, 1000, 7])
+def test_line_numbers_across_reader_blocks(tmp_path: Path, batch_rows: int) -> None:
+    path, good, ragged = _multi_block_csv(tmp_path)
+    src = TableSource.open(path, "csv", batch_rows=batch_rows, limits=Limits(max_row_errors_reported=10**6))
+    chunks = list(src.iter_chunks())
+    assert [int(x) for c in chunks for x in c.lines] == good
+    assert src.ragged_lines == ragged and src.ragged_count == len(ragged)
+    # Chunks are re-cut to exactly batch_rows rows (the last one excepted), whatever the blocks.
+    assert all(c.batch.num_rows == batch_rows for c in chunks[:-1])
+    assert 0 < chunks[-1].batch.num_rows <= batch_rows
+    err = _raises("ragged_rows", scan, TableSource.open(path, "csv"))
+    assert err.details["first_lines"] == ragged[:100]
+
+
+def test_abandoned_iteration_stops_the_reader_thread(tmp_path: Path) -> None:
+    import threading
+
+    path, _, _ = _multi_block_csv(tmp_path)
+    before = {t.ident for t in threading.enumerate()}
+    it = TableSource.open(path, "csv", batch_rows=100).iter_chunks()
+    next(it)
+    it.close()
+    assert not [t for t in threading.enumerate() if t.ident not in before and t.name == "csv-prefetch"]
+
+
+def test_fast_and_regex_parsers_agree() -> None:
+    from workers.ingest import validate
+
+    samples = {
+        "integer": ["1", "-22", "007", "123456789012345678", "1234567890123456789", "+5", " 7", "12.0", "0x1F", "-"],
+        "float": ["1", "-2.5", ".5", "5.", "1e5", "1.e5", "+.5", "1E+5", "e5", ".", "1e", "inf", " 2.5", "1.2.3"],
+        "date": ["2024-02-29", "2023-02-29", "2024-13-01", "0000-01-01", "31/12/2024", " 2024-01-05", "2024-1-05"],
+        "datetime": ["2024-01-05", "2024-01-05 10:30:00", "2024-01-05T25:00:00", "2024-01-05T10:30:00Z", "x"],
+    }
+    for ltype, values in samples.items():
+        parser = validate.PARSERS[ltype]
+        cases = [[v] for v in values] + [values, [v for v in values if v.strip() == v], [None, *values[:3]]]
+        for vals in cases:
+            arr = pa.array(vals, pa.string())
+            fast = parser(arr)
+            orig = validate._only_bytes, validate._fixed_layout
+            validate._only_bytes = lambda *a, **k: False  # type: ignore[assignment]
+            validate._fixed_layout = lambda *a, **k: False  # type: ignore[assignment]
+            try:
+                slow = parser(arr)
+            finally:
+                validate._only_bytes, validate._fixed_layout = orig
+            assert fast.type == slow.type and fast.equals(slow), (ltype, vals)
+
+
+def test_one_bad_value_in_a_big_batch(tmp_path: Path) -> None:
+    # The regex lets 2024-02-30 through; the cast rejects it: only that value becomes an error.
+    days = [f"2024-01-{1 + i % 28:02d}" for i in range(5000)]
+    days[3777] = "2024-02-30"
+    text = "day,y\n" + "".join(f"{d} 10:00:00,{i % 2}\n" for i, d in enumerate(days))
+    declared = DatasetSchema(columns=[Column("day", "datetime"), Column("y", "integer")])
+    err = _raises("row_errors", scan, _open(_write(tmp_path, "a.csv", text)), declared=declared)
+    assert err.details["count"] == 1
+    assert err.details["first"] == [{"line": 3779, "column": "day", "reason": "expected datetime"}]
+
+
+def test_first_row_errors_are_the_first_lines(tmp_path: Path) -> None:
+    # Column b's errors come first by line, though column a is checked first in each batch.
+    rows = [f"{'x' if i >= 150 else i},{'y' if i < 150 else i}" for i in range(300)]
+    declared = DatasetSchema(columns=[Column("a", "integer"), Column("b", "integer")])
+    for batch_rows in (65536, 64):
+        src = TableSource.open(
+            _write(tmp_path, "a.csv", "a,b\n" + "\n".join(rows) + "\n"), "csv", batch_rows=batch_rows
+        )
+        err = _raises("row_errors", scan, src, declared=declared)
+        assert [e["line"] for e in err.details["first"]] == list(range(2, 102))
+        assert {e["column"] for e in err.details["first"]} == {"b"}
+
+
 # ---------------------------------------------------------------------- privacy
 def test_privacy_canary(tmp_path: Path) -> None:
     bad_type = f"id,amount\n1,2\n2,{CANARY}\n"

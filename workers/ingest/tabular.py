@@ -23,6 +23,8 @@ import codecs
 import csv
 import json
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -311,13 +313,13 @@ class TableSource:
                 )
 
     def _iter_csv(self) -> Iterator[Chunk]:
-        limit = self.limits.max_row_errors_reported
         pending: list[tuple[int, int]] = []  # (record number, newlines in the invalid row)
+        reported: list[tuple[int, int]] = []  # the same, as the reader reports them (its thread)
 
         def on_invalid(row: Any) -> str:
             # Called by the (serial) reader for a row with the wrong number of fields. Keep only the
             # record number and its newline count; the row text may contain PII and is dropped here.
-            pending.append((int(row.number), (row.text or "").count("\n")))
+            reported.append((int(row.number), (row.text or "").count("\n")))
             return "skip"
 
         enc = self.encoding or "utf-8"
@@ -348,17 +350,29 @@ class TableSource:
         except pa.ArrowInvalid as exc:
             raise _csv_error(exc, None)
         chunker = _Chunker(self.batch_rows)
+        prefetch = _Prefetcher(reader, reported)
+        try:
+            yield from self._number_csv(prefetch, pending, chunker)
+        finally:
+            prefetch.close()
+
+    def _number_csv(self, prefetch: _Prefetcher, pending: list[tuple[int, int]], chunker: _Chunker) -> Iterator[Chunk]:
+        """Give every row of the reader's batches its physical line number (see module docstring)."""
+        limit = self.limits.max_row_errors_reported
         next_record = 2  # the header is record 1, line 1
         extra_newlines = 0  # newlines inside quoted values (and skipped rows) seen so far
         last_line = 1
         while True:
-            try:
-                batch = reader.read_next_batch()
-            except StopIteration:
+            raw, exc, invalid = prefetch.get()
+            # Exactly the invalid rows the serial reader had reported by the end of this read.
+            pending.extend(invalid)
+            if exc is not None:
+                if isinstance(exc, pa.ArrowInvalid):
+                    raise _csv_error(exc, last_line)
+                raise exc
+            if raw is None:
                 break
-            except pa.ArrowInvalid as exc:
-                raise _csv_error(exc, last_line)
-            batch = _as_strings(batch, self.column_names)
+            batch = _as_strings(raw, self.column_names)
             n = batch.num_rows
             pending.sort()
             # Record numbers of this batch's rows: consecutive from next_record, minus skipped rows
@@ -460,6 +474,64 @@ class TableSource:
 
 
 # ---------------------------------------------------------------------- helpers
+class _Prefetcher:
+    """Reads the CSV reader's next batches on a helper thread (Arrow releases the GIL while it
+    parses) so that parsing overlaps the caller's work on the current batch. The reader itself stays
+    serial; each item carries the invalid rows the reader reported up to the end of that read, so the
+    consumer sees exactly what a serial loop would. At most ``depth`` batches wait (flat memory)."""
+
+    def __init__(self, reader: Any, reported: list[tuple[int, int]], depth: int = 2) -> None:
+        self._reader = reader
+        self._reported = reported
+        self._taken = 0
+        self._queue: queue.Queue[tuple[pa.RecordBatch | None, BaseException | None, list[tuple[int, int]]]]
+        self._queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="csv-prefetch", daemon=True)
+        self._thread.start()
+
+    def _new_invalid(self) -> list[tuple[int, int]]:
+        end = len(self._reported)
+        new = self._reported[self._taken : end]
+        self._taken = end
+        return new
+
+    def _put(self, item: tuple[pa.RecordBatch | None, BaseException | None, list[tuple[int, int]]]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                batch = self._reader.read_next_batch()
+            except StopIteration:
+                self._put((None, None, self._new_invalid()))
+                return
+            except BaseException as exc:  # handed to the consumer, which raises it
+                self._put((None, exc, self._new_invalid()))
+                return
+            if not self._put((batch, None, self._new_invalid())):
+                return
+
+    def get(self) -> tuple[pa.RecordBatch | None, BaseException | None, list[tuple[int, int]]]:
+        """``(batch, None, invalid)``; at the end ``(None, None, invalid)``; on failure ``(None, exc, invalid)``."""
+        return self._queue.get()
+
+    def close(self) -> None:
+        self._stop.set()
+        while True:  # unblock a waiting put, drop what was read ahead
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join()
+
+
 class _Chunker:
     """Re-cuts the reader's small batches (one per ~1 MiB block) into chunks of ``batch_rows`` rows,
     or fewer once ``_CHUNK_BYTES`` are buffered: every later step costs a fixed Python overhead
