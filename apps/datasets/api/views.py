@@ -641,6 +641,23 @@ def _read_check(view: TenantApi, version: DatasetVersion) -> None:
     _ready(version)
 
 
+def _audited_own_read(
+    view: TenantApi, dataset_id: int, version_id: int, action: str, details: dict[str, Any]
+) -> DatasetVersion:
+    """A read of one of the tenant's own versions: access, the raw-read rule, one audit event
+    (``dataset.raw_read`` for a raw version, else ``action``)."""
+    ds = access_dataset(tenant=view.tenant, dataset_id=dataset_id)
+    v = access_version(tenant=view.tenant, dataset=ds, version_id=version_id)
+    _read_check(view, v)
+    audit_record(
+        action="dataset.raw_read" if v.kind == DatasetVersion.Kind.RAW else action,
+        tenant=view.tenant,
+        target=v,
+        details={"dataset_id": ds.pk, "bytes": v.size_bytes, **details},
+    )
+    return v
+
+
 class VersionPreviewApi(TenantApi):
     permission_actions = {"GET": "dataset.download"}
 
@@ -652,16 +669,8 @@ class VersionPreviewApi(TenantApi):
         tags=["datasets"],
     )
     def get(self, request: Request, tenant_slug: str, dataset_id: int, version_id: int) -> Response:
-        ds = access_dataset(tenant=self.tenant, dataset_id=dataset_id)
-        v = access_version(tenant=self.tenant, dataset=ds, version_id=version_id)
-        _read_check(self, v)
         rows = _rows_param(request)
-        audit_record(
-            action="dataset.raw_read" if v.kind == DatasetVersion.Kind.RAW else "dataset.previewed",
-            tenant=self.tenant,
-            target=v,
-            details={"dataset_id": ds.pk, "rows": rows, "mode": "preview"},
-        )
+        v = _audited_own_read(self, dataset_id, version_id, "dataset.previewed", {"rows": rows, "mode": "preview"})
         return Response(_preview(v, rows, v.data_key))
 
 
@@ -676,16 +685,8 @@ class VersionDownloadApi(TenantApi):
         tags=["datasets"],
     )
     def get(self, request: Request, tenant_slug: str, dataset_id: int, version_id: int) -> Any:
-        ds = access_dataset(tenant=self.tenant, dataset_id=dataset_id)
-        v = access_version(tenant=self.tenant, dataset=ds, version_id=version_id)
-        _read_check(self, v)
         fmt = _format_param(request)
-        audit_record(
-            action="dataset.raw_read" if v.kind == DatasetVersion.Kind.RAW else "dataset.downloaded",
-            tenant=self.tenant,
-            target=v,
-            details={"dataset_id": ds.pk, "format": fmt, "mode": "download", "bytes": v.size_bytes},
-        )
+        v = _audited_own_read(self, dataset_id, version_id, "dataset.downloaded", {"format": fmt, "mode": "download"})
         return _stream(v, fmt, v.data_key)
 
 
