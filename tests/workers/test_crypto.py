@@ -611,3 +611,18 @@ def test_load_provider_specs(tmp_path: Path) -> None:
 def test_unknown_kek_id_is_a_crypto_error() -> None:
     with pytest.raises(CryptoError, match="unknown KEK"):
         make_test_provider().unwrap(WrappedKey("kek-19700101T000000-000000", bytes(60)), DEK_CTX)
+
+
+def test_writer_without_digest_encrypts_the_same_and_reports_no_hash() -> None:
+    import io as _io
+    import os as _os
+
+    from workers.crypto import DecryptingReader, EncryptingWriter
+
+    key, ctx, data = _os.urandom(32), b"no-digest", _os.urandom(3 * 4096 + 17)
+    sink = _io.BytesIO()
+    with EncryptingWriter(sink, key, ctx, frame_size=4096, digest=False) as w:
+        w.write(data)
+    assert w.sha256 == "" and w.plaintext_bytes == len(data)
+    sink.seek(0)
+    assert DecryptingReader(sink, key, ctx).read() == data

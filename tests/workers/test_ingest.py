@@ -573,10 +573,12 @@ def test_line_numbers_across_reader_blocks(tmp_path: Path, batch_rows: int) -> N
 
 def test_abandoned_iteration_stops_the_reader_thread(tmp_path: Path) -> None:
     import threading
+    import types
 
     path, _, _ = _multi_block_csv(tmp_path)
     before = {t.ident for t in threading.enumerate()}
     it = TableSource.open(path, "csv", batch_rows=100).iter_chunks()
+    assert isinstance(it, types.GeneratorType)
     next(it)
     it.close()
     assert not [t for t in threading.enumerate() if t.ident not in before and t.name == "csv-prefetch"]

@@ -125,6 +125,10 @@ class EncryptingWriter:
     ``reserve(n)`` runs before the frames it covers are sealed: ``reserve_batch`` at a time while
     writing (one round trip to the caller's counter per batch, not per frame), and 1 at close if the
     final frame is not yet covered. The count is thus an upper bound of real use, by less than a batch.
+
+    ``digest``: keep a SHA-256 of the plaintext (``sha256`` after close), the content hash stored
+    objects are identified by. It costs more than the encryption itself (about 2 GB/s against 16 GB/s
+    for AES-GCM with AES-NI); writers that do not need it pass ``digest=False``.
     """
 
     def __init__(
@@ -136,6 +140,7 @@ class EncryptingWriter:
         frame_size: int = DEFAULT_FRAME_SIZE,
         reserve: Callable[[int], None] | None = None,
         reserve_batch: int = 64,
+        digest: bool = True,
     ) -> None:
         _check_frame_size(frame_size)
         if reserve_batch < 1:
@@ -148,7 +153,7 @@ class EncryptingWriter:
         self._reserved = 0
         self._pending = bytearray()
         self._out = bytearray(frame_size + FRAME_OVERHEAD)
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.sha256() if digest else None
         self._closed = False
         self._failed = False
         self.frames = 0
@@ -186,7 +191,8 @@ class EncryptingWriter:
         frame_size = self._frame_size
         pending = self._pending
         try:
-            self._hash.update(view)
+            if self._hash is not None:
+                self._hash.update(view)
             pos = 0
             while pos < size:
                 if len(pending) == frame_size:
@@ -218,7 +224,7 @@ class EncryptingWriter:
         if not self._failed:
             self._seal(self._pending, final=True)
             self._sink.flush()
-            self.sha256 = self._hash.hexdigest()
+            self.sha256 = self._hash.hexdigest() if self._hash is not None else ""
         self._pending = bytearray()
         self._out = bytearray()
 
