@@ -1,0 +1,15 @@
+"""Multinomial logistic regression: one linear layer. The baseline every tabular run should beat."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from workers.training.models import register, take
+
+
+@register("logistic_regression")
+def build(params: dict[str, Any], info: dict[str, Any]) -> nn.Module:
+    take(params, {})
+    return nn.Linear(int(info["n_features"]), int(info["n_outputs"]))
