@@ -19,6 +19,7 @@ urlpatterns = [
     path("api/v1/", include("apps.tenancy.api.urls")),
     path("api/v1/", include("apps.audit.api.urls")),
     path("api/v1/", include("apps.datasets.api.urls")),
+    path("api/v1/", include("apps.training.api")),
     path("admin/", cohort_admin_site.urls),
 ]
 

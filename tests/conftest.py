@@ -61,7 +61,7 @@ def django_db_setup(django_db_blocker: Any) -> Iterator[None]:
     name = _test_db_name()
     import shutil
 
-    for key in ("COHORT_KEY_DIR", "COHORT_OBJECT_DIR", "COHORT_TMP_DIR"):
+    for key in ("COHORT_KEY_DIR", "COHORT_OBJECT_DIR", "COHORT_TMP_DIR", "COHORT_CHECKPOINT_DIR"):
         shutil.rmtree(getattr(settings, key), ignore_errors=True)  # keys and objects of a previous run
     with psycopg.connect(_admin_url(), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
@@ -117,7 +117,7 @@ def _reset_key_and_object_stores() -> None:
 
     from apps.vault.services import reset_caches
 
-    for key in ("COHORT_OBJECT_DIR", "COHORT_TMP_DIR"):
+    for key in ("COHORT_OBJECT_DIR", "COHORT_TMP_DIR", "COHORT_CHECKPOINT_DIR"):
         shutil.rmtree(getattr(settings, key), ignore_errors=True)
     Path(settings.COHORT_KEY_DIR, "tenant-secrets.json").unlink(missing_ok=True)
     reset_caches()

@@ -46,6 +46,11 @@ MATRIX: dict[str, tuple[frozenset[str], str | None, str]] = {
     "budget.set": (frozenset({O}), None, "Set a dataset's (ε, δ) budget"),
     "budget.reserve": (frozenset({O, A, N, I}), "write", "Reserve, commit or release privacy budget"),
     "shared.list": (frozenset({O, A, N, I, U}), "read", "List datasets other tenants granted to this one"),
+    "job.list": (frozenset({O, A, N, I, U}), "read", "List training jobs, their metrics and logs"),
+    "job.create": (frozenset({O, A, N, I}), "write", "Start a training job on an own or process-granted dataset"),
+    "job.cancel": (frozenset({O, A, N, I}), "write", "Cancel a training job (takes effect within one step)"),
+    "model.list": (frozenset({O, A, N, I, U}), "read", "List trained model versions (spec, metrics, lineage)"),
+    "model.download": (frozenset({O, A, N, I}), "read", "Download model weights (safetensors); audited"),
     "shared.download": (
         frozenset({O, A, N, I}),
         "read",

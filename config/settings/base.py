@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "apps.audit",
     "apps.vault",
     "apps.datasets",
+    "apps.training",
 ]
 
 MIDDLEWARE = [
@@ -228,6 +229,10 @@ COHORT_UPLOAD_SESSION_HOURS = env.int("COHORT_UPLOAD_SESSION_HOURS", default=24)
 COHORT_UPLOAD_MAX_PART_BYTES = env.int("COHORT_UPLOAD_MAX_PART_BYTES", default=256 * 1024 * 1024)
 # Default privacy budget of a new dataset (its owner changes it).
 COHORT_DEFAULT_EPSILON = env.float("COHORT_DEFAULT_EPSILON", default=8.0)
+# Training: encrypted checkpoints live here (a folder every worker of a job can reach).
+COHORT_CHECKPOINT_DIR = env.str("COHORT_CHECKPOINT_DIR", default=str(LOCAL_STATE_DIR / "checkpoints"))
+COHORT_JOB_LEASE_SECONDS = env.int("COHORT_JOB_LEASE_SECONDS", default=120)
+COHORT_JOB_MAX_RESTARTS = env.int("COHORT_JOB_MAX_RESTARTS", default=5)
 if COHORT_OBJECT_STORAGE == "s3":
     STORAGES["objects"] = {
         "BACKEND": "storages.backends.s3.S3Storage",

@@ -15,6 +15,7 @@ _TEST_STATE = LOCAL_STATE_DIR / f"test-{os.environ.get('COHORT_TEST_DB', 'cohort
 os.environ.setdefault("COHORT_KEY_DIR", str(_TEST_STATE / "keys"))
 os.environ.setdefault("COHORT_OBJECT_DIR", str(_TEST_STATE / "objects"))
 os.environ.setdefault("COHORT_TMP_DIR", str(_TEST_STATE / "tmp"))
+os.environ.setdefault("COHORT_CHECKPOINT_DIR", str(_TEST_STATE / "checkpoints"))
 os.environ.setdefault("COHORT_KEK", "")
 
 from config.settings.base import *  # noqa: F403, E402

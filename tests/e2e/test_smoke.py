@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.e2e]
 
 
 # Set by the test settings for this process; the launched server must use its own state folder.
-TEST_STATE_VARS = ("COHORT_KEY_DIR", "COHORT_OBJECT_DIR", "COHORT_TMP_DIR", "COHORT_KEK")
+TEST_STATE_VARS = ("COHORT_KEY_DIR", "COHORT_OBJECT_DIR", "COHORT_TMP_DIR", "COHORT_CHECKPOINT_DIR", "COHORT_KEK")
 
 
 def _free_port() -> int:

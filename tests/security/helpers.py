@@ -115,7 +115,7 @@ def seed_datasets(client: Any, tenant: Any, *, name: str, grantee_slug: str, row
 
     slug = tenant.slug
     ds_id = create_dataset(client, slug, name)
-    raw = upload_version(client, slug, ds_id, table_csv(rows, seed=tenant.pk % 7))
+    raw = upload_version(client, slug, ds_id, table_csv(rows, seed=tenant.pk % 7), label="outcome")
     deid = deidentify(client, slug, ds_id, raw["id"])
     base = f"/api/v1/tenants/{slug}/"
     r = client.post(
@@ -138,6 +138,18 @@ def seed_datasets(client: Any, tenant: Any, *, name: str, grantee_slug: str, row
     with tenant_scope(tenant.pk), audited_change():
         quota, _ = DatasetQuota.objects.get_or_create(tenant=tenant, defaults={"max_datasets": 50})
         audit_record(action="dataset.quota_set", tenant=tenant, target=quota, details={"fixture": True})
+    # A finished training job on the de-identified version: a job, its events and a model version.
+    from apps.training import services as training
+
+    with tenant_scope(tenant.pk):
+        job = training.job_create(
+            tenant=tenant,
+            created_by=None,
+            name=f"{name} model",
+            dataset_version_id=deid["id"],
+            spec={"model": {"name": "logistic_regression", "params": {}}, "epochs": 1, "batch_size": 8},
+        )
+    assert training.run_job(tenant.pk, job.pk) == "succeeded"
     return DatasetSeed(
         dataset_id=ds_id,
         name=name,

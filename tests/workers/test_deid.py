@@ -21,6 +21,7 @@ from workers.deid.transform import (
     deidentify,
     group_keys,
     make_token,
+    make_tokens,
     normalise_for_token,
     postcode_district,
 )
@@ -211,6 +212,64 @@ def test_token_format_and_normalisation() -> None:
     assert normalise_for_token("07700 900123") == normalise_for_token("07700-900-123") == "07700900123"
     assert normalise_for_token("+44 7700 900123") == "+447700900123"
     assert normalise_for_token("Anna   Smith") == "anna smith"
+
+
+def random_token_inputs(n: int, seed: int = 1234) -> list[str | None]:
+    """Values that exercise every branch of normalise_for_token: case, every kind of whitespace
+    (ASCII control separators, NBSP, ideographic space), NFKC-sensitive and case-folding Unicode,
+    phone-like values with and without enough digits, numbers, empties and nulls."""
+    rng = np.random.default_rng(seed)
+    ws = [" ", "  ", "\t", "\n", "\r\n", "\x0b", "\x0c", "\x1c", "\x1f", "\u00a0", "\u3000", "\u2003", "\x85"]
+    alphabet = [
+        *"abcXYZ019+-().@/_ ",
+        "ß",
+        "ẞ",
+        "İ",
+        "ﬁ",
+        "Ａ",
+        "１",
+        "½",
+        "\u00e9",
+        "e\u0301",
+        "Ω",
+        "ς",
+        "Σ",
+        "😀",
+        "\x00",
+    ]
+    out: list[str | None] = []
+    for i in range(n):
+        kind = i % 8
+        if kind == 0:  # phone-like, sometimes with too few digits or a leading +
+            digits = "".join(rng.choice(list("0123456789"), int(rng.integers(3, 14))))
+            seps = [" ", "-", ".", "(", ")", "/", "  "]
+            s = "".join(d + (str(rng.choice(seps)) if rng.random() < 0.3 else "") for d in digits)
+            out.append(("+" if rng.random() < 0.4 else "") + s)
+        elif kind == 1:  # numbers
+            out.append(str(int(rng.integers(-(10**12), 10**12))) if rng.random() < 0.5 else repr(float(rng.normal())))
+        elif kind == 2:  # ASCII ids with case and padding
+            core = "".join(rng.choice(list("ABCDEFabcdef0123456789_@."), int(rng.integers(0, 12))))
+            out.append(
+                str(rng.choice(ws)) * int(rng.integers(0, 2)) + core + str(rng.choice(ws)) * int(rng.integers(0, 3))
+            )
+        elif kind == 7 and rng.random() < 0.2:
+            out.append(None if rng.random() < 0.5 else "")
+        else:  # mixed: Unicode, whitespace runs, punctuation
+            parts = [str(rng.choice(alphabet + ws)) for _ in range(int(rng.integers(1, 16)))]
+            out.append("".join(parts))
+    out += out[: n // 20]  # repeats, so dictionary encoding has something to fold
+    return out
+
+
+@pytest.mark.parametrize("key", [KEY, b"s" * 16, b"l" * 64, bytes(range(100))])
+def test_make_tokens_matches_make_token(key: bytes) -> None:
+    values = random_token_inputs(50_000 if key == KEY else 5_000)
+    expected = [None if v is None else make_token(key, v) for v in values]
+    assert make_tokens(key, pa.array(values, pa.string())).to_pylist() == expected
+    sliced = pa.array(values, pa.string()).slice(7, 1000)  # a non-zero array offset
+    assert make_tokens(key, sliced).to_pylist() == expected[7:1007]
+    assert make_tokens(key, pa.array([None, None], pa.string())).to_pylist() == [None, None]
+    assert make_tokens(key, pa.array([], pa.string())).to_pylist() == []
 
 
 def test_pseudonymise_deterministic_across_batches_and_types() -> None:

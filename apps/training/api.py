@@ -1,0 +1,223 @@
+"""Training REST API: jobs (create, list, get, cancel, event stream) and model versions (list,
+get, audited weights download)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import StreamingHttpResponse
+from django.urls import path
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from apps.audit.services import audit_record
+from apps.common.api import StrictSerializer, error_responses, paginated
+from apps.common.idempotency import idempotent
+from apps.common.pagination import CursorPagination
+from apps.datasets.storage import open_decrypted
+from apps.tenancy.api.base import TenantApi
+from apps.training import selectors, services
+from apps.training.access import access_job, access_model
+from apps.training.models import JobEvent, ModelVersion, TrainingJob
+
+
+class JobOutput(serializers.ModelSerializer):
+    dataset_version = serializers.IntegerField(source="dataset_version_id")
+    model_version = serializers.SerializerMethodField()
+
+    class Meta:
+        model = TrainingJob
+        fields = [
+            "id",
+            "name",
+            "dataset_version",
+            "spec",
+            "spec_hash",
+            "queue",
+            "priority",
+            "status",
+            "status_reason",
+            "cancel_requested",
+            "attempts",
+            "max_restarts",
+            "progress",
+            "result",
+            "error",
+            "model_version",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+
+    def get_model_version(self, obj: TrainingJob) -> int | None:
+        return ModelVersion.objects.filter(job=obj).values_list("pk", flat=True).first()
+
+
+class EventOutput(serializers.ModelSerializer):
+    class Meta:
+        model = JobEvent
+        fields = ["seq", "kind", "step", "epoch", "payload", "created_at"]
+
+
+class ModelOutput(serializers.ModelSerializer):
+    job = serializers.IntegerField(source="job_id")
+
+    class Meta:
+        model = ModelVersion
+        fields = ["id", "name", "version", "job", "spec", "metrics", "lineage", "sha256", "size_bytes", "created_at"]
+
+
+class JobListApi(TenantApi):
+    pagination_class = CursorPagination
+    permission_actions = {"GET": "job.list", "POST": "job.create"}
+
+    class Input(StrictSerializer):
+        name = serializers.CharField(max_length=200, min_length=1)
+        dataset_version = serializers.IntegerField(
+            min_value=1, help_text="A ready de-identified version, own or granted with process"
+        )
+        spec = serializers.DictField(help_text="TrainSpec: model, optimizer, schedule, epochs, batch_size, …")
+        priority = serializers.IntegerField(min_value=-10, max_value=10, required=False, default=0)
+
+    @extend_schema(
+        operation_id="jobs_list",
+        parameters=[OpenApiParameter("status", str, enum=[s.value for s in TrainingJob.Status])],
+        responses={200: JobOutput(many=True), **error_responses()},
+        tags=["training"],
+    )
+    def get(self, request: Request, tenant_slug: str) -> Response:
+        st = request.query_params.get("status", "")
+        if st and st not in TrainingJob.Status.values:
+            raise ValidationError({"status": [f"One of {', '.join(TrainingJob.Status.values)}."]})
+        return paginated(self, request, selectors.job_list(tenant=self.tenant, status=st), JobOutput)
+
+    @extend_schema(
+        operation_id="jobs_create",
+        summary="Start a training job (queued; a worker claims it after commit)",
+        request=Input,
+        responses={201: JobOutput, **error_responses(415, 422)},
+        tags=["training"],
+    )
+    def post(self, request: Request, tenant_slug: str) -> Response:
+        def create() -> Response:
+            data = self.Input(data=request.data)
+            data.is_valid(raise_exception=True)
+            job = services.job_create(
+                tenant=self.tenant,
+                created_by=request.user,
+                name=data.validated_data["name"],
+                dataset_version_id=data.validated_data["dataset_version"],
+                spec=data.validated_data["spec"],
+                priority=data.validated_data["priority"],
+            )
+            return Response(JobOutput(job).data, status=status.HTTP_201_CREATED)
+
+        return idempotent(request, self.tenant.pk, create)
+
+
+class JobDetailApi(TenantApi):
+    permission_actions = {"GET": "job.list", "DELETE": "job.cancel"}
+
+    @extend_schema(operation_id="jobs_retrieve", responses={200: JobOutput, **error_responses()}, tags=["training"])
+    def get(self, request: Request, tenant_slug: str, job_id: int) -> Response:
+        return Response(JobOutput(access_job(tenant=self.tenant, job_id=job_id)).data)
+
+    @extend_schema(
+        operation_id="jobs_cancel",
+        summary="Cancel: a queued job at once, a running one at its next step",
+        responses={200: JobOutput, **error_responses(409)},
+        tags=["training"],
+    )
+    def delete(self, request: Request, tenant_slug: str, job_id: int) -> Response:
+        job = access_job(tenant=self.tenant, job_id=job_id)
+        return Response(JobOutput(services.job_cancel(tenant=self.tenant, job=job)).data)
+
+
+class JobEventsApi(TenantApi):
+    pagination_class = CursorPagination
+    permission_actions = {"GET": "job.list"}
+
+    @extend_schema(
+        operation_id="jobs_events",
+        summary="The job's event stream (metrics, log lines, state changes) after a sequence number",
+        parameters=[
+            OpenApiParameter("after", int, description="Only events with seq > after (replay from any point)"),
+            OpenApiParameter("kind", str, enum=[k.value for k in JobEvent.Kind]),
+        ],
+        responses={200: EventOutput(many=True), **error_responses()},
+        tags=["training"],
+    )
+    def get(self, request: Request, tenant_slug: str, job_id: int) -> Response:
+        job = access_job(tenant=self.tenant, job_id=job_id)
+        after = request.query_params.get("after", "0")
+        kind = request.query_params.get("kind", "")
+        if not after.isdigit() or len(after) > 9:
+            raise ValidationError({"after": ["A non-negative integer."]})
+        if kind and kind not in JobEvent.Kind.values:
+            raise ValidationError({"kind": [f"One of {', '.join(JobEvent.Kind.values)}."]})
+        qs = selectors.job_events(job=job, after=int(after), kind=kind)
+        return paginated(self, request, qs, EventOutput, ordering="seq")
+
+
+class ModelListApi(TenantApi):
+    pagination_class = CursorPagination
+    permission_actions = {"GET": "model.list"}
+
+    @extend_schema(
+        operation_id="models_list",
+        parameters=[OpenApiParameter("name", str)],
+        responses={200: ModelOutput(many=True), **error_responses()},
+        tags=["models"],
+    )
+    def get(self, request: Request, tenant_slug: str) -> Response:
+        name = request.query_params.get("name", "")[:200]
+        return paginated(self, request, selectors.model_list(tenant=self.tenant, name=name), ModelOutput)
+
+
+class ModelDetailApi(TenantApi):
+    permission_actions = {"GET": "model.list"}
+
+    @extend_schema(operation_id="models_retrieve", responses={200: ModelOutput, **error_responses()}, tags=["models"])
+    def get(self, request: Request, tenant_slug: str, model_id: int) -> Response:
+        return Response(ModelOutput(access_model(tenant=self.tenant, model_id=model_id)).data)
+
+
+class ModelDownloadApi(TenantApi):
+    permission_actions = {"GET": "model.download"}
+
+    @extend_schema(
+        operation_id="models_download",
+        summary="The weights as safetensors (decrypted on the fly); audited",
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, **error_responses()},
+        tags=["models"],
+    )
+    def get(self, request: Request, tenant_slug: str, model_id: int) -> Any:
+        mv = access_model(tenant=self.tenant, model_id=model_id)
+        audit_record(action="model.downloaded", tenant=self.tenant, target=mv, details={"sha256": mv.sha256})
+        reader = open_decrypted(mv.tenant_id, "model_version", f"job{mv.job_id}", mv.storage_name, mv.data_key)
+
+        def chunks() -> Any:
+            with reader:
+                while block := reader.read(1024 * 1024):
+                    yield block
+
+        resp = StreamingHttpResponse(chunks(), content_type="application/octet-stream")
+        resp["Content-Disposition"] = f'attachment; filename="model-{mv.pk}-v{mv.version}.safetensors"'
+        resp["Content-Length"] = str(mv.size_bytes)
+        resp["Cache-Control"] = "no-store"
+        return resp
+
+
+T = "tenants/<slug:tenant_slug>/"
+urlpatterns = [
+    path(T + "jobs/", JobListApi.as_view(), name="job-list"),
+    path(T + "jobs/<pk:job_id>/", JobDetailApi.as_view(), name="job-detail"),
+    path(T + "jobs/<pk:job_id>/events/", JobEventsApi.as_view(), name="job-events"),
+    path(T + "models/", ModelListApi.as_view(), name="model-list"),
+    path(T + "models/<pk:model_id>/", ModelDetailApi.as_view(), name="model-detail"),
+    path(T + "models/<pk:model_id>/download/", ModelDownloadApi.as_view(), name="model-download"),
+]

@@ -1,0 +1,94 @@
+"""Training jobs, their event stream (metrics, logs, state changes with sequence numbers) and the
+model registry. The engine (``workers.training``) never sees these: the task adapts them."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from apps.tenancy.models import TenantOwned
+
+
+class TrainingJob(TenantOwned):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    name = models.CharField(max_length=200)
+    # May belong to another tenant (a dataset granted with ``process``): checked at every start.
+    dataset_version = models.ForeignKey("datasets.DatasetVersion", on_delete=models.PROTECT, related_name="+")
+    spec = models.JSONField()
+    spec_hash = models.CharField(max_length=64)
+    queue = models.CharField(max_length=16, default="cpu")
+    priority = models.SmallIntegerField(default=0)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    status_reason = models.CharField(max_length=300, blank=True, default="")
+    cancel_requested = models.BooleanField(default=False)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    max_restarts = models.PositiveSmallIntegerField(default=5)
+    lease_owner = models.CharField(max_length=100, blank=True, default="")
+    lease_until = models.DateTimeField(null=True, blank=True)
+    checkpoint_key = models.ForeignKey("vault.DataKey", on_delete=models.PROTECT, null=True, related_name="+")
+    progress = models.JSONField(default=dict)
+    result = models.JSONField(default=dict)
+    error = models.JSONField(default=dict)
+    event_seq = models.PositiveIntegerField(default=0)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta(TenantOwned.Meta):
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["status", "queue", "priority"], name="job_admission")]
+
+    def __str__(self) -> str:
+        return f"job {self.pk} ({self.status})"
+
+
+class JobEvent(TenantOwned):
+    """One entry of a job's stream: ``metrics`` (throttled), ``log`` lines, ``state`` changes.
+    ``seq`` increases per job without gaps, so a client can replay from any sequence number."""
+
+    class Kind(models.TextChoices):
+        METRICS = "metrics", "Metrics"
+        LOG = "log", "Log line"
+        STATE = "state", "State change"
+
+    job = models.ForeignKey(TrainingJob, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    step = models.PositiveIntegerField(default=0)
+    epoch = models.PositiveIntegerField(default=0)
+    payload = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta(TenantOwned.Meta):
+        ordering = ["job", "seq"]
+        constraints = [models.UniqueConstraint(fields=["job", "seq"], name="jobevent_unique_seq")]
+
+
+class ModelVersion(TenantOwned):
+    """Trained weights (safetensors, encrypted like datasets), with spec, metrics and lineage."""
+
+    name = models.CharField(max_length=200)
+    version = models.PositiveIntegerField()
+    job = models.OneToOneField(TrainingJob, on_delete=models.PROTECT, related_name="model_version")
+    spec = models.JSONField()
+    metrics = models.JSONField(default=dict)
+    lineage = models.JSONField(default=dict)
+    encoders = models.JSONField(default=dict)
+    storage_name = models.CharField(max_length=300)
+    data_key = models.ForeignKey("vault.DataKey", on_delete=models.PROTECT, related_name="+")
+    sha256 = models.CharField(max_length=64)
+    size_bytes = models.BigIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta(TenantOwned.Meta):
+        ordering = ["-id"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "name", "version"], name="model_unique_version")]

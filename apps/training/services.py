@@ -1,0 +1,429 @@
+"""Training jobs: create (spec validated, dataset access checked), cancel, and run — the body of
+the Celery task, a thin adapter onto ``workers.training``:
+
+* **Claim** by a conditional update (queued, or running with an expired lease after a worker died),
+  so a duplicate delivery is a no-op and a redelivery after kill -9 resumes.
+* **Gate**: the dataset must be the tenant's own de-identified version or one it holds a live
+  ``process`` grant on, checked at start and then every ``STOP_CHECK_SECONDS`` from the training
+  loop (cancellation and grant revocation stop the run at the next optimizer step after that).
+* **Data** is decrypted in memory from the encrypted version (never written in plaintext).
+* **Checkpoints** are encrypted, atomic and checksummed (``workers.training.checkpoint``), under a
+  data key fixed for the job's life; a redelivered task resumes from the newest valid one.
+* **Errors** that cannot succeed on retry (bad spec, bad data, out of memory) fail the job at once
+  with an envelope (type, message, last log lines); others re-raise so the broker redelivers, up to
+  ``max_restarts``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import deque
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from apps.audit.services import audit_record, audited_change
+from apps.common.errors import Conflict
+from apps.datasets import selectors as dataset_selectors
+from apps.datasets.models import DatasetVersion
+from apps.datasets.services import VERSION_KIND
+from apps.datasets.storage import EncryptedUpload, open_decrypted
+from apps.tenancy.models import Tenant
+from apps.tenancy.scope import tenant_scope
+from apps.training.models import JobEvent, ModelVersion, TrainingJob
+from apps.vault import services as vault
+from apps.vault.models import DataKey
+from workers.training.spec import SpecError, TrainSpec
+
+logger = logging.getLogger(__name__)
+
+STOP_CHECK_SECONDS = 0.2
+METRICS_MIN_INTERVAL = 0.1  # at most 10 metric events per second per job (coalesced)
+NOT_RETRIED = ("SpecError", "DataError", "OutOfMemoryError", "ValueError", "KeyError", "TypeError")
+
+
+class JobAccessLost(Exception):
+    """The job's dataset is no longer usable by its tenant (grant revoked or expired, deleted)."""
+
+
+# --- create / cancel ----------------------------------------------------------------------------
+
+
+def _spec_or_400(spec: dict[str, Any]) -> TrainSpec:
+    from rest_framework.exceptions import ValidationError
+
+    try:
+        parsed = TrainSpec.from_dict(spec)
+        parsed.validate()
+    except SpecError as exc:
+        raise ValidationError({f"spec.{k}": v for k, v in exc.fields.items()} or {"spec": [str(exc)]}) from exc
+    return parsed
+
+
+def usable_version(*, tenant: Tenant, version_id: int) -> DatasetVersion | None:
+    """A ready de-identified version the tenant owns or holds a live ``process`` grant on."""
+    version = (
+        DatasetVersion.all_tenants.filter(
+            pk=version_id, kind=DatasetVersion.Kind.DEIDENTIFIED, status=DatasetVersion.Status.READY
+        )
+        .select_related("dataset")
+        .first()
+    )
+    if version is None:
+        return None
+    if not dataset_selectors.dataset_access(consumer=tenant, dataset_id=version.dataset_id, permission="process"):
+        return None
+    return version
+
+
+def job_create(
+    *, tenant: Tenant, created_by: Any, name: str, dataset_version_id: int, spec: dict[str, Any], priority: int = 0
+) -> TrainingJob:
+    from apps.common.errors import AccessDenied
+
+    parsed = _spec_or_400(spec)
+    version = usable_version(tenant=tenant, version_id=dataset_version_id)
+    if version is None:
+        raise AccessDenied(
+            reason="dataset_not_usable",
+            tenant_id=tenant.pk,
+            target_type="datasets.datasetversion",
+            target_id=dataset_version_id,
+        )
+    queue = "gpu" if parsed.device == "cuda" else "cpu"
+    with audited_change():
+        job = TrainingJob.objects.create(
+            tenant=tenant,
+            name=name,
+            dataset_version=version,
+            spec=parsed.to_dict(),
+            spec_hash=parsed.spec_hash(),
+            queue=queue,
+            priority=priority,
+            max_restarts=settings.COHORT_JOB_MAX_RESTARTS,
+            created_by=created_by if getattr(created_by, "key_id", None) is None else None,
+        )
+        audit_record(
+            action="job.created",
+            tenant=tenant,
+            target=job,
+            details={"dataset_version_id": version.pk, "model": parsed.model.name, "queue": queue},
+        )
+    transaction.on_commit(lambda: enqueue(job))
+    return job
+
+
+def enqueue(job: TrainingJob) -> None:
+    from apps.training.tasks import run_job
+
+    run_job.apply_async(args=(job.tenant_id, job.pk), queue=job.queue)
+
+
+def job_cancel(*, tenant: Tenant, job: TrainingJob) -> TrainingJob:
+    """Cooperative: a queued job is cancelled at once; a running one stops at its next check."""
+    if job.status in TrainingJob.TERMINAL:
+        raise Conflict(f"This job is already {job.status}.")
+    with audited_change():
+        if job.status == TrainingJob.Status.QUEUED:
+            TrainingJob.objects.filter(pk=job.pk).update(
+                status=TrainingJob.Status.CANCELLED,
+                status_reason="cancelled before it started",
+                cancel_requested=True,
+                finished_at=timezone.now(),
+            )
+        else:
+            TrainingJob.objects.filter(pk=job.pk).update(cancel_requested=True)
+        audit_record(action="job.cancel_requested", tenant=tenant, target=job, details={"was": job.status})
+    job.refresh_from_db()
+    return job
+
+
+# --- events ----------------------------------------------------------------------------------------
+
+
+def _event(job_id: int, tenant_id: int, kind: str, payload: dict[str, Any], step: int = 0, epoch: int = 0) -> int:
+    """Append one event with the next sequence number of the job (atomic counter on the job row).
+    Its own short transaction: a running job's progress is visible at once."""
+    with tenant_scope(tenant_id):
+        updated = TrainingJob.objects.filter(pk=job_id).select_for_update().values_list("event_seq", flat=True).first()
+        seq = int(updated or 0) + 1
+        TrainingJob.objects.filter(pk=job_id).update(event_seq=seq)
+        event = JobEvent.objects.create(
+            tenant_id=tenant_id, job_id=job_id, seq=seq, kind=kind, step=step, epoch=epoch, payload=payload
+        )
+        from apps.training.live import publish_job_event
+
+        transaction.on_commit(lambda: publish_job_event(event))
+    return seq
+
+
+class DjangoSink:
+    """The engine's progress sink: persists metrics (throttled), logs, and checkpoints."""
+
+    def __init__(self, job: TrainingJob, checkpoint_dir: Path, key: bytes, context: bytes) -> None:
+        self.job = job
+        self.dir = checkpoint_dir
+        self.key, self.context = key, context
+        self._last_metrics = 0.0
+        self._pending: tuple[int, int, dict[str, float]] | None = None
+        self.log_tail: deque[str] = deque(maxlen=20)
+
+    def on_metrics(self, step: int, epoch: int, values: dict[str, float]) -> None:
+        now = time.monotonic()
+        if now - self._last_metrics < METRICS_MIN_INTERVAL:
+            self._pending = (step, epoch, values)  # coalesced: the newest wins
+            return
+        self._flush_metrics(step, epoch, values)
+
+    def _flush_metrics(self, step: int, epoch: int, values: dict[str, float]) -> None:
+        self._last_metrics = time.monotonic()
+        self._pending = None
+        clean = {k: float(v) for k, v in values.items() if v == v}  # drop NaN
+        _event(self.job.pk, self.job.tenant_id, JobEvent.Kind.METRICS, clean, step=step, epoch=epoch)
+        with tenant_scope(self.job.tenant_id):
+            TrainingJob.objects.filter(pk=self.job.pk).update(progress={"step": step, "epoch": epoch, **clean})
+
+    def flush(self) -> None:
+        if self._pending is not None:
+            self._flush_metrics(*self._pending)
+
+    def on_log(self, line: str) -> None:
+        self.log_tail.append(line[:500])
+        _event(self.job.pk, self.job.tenant_id, JobEvent.Kind.LOG, {"line": line[:500]})
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.flush()
+
+    def on_checkpoint(self, state: Any) -> None:
+        from workers.training.checkpoint import save_checkpoint
+
+        save_checkpoint(state.to_dict(), self.dir, key=self.key, context=self.context, step=state.step)
+        _renew_lease(self.job)
+
+
+def _renew_lease(job: TrainingJob) -> None:
+    with tenant_scope(job.tenant_id):
+        TrainingJob.objects.filter(pk=job.pk, lease_owner=job.lease_owner).update(
+            lease_until=timezone.now() + timedelta(seconds=settings.COHORT_JOB_LEASE_SECONDS)
+        )
+
+
+# --- run -------------------------------------------------------------------------------------------
+
+
+def claim(tenant_id: int, job_id: int) -> TrainingJob | None:
+    """Take the job for this worker: queued, or running with an expired lease (its worker died).
+    Returns None for a duplicate delivery or a finished job."""
+    now = timezone.now()
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    with tenant_scope(tenant_id), audited_change():
+        n = TrainingJob.objects.filter(
+            Q(status=TrainingJob.Status.QUEUED)
+            | Q(status=TrainingJob.Status.RUNNING, lease_until__lt=now)
+            | Q(status=TrainingJob.Status.RUNNING, lease_until__isnull=True),
+            pk=job_id,
+            cancel_requested=False,
+        ).update(
+            status=TrainingJob.Status.RUNNING,
+            attempts=F("attempts") + 1,
+            lease_owner=owner,
+            lease_until=now + timedelta(seconds=settings.COHORT_JOB_LEASE_SECONDS),
+            started_at=now,
+        )
+        job = TrainingJob.objects.select_related("tenant").filter(pk=job_id).first()
+        if not n or job is None:
+            audit_record(action="job.delivery_ignored", tenant=tenant_id, details={"job": job_id})
+            return None
+        audit_record(action="job.started", tenant=job.tenant_id, target=job, details={"attempt": job.attempts})
+    return job
+
+
+def _finish(
+    job: TrainingJob,
+    status: str,
+    reason: str,
+    *,
+    result: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+) -> None:
+    with tenant_scope(job.tenant_id), audited_change():
+        TrainingJob.objects.filter(pk=job.pk).update(
+            status=status,
+            status_reason=reason[:300],
+            result=result or {},
+            error=error or {},
+            finished_at=timezone.now(),
+            lease_until=None,
+        )
+        audit_record(action=f"job.{status}", tenant=job.tenant_id, target=job, details={"reason": reason[:200]})
+    _event(job.pk, job.tenant_id, JobEvent.Kind.STATE, {"status": status, "reason": reason[:300]})
+
+
+def _load_data(job: TrainingJob, version: DatasetVersion, spec: TrainSpec) -> Any:
+    from workers.schema import DatasetSchema
+    from workers.training.data import prepare, prepare_images
+
+    with tenant_scope(job.tenant_id):
+        key = dataset_selectors.version_key(consumer=job.tenant, version=version)
+    reader = open_decrypted(version.tenant_id, VERSION_KIND, version.pk, version.storage_name, key)
+    with reader:
+        if version.format == "zip":
+            return prepare_images(io.BytesIO(reader.read()), spec)
+        table = pq.read_table(pa.PythonFile(reader, mode="r"))
+    return prepare(table, DatasetSchema.from_dict(version.schema), spec)
+
+
+def _usable(job: TrainingJob) -> DatasetVersion | None:
+    with tenant_scope(job.tenant_id):
+        return usable_version(tenant=job.tenant, version_id=job.dataset_version_id)
+
+
+def run_job(tenant_id: int, job_id: int) -> str:
+    """The task body. Not one transaction: every database step is its own short tenant-scoped
+    transaction, so progress, leases and cancellation are visible while the job runs.
+    Returns the job's final status or why nothing ran."""
+    from workers.training.checkpoint import load_latest
+    from workers.training.engine import TrainState, train
+
+    job = claim(tenant_id, job_id)
+    if job is None:
+        return "ignored"
+    if job.attempts > job.max_restarts + 1:
+        _finish(job, TrainingJob.Status.FAILED, f"gave up after {job.attempts - 1} attempts (max_restarts)")
+        return TrainingJob.Status.FAILED
+    spec = TrainSpec.from_dict(job.spec)
+    version = _usable(job)
+    if version is None:
+        _finish(job, TrainingJob.Status.FAILED, "dataset not usable: grant revoked or expired, or dataset deleted")
+        return TrainingJob.Status.FAILED
+    with tenant_scope(job.tenant_id):
+        if job.checkpoint_key_id is None:
+            key_obj = vault.active_key(job.tenant_id, DataKey.Purpose.DATA)
+            TrainingJob.objects.filter(pk=job.pk).update(checkpoint_key=key_obj)
+        else:
+            key_obj = DataKey.objects.get(pk=job.checkpoint_key_id)
+    ckpt_dir = Path(settings.COHORT_CHECKPOINT_DIR) / f"t{job.tenant_id}" / f"job{job.pk}"
+    context = f"cohort/checkpoint/{job.tenant_id}/{job.pk}".encode()
+    sink = DjangoSink(job, ckpt_dir, vault.material(key_obj), context)
+    last_check = [0.0]
+    stop_reason: list[str] = []
+
+    def should_stop() -> bool:
+        now = time.monotonic()
+        if now - last_check[0] < STOP_CHECK_SECONDS:
+            return False
+        last_check[0] = now
+        with tenant_scope(job.tenant_id):
+            cancelled = TrainingJob.objects.filter(pk=job.pk, cancel_requested=True).exists()
+        if cancelled:
+            stop_reason.append("cancelled")
+            return True
+        if _usable(job) is None:
+            stop_reason.append("grant_revoked")
+            return True
+        _renew_lease(job)
+        return False
+
+    try:
+        prepared = _load_data(job, version, spec)
+        resume = None
+        found = load_latest(
+            ckpt_dir,
+            key=sink.key,
+            context=context,
+            on_corrupt=lambda p, r: sink.on_log(f"skipped corrupt checkpoint {p.name}: {r}"),
+        )
+        if found is not None:
+            resume = TrainState.from_dict(found[0])
+            sink.on_log(f"resuming from checkpoint at step {found[1].step} (attempt {job.attempts})")
+        result = train(spec, prepared, sink, resume=resume, should_stop=should_stop)
+        sink.flush()
+    except Exception as exc:
+        kind = type(exc).__name__
+        if kind in NOT_RETRIED or job.attempts > job.max_restarts:
+            _finish(
+                job,
+                TrainingJob.Status.FAILED,
+                f"{kind}: {str(exc)[:200]}",
+                error={"type": kind, "message": str(exc)[:500], "last_log_lines": list(sink.log_tail)},
+            )
+            return TrainingJob.Status.FAILED
+        raise  # transient: the broker redelivers (acks_late), the next attempt resumes
+    if result.status == "stopped":
+        reason = stop_reason[0] if stop_reason else "stopped"
+        status = TrainingJob.Status.CANCELLED if reason == "cancelled" else TrainingJob.Status.FAILED
+        _finish(job, status, reason, result={"steps": result.steps, "epochs": result.epochs})
+        return status
+    model = _register_model(job, spec, prepared, result, version)
+    _finish(
+        job,
+        TrainingJob.Status.SUCCEEDED,
+        result.status,
+        result={
+            "final_metrics": result.final_metrics,
+            "best_metrics": result.best_metrics,
+            "steps": result.steps,
+            "epochs": result.epochs,
+            "samples_per_second": result.samples_per_second,
+            "device": result.device,
+            "model_version_id": model.pk,
+        },
+    )
+    return TrainingJob.Status.SUCCEEDED
+
+
+def _register_model(
+    job: TrainingJob, spec: TrainSpec, prepared: Any, result: Any, version: DatasetVersion
+) -> ModelVersion:
+    """Weights as safetensors, encrypted in object storage, with spec, metrics and lineage."""
+    from workers.training.weights import save_weights
+
+    buf = io.BytesIO()
+    sha = save_weights(result.model_state, buf, {"job": str(job.pk), "spec_hash": job.spec_hash})
+    data = buf.getvalue()
+    with tenant_scope(job.tenant_id), audited_change():
+        last = ModelVersion.objects.filter(name=job.name).order_by("-version").values_list("version", flat=True).first()
+        model = ModelVersion(
+            tenant_id=job.tenant_id,
+            name=job.name,
+            version=(last or 0) + 1,
+            job=job,
+            spec=job.spec,
+            metrics=result.final_metrics,
+            lineage={
+                "dataset_version_id": version.pk,
+                "dataset_id": version.dataset_id,
+                "dataset_owner_tenant_id": version.tenant_id,
+                "dataset_content_sha256": version.content_sha256,
+                "job_id": job.pk,
+                "spec_hash": job.spec_hash,
+            },
+            encoders=getattr(prepared, "encoders", {}) or {},
+            sha256=sha,
+            size_bytes=len(data),
+            storage_name="",
+        )
+        up = EncryptedUpload(job.tenant_id, "model_version", f"job{job.pk}", size_hint=len(data))
+        up.write(data)
+        stored = up.finish()
+        model.storage_name, model.data_key = stored.name, stored.key
+        model.save()
+        audit_record(
+            action="model.registered",
+            tenant=job.tenant_id,
+            target=model,
+            details={"job_id": job.pk, "version": model.version, "sha256": sha},
+        )
+    return model

@@ -1,0 +1,20 @@
+"""Celery adapters for training: ids in, the service does the work."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+
+@shared_task(
+    name="training.run_job",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(),
+    max_retries=0,
+)
+def run_job(tenant_id: int, job_id: int) -> str:
+    """Run (or resume) one training job. Idempotent: a duplicate delivery finds the job claimed or
+    finished and does nothing; a redelivery after the worker died resumes from the checkpoint."""
+    from apps.training.services import run_job as run
+
+    return run(tenant_id, job_id)
