@@ -91,6 +91,10 @@ class DatasetSeed:
     grant_id: int
     upload_id: int
     reservation_id: int
+    job_id: int = 0  # a finished (succeeded) training job on the de-identified version
+    job_name: str = ""
+    model_id: int = 0  # the model version that job registered
+    model_sha256: str = ""
     content_sha256: list[str] = field(default_factory=list)
 
     def object_ids(self) -> dict[str, int]:
@@ -100,6 +104,8 @@ class DatasetSeed:
             "grant_id": self.grant_id,
             "upload_id": self.upload_id,
             "reservation_id": self.reservation_id,
+            "job_id": self.job_id,
+            "model_id": self.model_id,
         }
 
 
@@ -150,6 +156,10 @@ def seed_datasets(client: Any, tenant: Any, *, name: str, grantee_slug: str, row
             spec={"model": {"name": "logistic_regression", "params": {}}, "epochs": 1, "batch_size": 8},
         )
     assert training.run_job(tenant.pk, job.pk) == "succeeded"
+    from apps.training.models import ModelVersion
+
+    with tenant_scope(tenant.pk):
+        model = ModelVersion.objects.get(job_id=job.pk)
     return DatasetSeed(
         dataset_id=ds_id,
         name=name,
@@ -158,5 +168,9 @@ def seed_datasets(client: Any, tenant: Any, *, name: str, grantee_slug: str, row
         grant_id=grant_id,
         upload_id=upload_id,
         reservation_id=reservation_id,
+        job_id=job.pk,
+        job_name=job.name,
+        model_id=model.pk,
+        model_sha256=model.sha256,
         content_sha256=[v for v in (raw["content_sha256"], deid["content_sha256"]) if v],
     )

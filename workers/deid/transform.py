@@ -5,14 +5,14 @@ Design constraints, and how they are met:
 * **Any size, flat memory.** Everything works batch by batch; the only state that grows is the
   k-anonymity group table (one entry per distinct quasi-identifier combination) and a bounded LRU
   cache of pseudonym tokens.
-  Measured (3M rows of the bench's clinical mix, 46 batches of 65,536): with every column kept
-  (no action at all) RSS still climbs 234 -> 379 MB while ``pa.total_allocated_bytes()`` stays
-  flat at 47 MB, and the full policy adds nothing to that slope. The growth is in the *reader*:
-  ``pq.ParquetFile(...)`` over a Python file object with the default ``pre_buffer=True`` reads
-  each row group as large Python ``bytes`` outside Arrow's pool, and the C heap keeps the freed
-  space fragmented (``release_unused()`` and jemalloc/mimalloc decay settings do not help; it is
-  not Arrow's pool). Callers should open the Parquet they feed :func:`deidentify` with
-  ``pre_buffer=False``: RSS then stays flat (~240 MB in the same run) and reading is no slower.
+  Measured (3M rows of the bench's clinical mix read back through ``DecryptingReader``, batches
+  of 65,536): with every column kept (no action at all) RSS still climbs 234 -> 379 MB while
+  ``pa.total_allocated_bytes()`` stays flat (47 MB), and the full policy follows the same slope
+  (peak 505 MB). The growth is in the *reader*: ``pq.ParquetFile`` over a Python file object
+  with the default ``pre_buffer=True`` reads whole row groups as large Python ``bytes``, outside
+  Arrow's pool, and the C heap keeps the freed space fragmented (``release_unused()`` per batch
+  barely changes it). Open the Parquet fed to :func:`deidentify` with ``pre_buffer=False``: the
+  same full run then peaks at 386 MB and stays flat, and reading is no slower.
 * **Vectorised.** Masking, date and prefix generalisation are ``pyarrow.compute`` kernels; numeric
   binning is numpy. Work that must be Python (PII detection for redaction, postcode parsing)
   runs once per *distinct* value of a batch via ``dictionary_encode``, not once per row.
