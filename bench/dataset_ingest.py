@@ -200,7 +200,7 @@ def _child_ingest(csv_path: str, work: str, deid: bool) -> dict[str, Any]:
 
     def batches() -> Any:
         with open(raw_path, "rb") as fh, DecryptingReader(fh, key, raw_ctx) as reader:
-            yield from pq.ParquetFile(pa.PythonFile(reader, mode="r")).iter_batches(batch_size=65536)
+            yield from pq.ParquetFile(pa.PythonFile(reader, mode="r"), pre_buffer=False).iter_batches(batch_size=65536)
 
     out_key = generate_data_key()
     out_ctx = object_context(tenant_id=1, kind="dataset_version", object_id="bench-deid")

@@ -765,7 +765,10 @@ def process_version_async(tenant_id: int, version_id: int, session_id: int, expe
 
 
 def version_batches(version: DatasetVersion) -> Callable[[], Iterator[pa.RecordBatch]]:
-    """A factory of fresh passes over a stored version's record batches (decrypting as it reads)."""
+    """A factory of fresh passes over a stored version's record batches (decrypting as it reads).
+    ``pre_buffer=False``: Arrow's pre-buffering reads whole row groups as Python byte strings
+    outside its memory pool, and the freed space stays fragmented in the C heap — RSS then grows
+    with the file (measured: 234 → 379 MB over 3M rows, flat without it)."""
 
     assert version.data_key is not None, "only stored versions have batches"
     key = version.data_key
@@ -773,7 +776,7 @@ def version_batches(version: DatasetVersion) -> Callable[[], Iterator[pa.RecordB
     def batches() -> Iterator[pa.RecordBatch]:
         reader = open_decrypted(version.tenant_id, VERSION_KIND, version.pk, version.storage_name, key)
         with reader:
-            pf = pq.ParquetFile(pa.PythonFile(reader, mode="r"))
+            pf = pq.ParquetFile(pa.PythonFile(reader, mode="r"), pre_buffer=False)
             yield from pf.iter_batches(batch_size=65536)
 
     return batches
@@ -999,7 +1002,7 @@ def version_stats_source(stored: Stored, version: DatasetVersion) -> Callable[[]
     def batches() -> Iterator[pa.RecordBatch]:
         reader = open_decrypted(version.tenant_id, VERSION_KIND, version.pk, stored.name, stored.key)
         with reader:
-            yield from pq.ParquetFile(pa.PythonFile(reader, mode="r")).iter_batches(batch_size=65536)
+            yield from pq.ParquetFile(pa.PythonFile(reader, mode="r"), pre_buffer=False).iter_batches(batch_size=65536)
 
     return batches
 

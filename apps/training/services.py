@@ -281,7 +281,7 @@ def _load_data(job: TrainingJob, version: DatasetVersion, spec: TrainSpec) -> An
     with reader:
         if version.format == "zip":
             return prepare_images(io.BytesIO(reader.read()), spec)
-        table = pq.read_table(pa.PythonFile(reader, mode="r"))
+        table = pq.read_table(pa.PythonFile(reader, mode="r"), pre_buffer=False)
     return prepare(table, DatasetSchema.from_dict(version.schema), spec)
 
 

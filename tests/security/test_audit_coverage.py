@@ -7,8 +7,8 @@ granting and revoking (``grant.created``/``grant.received``, ``grant.revoked``/`
 grantee's budget reservation (``budget.reserved`` in the grantee's and the owner's chain) and a
 grantee's read of a shared dataset (``dataset.shared_read`` in the grantee's chain,
 ``dataset.read_by_grantee`` in the owner's). Every other request writes one event in one chain.
-Sensitive reads (audit export, version preview and download, shared preview and download) are held
-to the same rule. A refused upload writes ``dataset.upload_rejected`` instead (not covered here:
+Sensitive reads (audit export, version preview and download, shared preview and download, model
+weights download) are held to the same rule. A refused upload writes ``dataset.upload_rejected`` instead (not covered here:
 the builders send valid requests)."""
 
 from __future__ import annotations
@@ -453,6 +453,58 @@ def _shared_read(op: str) -> Callable[[World], Call]:
     return build
 
 
+# --- training ------------------------------------------------------------------------------------
+
+TRAIN_SPEC: dict[str, Any] = {"model": {"name": "logistic_regression", "params": {}}, "epochs": 1, "batch_size": 8}
+
+
+def _trainable(w: World) -> int:
+    """A ready de-identified version with a label column (made once)."""
+    from tests.apps.datasets.helpers import deidentify, table_csv, upload_version
+
+    if "trainable" not in w.cache:
+        ds = _dataset(w)
+        raw = upload_version(w.client, w.tenant.slug, ds, table_csv(12), label="outcome")
+        w.cache["trainable"] = deidentify(w.client, w.tenant.slug, ds, raw["id"])["id"]
+    return int(w.cache["trainable"])
+
+
+def _queued_job(w: World) -> int:
+    from apps.training import services as training
+
+    with tenant_scope(w.tenant.pk):
+        job = training.job_create(
+            tenant=w.tenant,
+            created_by=w.owner,
+            name=f"aud1 job {next(w.counter)}",
+            dataset_version_id=_trainable(w),
+            spec=TRAIN_SPEC,
+        )
+    return int(job.pk)
+
+
+def _job_create(w: World) -> Call:
+    body = {"name": "aud1 job", "dataset_version": _trainable(w), "spec": TRAIN_SPEC}
+    return Call(w.client, "POST", f"{w.base}/jobs/", body, 201, "job.created", w.tenant.pk)
+
+
+def _job_cancel(w: World) -> Call:
+    """A queued job: cancelled at once (one ``job.cancel_requested``)."""
+    return Call(w.client, "DELETE", f"{w.base}/jobs/{_queued_job(w)}/", None, 200, "job.cancel_requested", w.tenant.pk)
+
+
+def _model_download(w: World) -> Call:
+    """The weights of a model version (a job run to success by the task body beforehand)."""
+    from apps.training import services as training
+    from apps.training.models import ModelVersion
+
+    job_id = _queued_job(w)
+    assert training.run_job(w.tenant.pk, job_id) == "succeeded"
+    with tenant_scope(w.tenant.pk):
+        model_id = ModelVersion.objects.get(job_id=job_id).pk
+    return Call(w.client, "GET", f"{w.base}/models/{model_id}/download/", None, 200, "model.downloaded", w.tenant.pk)
+
+
 T = "api/v1/tenants/<slug:tenant_slug>"
 D = f"{T}/datasets/<pk:dataset_id>"
 V = f"{D}/versions/<pk:version_id>"
@@ -485,6 +537,8 @@ BUILDERS: dict[str, Callable[[World], Call]] = {
     f"PUT {T}/uploads/<pk:upload_id>/": _upload_put,
     f"DELETE {T}/uploads/<pk:upload_id>/": _upload_abort,
     f"POST {T}/uploads/<pk:upload_id>/complete/": _upload_complete,
+    f"POST {T}/jobs/": _job_create,
+    f"DELETE {T}/jobs/<pk:job_id>/": _job_cancel,
 }
 # Sensitive reads (RELIABILITY AUD-1) are held to the same rule.
 SENSITIVE_READS: dict[str, Callable[[World], Call]] = {
@@ -493,6 +547,7 @@ SENSITIVE_READS: dict[str, Callable[[World], Call]] = {
     f"GET {V}/download/": _version_download,
     f"GET {T}/shared-datasets/<pk:dataset_id>/preview/": _shared_read("preview"),
     f"GET {T}/shared-datasets/<pk:dataset_id>/download/": _shared_read("download"),
+    f"GET {T}/models/<pk:model_id>/download/": _model_download,
 }
 
 

@@ -63,6 +63,21 @@ FILE = object()  # in a multipart valid_body: a small CSV file goes here
 
 
 @dataclass(frozen=True)
+class Own:
+    """In a valid_body: the probing side's (B's) own object id under this ``object_ids()`` key."""
+
+    key: str
+
+
+def resolve_own(body: dict[str, Any], ids: dict[str, int]) -> dict[str, Any]:
+    return {k: ids[v.key] if isinstance(v, Own) else v for k, v in body.items()}
+
+
+# A tiny valid training spec (the jobs/ POST body).
+TINY_SPEC: dict[str, Any] = {"model": {"name": "logistic_regression", "params": {}}, "epochs": 1, "batch_size": 8}
+
+
+@dataclass(frozen=True)
 class RouteProbe:
     kind: str  # tenant | public | self | accept
     methods: tuple[str, ...]  # the methods the route implements (checked against the view)
@@ -143,6 +158,18 @@ PROBES: dict[str, RouteProbe] = {
     T + "shared-datasets/<pk:dataset_id>/": RouteProbe("tenant", ("GET",)),
     T + "shared-datasets/<pk:dataset_id>/preview/": RouteProbe("tenant", ("GET",)),
     T + "shared-datasets/<pk:dataset_id>/download/": RouteProbe("tenant", ("GET",)),
+    # training
+    T + "jobs/": RouteProbe(
+        "tenant",
+        ("GET", "POST"),
+        {"POST": {"name": "probe job", "dataset_version": Own("dataset_version"), "spec": TINY_SPEC}},
+        body_fks=("dataset_version",),
+    ),
+    T + "jobs/<pk:job_id>/": RouteProbe("tenant", ("GET", "DELETE")),
+    T + "jobs/<pk:job_id>/events/": RouteProbe("tenant", ("GET",), valid_query={"GET": {"after": 0}}),
+    T + "models/": RouteProbe("tenant", ("GET",)),
+    T + "models/<pk:model_id>/": RouteProbe("tenant", ("GET",)),
+    T + "models/<pk:model_id>/download/": RouteProbe("tenant", ("GET",)),
 }
 
 _PARAM_RE = re.compile(r"<(?:(?P<conv>\w+):)?(?P<name>\w+)>")
@@ -221,7 +248,9 @@ class Side:
             "invitation_id": self.invitation_id,
             "key_id": self.key_id,
             "event_id": self.event_id,
-            **self.datasets.object_ids(),
+            **self.datasets.object_ids(),  # incl. job_id (a finished job) and model_id (its model version)
+            # The de-identified version, under the jobs/ POST field that names it.
+            "dataset_version": self.datasets.deid_version_id,
         }
 
 
@@ -347,6 +376,8 @@ def world(
         *(u.email for u in a.users.values()),
         a.datasets.name,
         *a.datasets.content_sha256,
+        a.datasets.job_name,
+        a.datasets.model_sha256,
     ]
     with platform_scope():
         a_strings += list(AuditEvent.all_tenants.filter(tenant_id=a.tenant.pk).values_list("hash", flat=True))
@@ -357,6 +388,7 @@ def world(
 
 
 def snapshot_a(conn: Any, world: World) -> dict[str, Any]:
+    """A's rows in every tenant table (plus A's tenant and users, and B's training rows)."""
     tid = world.a.tenant.pk
     snap: dict[str, Any] = {}
     for table in tenant_tables(conn):
@@ -370,7 +402,17 @@ def snapshot_a(conn: Any, world: World) -> dict[str, Any]:
             "SELECT to_jsonb(u) - 'last_login' FROM accounts_user u WHERE id = ANY(%s) ORDER BY id", [user_ids]
         )
     ]
+    # B's own training rows too: a job B starts naming A's dataset version (or any probe) must not
+    # leave a job, event or model row behind in B's tenant either.
+    for table in B_TRAINING_TABLES:
+        rows = conn.execute(
+            f'SELECT to_jsonb(t) FROM "{table}" t WHERE tenant_id = %s ORDER BY id', [world.b.tenant.pk]
+        ).fetchall()
+        snap[f"B:{table}"] = [r[0] for r in rows]
     return snap
+
+
+B_TRAINING_TABLES = ("training_trainingjob", "training_jobevent", "training_modelversion")
 
 
 def side_effects(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
@@ -424,12 +466,12 @@ def lacking_role(route: str, method: str) -> str | None:
 
 def build_probes(world: World, skipped_insider: list[str]) -> list[Probe]:
     a, b = world.a, world.b
-    a_ids = a.object_ids()
+    a_ids, b_ids = a.object_ids(), b.object_ids()
     probes: list[Probe] = []
     outsiders = ("b_owner", "b_key", "anonymous", "a_revoked_key", "a_removed_user")
     for route, spec in PROBES.items():
         for method in spec.methods:
-            valid = spec.valid_body.get(method, {})
+            valid = resolve_own(spec.valid_body.get(method, {}), b_ids)
             has_body = method in ("POST", "PATCH", "PUT")
             body = {**valid, **world.foreign_fields()} if has_body else None
             content = spec.content.get(method, "json")
@@ -649,7 +691,7 @@ def test_cross_tenant_probe_matrix(world: World, api_client_for: Callable[[Any],
     oracle_pairs: list[tuple[str, str, str, str, dict[str, Any] | None, dict[str, Any] | None, str]] = []
     for route, spec in PROBES.items():
         for method in spec.methods:
-            body = spec.valid_body.get(method) or None
+            body = resolve_own(spec.valid_body.get(method, {}), b.object_ids()) or None
             query = spec.valid_query.get(method)
             content = spec.content.get(method, "json")
             if spec.kind == "tenant":

@@ -30,6 +30,8 @@ pytestmark = pytest.mark.django_db
 # A small valid table for uploads (single and resumable); the resumable one completes with its hash.
 UPLOAD_CSV = table_csv(8, seed=3)
 UPLOAD_SHA256 = hashlib.sha256(UPLOAD_CSV).hexdigest()
+# A tiny training spec (the de-identified matrix dataset is labelled "outcome").
+TRAIN_SPEC: dict[str, Any] = {"model": {"name": "logistic_regression", "params": {}}, "epochs": 1, "batch_size": 8}
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,8 @@ class Ctx:
         ds_id = create_dataset(client, tenant.slug, self.unique("Matrix dataset "))
         if not versions:
             return DatasetIds(ds_id)
-        raw = upload_version(client, tenant.slug, ds_id, table_csv(12, seed=tenant.pk % 7))
+        # Labelled ("outcome"), so that the de-identified version is trainable (job.*, model.*).
+        raw = upload_version(client, tenant.slug, ds_id, table_csv(12, seed=tenant.pk % 7), label="outcome")
         deid = deidentify(client, tenant.slug, ds_id, raw["id"])
         assert raw["status"] == deid["status"] == "ready", (raw["status"], deid["status"])
         return DatasetIds(ds_id, raw["id"], deid["id"])
@@ -169,6 +172,36 @@ class Ctx:
             )
             assert r.status_code == 200, r.content
         return upload_id
+
+    # --- training targets (made through the services, as the worker would) --------------------------
+
+    def new_job(self) -> int:
+        """A fresh queued training job on the read-only dataset's de-identified version."""
+        from apps.training import services as training
+
+        with tenant_scope(self.tenant.pk):
+            job = training.job_create(
+                tenant=self.tenant,
+                created_by=None,
+                name=self.unique("Matrix job "),
+                dataset_version_id=self.dataset().deid,
+                spec=TRAIN_SPEC,
+            )
+        return int(job.pk)
+
+    def finished_job(self) -> tuple[int, int]:
+        """(job id, model version id): a job run to success by the task body (made once per test),
+        with its event stream and registered model version."""
+        if "finished_job" not in self.cache:
+            from apps.training import services as training
+            from apps.training.models import ModelVersion
+
+            job_id = self.new_job()
+            assert training.run_job(self.tenant.pk, job_id) == "succeeded"
+            with tenant_scope(self.tenant.pk):
+                model_id = ModelVersion.objects.get(job_id=job_id).pk
+            self.cache["finished_job"] = (job_id, int(model_id))
+        return self.cache["finished_job"]
 
     def shared_dataset(self) -> int:
         """A dataset of ANOTHER tenant, with a de-identified version, granted to this tenant with
@@ -229,6 +262,16 @@ def _upload(suffix: str = "", *, chunks: bool = False) -> Callable[[Ctx], str]:
 def _shared(suffix: str = "") -> Callable[[Ctx], str]:
     """A path under this tenant's shared-datasets route for another tenant's granted dataset."""
     return lambda c: f"{c.base()}shared-datasets/{c.shared_dataset()}/{suffix}"
+
+
+def _job(suffix: str = "", *, queued: bool = False) -> Callable[[Ctx], str]:
+    """A path under a fresh queued job (``queued``) or the test's finished job."""
+    return lambda c: f"{c.base()}jobs/{c.new_job() if queued else c.finished_job()[0]}/{suffix}"
+
+
+def _model(suffix: str = "") -> Callable[[Ctx], str]:
+    """A path under the model version of the test's finished job."""
+    return lambda c: f"{c.base()}models/{c.finished_job()[1]}/{suffix}"
 
 
 # action -> the requests that exercise it (each must succeed for an allowed principal).
@@ -337,6 +380,24 @@ REQUESTS: dict[str, list[Req]] = {
         Req("GET", _shared("download/?file_format=parquet")),
         Req("GET", _shared("download/?file_format=csv")),
     ],
+    "job.list": [
+        Req("GET", _t("jobs/")),
+        Req("GET", _t("jobs/?status=succeeded")),
+        Req("GET", _job()),
+        Req("GET", _job("events/")),
+        Req("GET", _job("events/?after=2&kind=metrics")),
+    ],
+    "job.create": [
+        Req(
+            "POST",
+            _t("jobs/"),
+            lambda c: {"name": c.unique("Job "), "dataset_version": c.dataset().deid, "spec": TRAIN_SPEC},
+            201,
+        ),
+    ],
+    "job.cancel": [Req("DELETE", _job(queued=True))],
+    "model.list": [Req("GET", _t("models/")), Req("GET", _model())],
+    "model.download": [Req("GET", _model("download/"))],
 }
 
 # Actions no view declares: their requests are governed by the declared action (the value) and the

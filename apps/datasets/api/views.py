@@ -279,7 +279,7 @@ def _preview(version: DatasetVersion, rows: int, key: Any) -> dict[str, Any]:
             cols, img_rows = _preview_images(reader, rows)
         return {"version_id": version.pk, "kind": version.kind, "columns": cols, "rows": img_rows}
     with reader:
-        pf = pq.ParquetFile(pa.PythonFile(reader, mode="r"))
+        pf = pq.ParquetFile(pa.PythonFile(reader, mode="r"), pre_buffer=False)
         table = pa.Table.from_batches(list(_take(pf.iter_batches(batch_size=rows), rows)), schema=pf.schema_arrow)
     cols = table.column_names
     out_rows = [[_jsonable(v) for v in row.values()] for row in table.to_pylist()]
@@ -320,7 +320,7 @@ def _stream(version: DatasetVersion, fmt: str, key: Any) -> StreamingHttpRespons
     def csv_chunks() -> Iterator[bytes]:
         reader = open_decrypted(version.tenant_id, services.VERSION_KIND, version.pk, version.storage_name, key)
         with reader:
-            pf = pq.ParquetFile(pa.PythonFile(reader, mode="r"))
+            pf = pq.ParquetFile(pa.PythonFile(reader, mode="r"), pre_buffer=False)
             buf = io.StringIO()
             w = csv.writer(buf)
             w.writerow(pf.schema_arrow.names)
