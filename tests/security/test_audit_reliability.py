@@ -548,11 +548,13 @@ def _db_events(after_id: int) -> list[AuditEvent]:
 
 @pytest.mark.django_db
 def test_aud2_bulk_writes_are_audited(
-    tenant: Any, other_tenant: Any, member: Any, make_user: Any, api_key_for: Any
+    tenant: Any, other_tenant: Any, member: Any, make_user: Any, api_key_for: Any, api_client_for: Any
 ) -> None:
-    """Bulk and raw writes on every audited table family: tenancy, API keys, users, and the dataset
+    """Bulk and raw writes on every audited table family: tenancy, API keys, users, the dataset
     tables and data keys (capture triggers on datasets_* except datasets_uploadpart, and on
-    vault_datakey; datasets_datasetversion is left out because ready versions are immutable)."""
+    vault_datakey; datasets_datasetversion is left out because ready versions are immutable), and
+    training jobs and model versions (training_trainingjob ignores its bookkeeping columns
+    progress, lease_owner, lease_until and event_seq; training_jobevent has no capture trigger)."""
     from decimal import Decimal
 
     from apps.datasets import services as dataset_services
@@ -600,6 +602,25 @@ def test_aud2_bulk_writes_are_audited(
                 created_by=owner,
             )
         vault_services.active_key(tenant.pk)
+    # Training: three queued jobs and one job run to success (a model version) on a labelled,
+    # de-identified version made through the API.
+    from apps.training import services as training_services
+    from apps.training.models import ModelVersion, TrainingJob
+    from tests.apps.datasets.helpers import create_dataset, deidentify, table_csv, upload_version
+
+    client = api_client_for(owner)
+    train_ds = create_dataset(client, tenant.slug, "aud2 training")
+    raw = upload_version(client, tenant.slug, train_ds, table_csv(12), label="outcome")
+    deid = deidentify(client, tenant.slug, train_ds, raw["id"])
+    spec = {"model": {"name": "logistic_regression", "params": {}}, "epochs": 1, "batch_size": 8}
+    with tenant_scope(tenant.pk):
+        jobs = [
+            training_services.job_create(
+                tenant=tenant, created_by=owner, name=f"aud2 job {i}", dataset_version_id=deid["id"], spec=spec
+            )
+            for i in range(4)
+        ]
+    assert training_services.run_job(tenant.pk, jobs[3].pk) == "succeeded"
     with platform_scope():
         baseline = AuditEvent.all_tenants.order_by("-id").values_list("id", flat=True).first()
 
@@ -662,6 +683,49 @@ def test_aud2_bulk_writes_are_audited(
             changed["raw UPDATE(data keys)"] = ("vault_datakey", {str(i) for i in key_ids})
         BudgetReservation.objects.filter(pk__in=reservation_ids).update(reference="bulk")
         changed["queryset.update(reservations)"] = ("datasets_budgetreservation", {str(i) for i in reservation_ids})
+
+        queued_ids = [j.pk for j in jobs[:3]]
+        assert TrainingJob.objects.filter(pk__in=queued_ids).update(priority=5) == 3
+        changed["queryset.update(training jobs)"] = ("training_trainingjob", {str(i) for i in queued_ids})
+        queued = list(TrainingJob.objects.filter(pk__in=queued_ids))
+        for j in queued:
+            j.status_reason = "bulk"
+        assert TrainingJob.objects.bulk_update(queued, ["status_reason"]) == 3
+        changed["bulk_update(training jobs)"] = ("training_trainingjob", {str(i) for i in queued_ids})
+        copy = TrainingJob.objects.bulk_create(
+            [
+                TrainingJob(
+                    tenant=tenant,
+                    name="aud2 bulk job",
+                    dataset_version_id=deid["id"],
+                    spec=jobs[0].spec,
+                    spec_hash=jobs[0].spec_hash,
+                )
+            ]
+        )
+        changed["bulk_create(training job)"] = ("training_trainingjob", {str(j.pk) for j in copy})
+        # Bookkeeping columns only (progress, lease, event counter): not an event.
+        TrainingJob.objects.filter(pk__in=queued_ids).update(
+            progress={"step": 1}, lease_owner="w", lease_until=tenant.created_at, event_seq=7
+        )
+        all_job_ids = sorted(TrainingJob.objects.values_list("pk", flat=True))
+        model_ids = sorted(ModelVersion.objects.values_list("pk", flat=True))
+        assert len(model_ids) == 1
+        with connection.cursor() as cur:
+            cur.execute("UPDATE training_trainingjob SET name = name || ' renamed' WHERE tenant_id = %s", [tenant.pk])
+            assert cur.rowcount == len(all_job_ids) == 5
+            changed["raw UPDATE(training jobs)"] = ("training_trainingjob", {str(i) for i in all_job_ids})
+            cur.execute(
+                "UPDATE training_modelversion SET metrics = metrics || '{\"bulk\": 1}'::jsonb WHERE tenant_id = %s",
+                [tenant.pk],
+            )
+            assert cur.rowcount == 1
+            changed["raw UPDATE(model versions)"] = ("training_modelversion", {str(i) for i in model_ids})
+            cur.execute("DELETE FROM training_trainingjob WHERE id = %s", [copy[0].pk])
+            assert cur.rowcount == 1
+            changed["raw DELETE(training job)"] = ("training_trainingjob", {str(copy[0].pk)})
+        ModelVersion.objects.filter(pk__in=model_ids).update(name="aud2 renamed model")
+        changed["queryset.update(model versions)"] = ("training_modelversion", {str(i) for i in model_ids})
 
     with connection.cursor() as cur:  # platform table (users): the platform chain
         cur.execute("UPDATE accounts_user SET full_name = 'Bulk' WHERE id = ANY(%s)", [[u.pk for u in newcomers]])

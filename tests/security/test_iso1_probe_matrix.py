@@ -521,7 +521,7 @@ def build_probes(world: World, skipped_insider: list[str]) -> list[Probe]:
                         add(ident, "own-query", b_path_a_ids, world.foreign_query(), None, False)
                         if has_body:
                             add(ident, "own-body", b_path_a_ids, None, body, False)
-                        for fk in spec.body_fks:  # a valid body whose FK names A's object: refused as missing
+                        for fk in spec.body_fks if has_body else ():  # a valid body whose FK names A's object
                             add(ident, f"own-body-a-{fk}", b_path_a_ids, vquery, {**valid, fk: a_ids[fk]}, True)
                         if method == "GET" and route.endswith(("/datasets/", "/shared-datasets/")):
                             add(ident, "own-dataset-filters", b_path_a_ids, world.dataset_filter_query(), None, False)
@@ -759,6 +759,11 @@ def test_cross_tenant_probe_matrix(world: World, api_client_for: Callable[[Any],
         "side_effects": len(effects),
         "side_effect_details": effects[:50],
         "insider_probe_skipped_every_role_allowed": skipped_insider,
+        # B starting a job in its own tenant on A's de-identified version: refused as missing (404),
+        # and no job row left in B's tenant (B's training rows are part of the side-effect snapshot).
+        "job_create_naming_a_dataset_version": {
+            x["probe"]: x["status"] for x in results if x["variant"] == "own-body-a-dataset_version"
+        },
     }
     iso1_pass = len(covered) == len(routes) and not leaks and not effects and not foreign_unrefused
     write_report("ISO-1", iso1, iso1_pass)
@@ -799,3 +804,6 @@ def test_cross_tenant_probe_matrix(world: World, api_client_for: Callable[[Any],
     assert not unrefused_with_event, "\n".join(unrefused_with_event[:40])
     assert denial_events == len(refused)
     assert not foreign_unrefused, "\n".join(foreign_unrefused[:40])
+    assert set(iso1["job_create_naming_a_dataset_version"].values()) == {404}, iso1[
+        "job_create_naming_a_dataset_version"
+    ]

@@ -186,14 +186,28 @@ class TrainSpec:
         def bad(path: str, msg: str) -> None:
             e.setdefault(path, []).append(msg)
 
-        def int_at_least(path: str, v: Any, lo: int) -> None:
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                bad(path, f"Expected an integer >= {lo}.")
+        def int_at_least(path: str, v: Any, lo: int, hi: int = 2**31 - 1) -> None:
+            # An upper bound too: a spec is user input, and 10**300 epochs is a mistake, not a plan.
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                bad(path, f"Expected an integer from {lo} to {hi}.")
 
         def positive(path: str, v: Any, *, allow_zero: bool = False) -> None:
-            ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            try:
+                ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v < 1e6
+            except OverflowError:  # an int too large for a float
+                ok = False
             if not ok or v < 0 or (v == 0 and not allow_zero):
-                bad(path, "Expected a number >= 0." if allow_zero else "Expected a number > 0.")
+                bad(path, "Expected a number >= 0 and < 1e6." if allow_zero else "Expected a number > 0 and < 1e6.")
+
+        def has_nul(value: Any) -> bool:
+            """PostgreSQL text and jsonb cannot hold NUL characters."""
+            if isinstance(value, str):
+                return "\x00" in value
+            if isinstance(value, dict):
+                return any(has_nul(k) or has_nul(v) for k, v in value.items())
+            if isinstance(value, list | tuple):
+                return any(has_nul(v) for v in value)
+            return False
 
         from workers.training.models import available  # local: models import torch, spec must not
 
@@ -206,6 +220,9 @@ class TrainSpec:
                 json.dumps(self.model.params)
             except (TypeError, ValueError):
                 bad("model.params", "Parameters must be JSON values.")
+            else:
+                if has_nul(self.model.params):
+                    bad("model.params", "Parameters may not contain NUL characters.")
 
         o = self.optimizer
         if o.name not in OPTIMIZERS:
@@ -231,13 +248,13 @@ class TrainSpec:
         if not isinstance(s.min_lr_ratio, int | float) or not 0 <= s.min_lr_ratio <= 1:
             bad("schedule.min_lr_ratio", "Expected a number in [0, 1].")
 
-        int_at_least("epochs", self.epochs, 1)
-        int_at_least("batch_size", self.batch_size, 1)
-        int_at_least("grad_accum_steps", self.grad_accum_steps, 1)
+        int_at_least("epochs", self.epochs, 1, 100_000)
+        int_at_least("batch_size", self.batch_size, 1, 1_000_000)
+        int_at_least("grad_accum_steps", self.grad_accum_steps, 1, 10_000)
         int_at_least("seed", self.seed, 0)
         int_at_least("checkpoint_every_steps", self.checkpoint_every_steps, 0)
         int_at_least("log_every_steps", self.log_every_steps, 1)
-        int_at_least("num_threads", self.num_threads, 1)
+        int_at_least("num_threads", self.num_threads, 1, 1024)
         if self.precision not in PRECISIONS:
             bad("precision", f"Unknown precision {self.precision!r}; one of {', '.join(PRECISIONS)}.")
         if self.device not in DEVICES:
@@ -255,7 +272,9 @@ class TrainSpec:
 
         es = self.early_stopping
         if es is not None:
-            if _bare(es.metric) not in (*METRICS, "loss"):
+            if not isinstance(es.metric, str):
+                bad("early_stopping.metric", "Expected a metric name.")
+            elif _bare(es.metric) not in (*METRICS, "loss"):
                 bad("early_stopping.metric", f"Unknown metric {es.metric!r}.")
             elif _bare(es.metric) != "loss" and self.metrics and _bare(es.metric) not in self.metrics:
                 bad("early_stopping.metric", "Early stopping watches a metric the run does not compute.")
