@@ -67,6 +67,9 @@ def _worker(
         result = _train(spec, prepared, sink, rank=rank, world=world_size, device=device)
         if rank == 0:
             torch.save(asdict(result), out_path)
+        # Leave together: a rank tearing gloo down while another still uses the group can abort
+        # ("terminate called without an active exception", seen once in CI).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
