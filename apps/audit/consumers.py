@@ -19,9 +19,9 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 
 
-@database_sync_to_async
-def _authorize(user: Any, slug: str) -> tuple[int | None, int]:
-    """Return (tenant_id, close code). Unknown tenant and non-member answer alike (4404)."""
+def authorize_member(user: Any, slug: str, action: str) -> tuple[int | None, int]:
+    """The handshake check of every tenant stream: (tenant_id, close code). An unknown tenant and
+    a non-member answer alike (4404); a suspended tenant or a role without ``action``: 4403."""
     with transaction.atomic():
         tenant = Tenant.objects.filter(slug=slug).first()
         if tenant is None:
@@ -29,9 +29,14 @@ def _authorize(user: Any, slug: str) -> tuple[int | None, int]:
         m = membership_for(tenant_id=tenant.pk, user_id=user.pk)
         if m is None or not user.is_active:
             return None, CLOSE_NOT_FOUND
-        if not tenant.is_active or not policy.role_allows(m.role, "audit.list"):
+        if not tenant.is_active or not policy.role_allows(m.role, action):
             return None, CLOSE_FORBIDDEN
         return tenant.pk, 0
+
+
+@database_sync_to_async
+def _authorize(user: Any, slug: str) -> tuple[int | None, int]:
+    return authorize_member(user, slug, "audit.list")
 
 
 class AuditStreamConsumer(AsyncJsonWebsocketConsumer):

@@ -165,6 +165,18 @@ class ConsoleModelAdmin(admin.ModelAdmin):
         return False
 
 
+class ReadOnlyConsoleAdmin(ConsoleModelAdmin):
+    """Every model field shown read-only, except ``hidden`` ones (storage paths, key material)."""
+
+    hidden: tuple[str, ...] = ()
+
+    def get_fields(self, request: HttpRequest, obj: Model | None = None) -> Any:
+        return [f.name for f in self.model._meta.fields if f.name not in self.hidden]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> Any:
+        return self.get_fields(request, obj)
+
+
 def action_form_response(
     modeladmin: admin.ModelAdmin,
     request: HttpRequest,

@@ -9,18 +9,9 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
-from apps.common.admin_site import ConsoleModelAdmin, cohort_admin_site
+from apps.common.admin_site import ReadOnlyConsoleAdmin as ReadOnlyAdmin
+from apps.common.admin_site import cohort_admin_site
 from apps.datasets.models import BudgetReservation, Dataset, DatasetGrant, DatasetVersion, PrivacyBudget
-
-
-class ReadOnlyAdmin(ConsoleModelAdmin):
-    hidden: tuple[str, ...] = ()
-
-    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        return [f.name for f in self.model._meta.fields if f.name not in self.hidden]
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        return self.get_fields(request, obj)
 
 
 @admin.register(Dataset, site=cohort_admin_site)

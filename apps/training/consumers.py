@@ -10,38 +10,26 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from django.db import transaction
 
+from apps.audit.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, authorize_member
 from apps.audit.live import control_group
-from apps.tenancy import policy
-from apps.tenancy.models import Tenant
 from apps.tenancy.scope import tenant_scope
-from apps.tenancy.selectors import membership_for
 from apps.training.live import event_dict, job_group
 from apps.training.models import JobEvent, TrainingJob
 
-CLOSE_UNAUTHENTICATED = 4401
-CLOSE_FORBIDDEN = 4403
-CLOSE_NOT_FOUND = 4404
 REPLAY_MAX = 1000
 
 
 @database_sync_to_async
 def _authorize(user: Any, slug: str, job_id: int) -> tuple[int | None, int]:
     """(tenant_id, close code). Unknown tenant, non-member and another tenant's job answer alike."""
-    with transaction.atomic():
-        tenant = Tenant.objects.filter(slug=slug).first()
-        if tenant is None:
-            return None, CLOSE_NOT_FOUND
-        m = membership_for(tenant_id=tenant.pk, user_id=user.pk)
-    if m is None or not user.is_active:
-        return None, CLOSE_NOT_FOUND
-    if not tenant.is_active or not policy.role_allows(m.role, "job.list"):
-        return None, CLOSE_FORBIDDEN
-    with tenant_scope(tenant.pk):
+    tenant_id, code = authorize_member(user, slug, "job.list")
+    if tenant_id is None:
+        return None, code
+    with tenant_scope(tenant_id):
         if not TrainingJob.objects.filter(pk=job_id).exists():
             return None, CLOSE_NOT_FOUND
-    return tenant.pk, 0
+    return tenant_id, 0
 
 
 @database_sync_to_async

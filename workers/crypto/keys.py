@@ -53,6 +53,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from workers.crypto.frames import KEY_SIZE, NONCE_SIZE, TAG_SIZE, CryptoError, IntegrityError
+from workers.durable import fsync_dir
 
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _WRAPPED_SIZE = NONCE_SIZE + KEY_SIZE + TAG_SIZE
@@ -168,7 +169,7 @@ class LocalKeyring(_Keyring):
         keys = {kek_id: generate_data_key()}
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         _write_and_sync(fd, _dump_keyring(keys, kek_id))
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return cls(keys, kek_id, path=path)
 
     def unwrap(self, wrapped: WrappedKey, context: bytes) -> bytes:
@@ -312,7 +313,7 @@ def _replace_keyring_file(path: Path, keys: Mapping[str, bytes], current: str) -
         with suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _write_and_sync(fd: int, data: bytes) -> None:
@@ -320,15 +321,6 @@ def _write_and_sync(fd: int, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a create or rename durable: the directory entry lives in the directory, not the file."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextmanager

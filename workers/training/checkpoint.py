@@ -81,6 +81,7 @@ from typing import Any, BinaryIO, cast
 import torch
 
 from workers.crypto import DEFAULT_FRAME_SIZE, CryptoError, DecryptingReader, EncryptingWriter
+from workers.durable import fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ def save_checkpoint(
             with suppress(FileNotFoundError):
                 tmp.unlink()
             raise
-        _fsync_dir(directory)
+        fsync_dir(directory)
         info = CheckpointInfo(
             path=final, step=step, size=size, sha256=writer.sha256, created_at=datetime.now(UTC).replace(microsecond=0)
         )
@@ -347,7 +348,7 @@ def _prune(directory: Path, new: CheckpointInfo, keep: int) -> None:
         if step not in kept_steps:
             with suppress(FileNotFoundError):
                 path.unlink()
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def _entry(info: CheckpointInfo) -> dict[str, Any]:
@@ -420,14 +421,6 @@ def _parse_time(value: object) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextmanager
