@@ -67,7 +67,9 @@ class ProgressSink(Protocol):
 
 
 class NullSink:
-    """A sink that discards everything (tests, benchmarks, non-zero DDP ranks)."""
+    """A sink that discards everything (tests, benchmarks, non-zero DDP ranks). When a sink keeps
+    this class's ``on_checkpoint``, the loop does not even build the states it would discard (a
+    deep copy of the model and optimizer per checkpoint)."""
 
     def on_metrics(self, step: int, epoch: int, values: dict[str, float]) -> None:
         return None
@@ -410,6 +412,12 @@ def _loop(
             spec_hash=spec.spec_hash(),
         )
 
+    wants_checkpoints = getattr(type(sink), "on_checkpoint", None) is not NullSink.on_checkpoint
+
+    def checkpoint() -> None:
+        if wants_checkpoints:
+            sink.on_checkpoint(snapshot())
+
     def finish(status: str) -> TrainResult:
         seconds = time.perf_counter() - started
         done = samples_seen - samples_at_start
@@ -446,7 +454,7 @@ def _loop(
             if should_stop is not None and should_stop():
                 if rank == 0:
                     sink.on_log(f"stop requested at step {step}")
-                    sink.on_checkpoint(snapshot())
+                    checkpoint()
                 return finish("stopped")
             group = range(batch_pos, min(batch_pos + accum, n_batches))
             indices = [perm[b * bs : (b + 1) * bs] for b in group]
@@ -483,7 +491,7 @@ def _loop(
                     {"train_loss": epoch_loss / max(epoch_samples, 1), "lr": float(optimizer.param_groups[0]["lr"])},
                 )
             if rank == 0 and spec.checkpoint_every_steps and step % spec.checkpoint_every_steps == 0:
-                sink.on_checkpoint(snapshot())
+                checkpoint()
 
         # epoch end: every rank evaluates the full (small) val split, so early stopping agrees.
         val = evaluate(core, prepared, names, device, spec.precision)
@@ -508,7 +516,7 @@ def _loop(
             sink.on_epoch_end(epoch - 1, metrics_only)
             sink.on_metrics(step, epoch - 1, metrics_only)
             sink.on_log(f"epoch {epoch - 1}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics_only.items()))
-            sink.on_checkpoint(snapshot())
+            checkpoint()
         if es is not None and bad_epochs >= es.patience:
             status = "early_stopped"
             if rank == 0:
