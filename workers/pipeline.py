@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -70,22 +70,26 @@ def ingest_file(
     return IngestResult(fmt, schema, result.report.to_dict(), pii_report, rows)
 
 
-def typed_stats(schema: DatasetSchema, batches: Iterable[pa.RecordBatch]) -> dict[str, Any]:
-    """Aggregate statistics over typed batches: rows, per-column nulls, numeric min/max/mean/std,
-    and the label's class balance. No values of non-label columns (what a grantee may see)."""
-    rows = 0
-    cols: dict[str, dict[str, Any]] = {
-        c.name: {"name": c.name, "type": c.type, "nulls": 0, "n": 0, "sum": 0.0, "sumsq": 0.0, "min": None, "max": None}
-        for c in schema.columns
-    }
-    balance: dict[str, int] = {}
-    for batch in batches:
-        rows += batch.num_rows
-        for c in schema.columns:
+class TypedStats:
+    """Aggregate statistics accumulated batch by batch, so they can be taken while the batches are
+    written (no second pass): rows, per-column nulls, numeric min/max/mean/std, and the label's
+    class balance. No values of non-label columns (what a grantee may see)."""
+
+    def __init__(self, schema: DatasetSchema) -> None:
+        self.schema = schema
+        self.rows = 0
+        self.cols: dict[str, dict[str, Any]] = {
+            c.name: {"nulls": 0, "n": 0, "sum": 0.0, "sumsq": 0.0, "min": None, "max": None} for c in schema.columns
+        }
+        self.balance: dict[str, int] = {}
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        self.rows += batch.num_rows
+        for c in self.schema.columns:
             if c.name not in batch.schema.names:
                 continue
             arr = batch.column(c.name)
-            st = cols[c.name]
+            st = self.cols[c.name]
             st["nulls"] += arr.null_count
             if c.type in NUMERIC_TYPES:
                 valid = pc.drop_null(arr).cast(pa.float64())
@@ -96,21 +100,27 @@ def typed_stats(schema: DatasetSchema, batches: Iterable[pa.RecordBatch]) -> dic
                     mn, mx = pc.min_max(valid).values()
                     st["min"] = mn.as_py() if st["min"] is None else min(st["min"], mn.as_py())
                     st["max"] = mx.as_py() if st["max"] is None else max(st["max"], mx.as_py())
-            if c.name == schema.label and c.type not in ("float",):
-                counts = pc.value_counts(arr)
-                for item in counts.to_pylist():
+            if c.name == self.schema.label and c.type not in ("float",):
+                for item in pc.value_counts(arr).to_pylist():
                     key = str(item["values"])
-                    balance[key] = balance.get(key, 0) + int(item["counts"])
-                    if len(balance) > 100:
+                    self.balance[key] = self.balance.get(key, 0) + int(item["counts"])
+                    if len(self.balance) > 100:
                         break
-    columns = []
-    for c in schema.columns:
-        st = cols[c.name]
-        out: dict[str, Any] = {"name": c.name, "type": c.type, "nulls": st["nulls"]}
-        if c.type in NUMERIC_TYPES and st["n"]:
-            mean = st["sum"] / st["n"]
-            out.update(
-                min=st["min"], max=st["max"], mean=mean, std=math.sqrt(max(st["sumsq"] / st["n"] - mean * mean, 0.0))
-            )
-        columns.append(out)
-    return {"rows": rows, "columns": columns, "class_balance": balance if schema.label else {}}
+
+    def tap(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """Pass the batches through, accumulating as they go by."""
+        for batch in batches:
+            self.add(batch)
+            yield batch
+
+    def result(self) -> dict[str, Any]:
+        columns = []
+        for c in self.schema.columns:
+            st = self.cols[c.name]
+            out: dict[str, Any] = {"name": c.name, "type": c.type, "nulls": st["nulls"]}
+            if c.type in NUMERIC_TYPES and st["n"]:
+                mean = st["sum"] / st["n"]
+                var = max(st["sumsq"] / st["n"] - mean * mean, 0.0)
+                out.update(min=st["min"], max=st["max"], mean=mean, std=math.sqrt(var))
+            columns.append(out)
+        return {"rows": self.rows, "columns": columns, "class_balance": self.balance if self.schema.label else {}}

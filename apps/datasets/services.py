@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, BinaryIO, cast
@@ -897,6 +897,7 @@ def _deidentify_body(version: DatasetVersion) -> dict[str, Any]:
     from workers.deid.policy import DeidPolicy
     from workers.deid.transform import deidentify as run_deid
     from workers.ingest import write_parquet
+    from workers.pipeline import TypedStats
 
     assert version.source_version_id is not None, "a de-identified version has a source"
     raw = DatasetVersion.objects.select_related("data_key").get(pk=version.source_version_id)
@@ -905,16 +906,17 @@ def _deidentify_body(version: DatasetVersion) -> dict[str, Any]:
     pseudonym_key = vault.material(vault.active_key(version.tenant_id, DataKey.Purpose.PSEUDONYM))
     out_schema, batches, stats = run_deid(version_batches(raw), schema, parsed, pseudonym_key)
     out_schema = _confirm_schema(out_schema, (version.options or {}).get("confirm"))
+    aggregates = TypedStats(out_schema)  # taken as the batches are written: no second decrypting pass
     up = EncryptedUpload(version.tenant_id, VERSION_KIND, version.pk, size_hint=raw.size_bytes)
     try:
-        rows = write_parquet(batches, out_schema.arrow_schema(), cast(BinaryIO, up.writer))
+        rows = write_parquet(aggregates.tap(batches), out_schema.arrow_schema(), cast(BinaryIO, up.writer))
         stored = up.finish()
     except BaseException:
         up.abort()
         raise
     version.schema = out_schema.to_dict()
     version.deid_report = stats.to_dict()
-    version.validation = _aggregate_stats(out_schema, version_stats_source(stored, version))
+    version.validation = aggregates.result()
     version.rows = rows
     version.size_bytes = stored.plaintext_bytes
     version.stored_bytes = stored.stored_bytes
@@ -996,22 +998,6 @@ def _publish_images(*, tenant: Tenant, raw: DatasetVersion, policy: dict[str, An
             details={"source_version_id": raw.pk, "rows": raw.rows, "images": True},
         )
     return version
-
-
-def version_stats_source(stored: Stored, version: DatasetVersion) -> Callable[[], Iterator[pa.RecordBatch]]:
-    def batches() -> Iterator[pa.RecordBatch]:
-        reader = open_decrypted(version.tenant_id, VERSION_KIND, version.pk, stored.name, stored.key)
-        with reader:
-            yield from pq.ParquetFile(pa.PythonFile(reader, mode="r"), pre_buffer=False).iter_batches(batch_size=65536)
-
-    return batches
-
-
-def _aggregate_stats(schema: DatasetSchema, batches: Callable[[], Iterable[pa.RecordBatch]]) -> dict[str, Any]:
-    """Aggregate statistics of a de-identified version (what a grantee may see)."""
-    from workers.pipeline import typed_stats
-
-    return typed_stats(schema, batches())
 
 
 # --- grants ---------------------------------------------------------------------------------------

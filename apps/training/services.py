@@ -153,13 +153,23 @@ def job_cancel(*, tenant: Tenant, job: TrainingJob) -> TrainingJob:
 # --- events ----------------------------------------------------------------------------------------
 
 
-def _event(job_id: int, tenant_id: int, kind: str, payload: dict[str, Any], step: int = 0, epoch: int = 0) -> int:
+def _event(
+    job_id: int,
+    tenant_id: int,
+    kind: str,
+    payload: dict[str, Any],
+    step: int = 0,
+    epoch: int = 0,
+    *,
+    progress: dict[str, Any] | None = None,
+) -> int:
     """Append one event with the next sequence number of the job (atomic counter on the job row).
     Its own short transaction: a running job's progress is visible at once."""
     with tenant_scope(tenant_id):
         updated = TrainingJob.objects.filter(pk=job_id).select_for_update().values_list("event_seq", flat=True).first()
         seq = int(updated or 0) + 1
-        TrainingJob.objects.filter(pk=job_id).update(event_seq=seq)
+        extra = {"progress": progress} if progress is not None else {}
+        TrainingJob.objects.filter(pk=job_id).update(event_seq=seq, **extra)
         event = JobEvent.objects.create(
             tenant_id=tenant_id, job_id=job_id, seq=seq, kind=kind, step=step, epoch=epoch, payload=payload
         )
@@ -191,9 +201,15 @@ class DjangoSink:
         self._last_metrics = time.monotonic()
         self._pending = None
         clean = {k: float(v) for k, v in values.items() if v == v}  # drop NaN
-        _event(self.job.pk, self.job.tenant_id, JobEvent.Kind.METRICS, clean, step=step, epoch=epoch)
-        with tenant_scope(self.job.tenant_id):
-            TrainingJob.objects.filter(pk=self.job.pk).update(progress={"step": step, "epoch": epoch, **clean})
+        _event(
+            self.job.pk,
+            self.job.tenant_id,
+            JobEvent.Kind.METRICS,
+            clean,
+            step=step,
+            epoch=epoch,
+            progress={"step": step, "epoch": epoch, **clean},
+        )
 
     def flush(self) -> None:
         if self._pending is not None:

@@ -92,6 +92,7 @@ def test_job_runs_end_to_end_and_registers_a_model(world: dict[str, Any]) -> Non
     assert services.run_job(job.tenant_id, job.pk) == "succeeded"
     job = _job(job)
     assert job.status == "succeeded" and job.result["final_metrics"]["val_accuracy"] >= 0.9, job.result
+    assert job.progress["step"] > 0 and "train_loss" in job.progress  # written with the metrics events
     with tenant_scope(job.tenant_id):
         mv = ModelVersion.objects.get(job=job)
         seqs = list(JobEvent.objects.filter(job=job).values_list("seq", flat=True))
