@@ -259,6 +259,7 @@ def run_checked(cmd: list[str], env: dict[str, str]) -> None:
 
 
 def serve(env: dict[str, str], host: str, port: int) -> int:
+    env = {"COHORT_POOL_CPU_SLOTS": "1", **env}  # the dev worker's second process serves the rest
     run_checked([python(), "manage.py", "migrate", "--database", "owner", "--no-input"], env)
     run_checked([python(), "manage.py", "collectstatic", "--no-input", "-v", "0"], env)
     run_checked([python(), "manage.py", "seed_demo"], env)
@@ -293,7 +294,7 @@ def serve(env: dict[str, str], host: str, port: int) -> int:
                 "-Q",
                 "default,cpu,gpu",
                 "-c",
-                "1",
+                "2",  # one process trains (COHORT_POOL_CPU_SLOTS=1 below), the other serves the rest
                 "-B",  # beat in the dev worker: retention purge, expired uploads (CELERY_BEAT_SCHEDULE)
                 "--schedule",
                 str(STATE / "celerybeat-schedule"),

@@ -6,12 +6,14 @@ from django.contrib import admin
 
 from apps.common.admin_site import ReadOnlyConsoleAdmin as _ReadOnly
 from apps.common.admin_site import cohort_admin_site
-from apps.training.models import ModelVersion, TrainingJob
+from apps.training.models import ModelVersion, ResourceUsage, TrainingJob, TrainingQuota
 
 
 @admin.register(TrainingJob, site=cohort_admin_site)
 class TrainingJobAdmin(_ReadOnly):
-    list_display = ("id", "name", "tenant", "status", "queue", "attempts", "created_at", "finished_at")
+    list_display = (
+        "id", "name", "tenant", "status", "queue", "priority", "attempts", "admitted_at", "wait_reason", "finished_at",
+    )  # fmt: skip
     list_filter = ("status", "queue", "tenant")
     search_fields = ("name", "tenant__slug")
     list_select_related = ("tenant",)
@@ -27,3 +29,20 @@ class ModelVersionAdmin(_ReadOnly):
     list_select_related = ("tenant",)
     ordering = ("-id",)
     hidden = ("storage_name",)
+
+
+@admin.register(TrainingQuota, site=cohort_admin_site)
+class TrainingQuotaAdmin(_ReadOnly):
+    """Changed with ``manage.py training_quota`` (audited), shown here."""
+
+    list_display = ("tenant", "max_concurrent_jobs", "max_cpu_jobs", "gpu_hours_per_month", "updated_at")
+    list_select_related = ("tenant",)
+    ordering = ("tenant__slug",)
+
+
+@admin.register(ResourceUsage, site=cohort_admin_site)
+class ResourceUsageAdmin(_ReadOnly):
+    list_display = ("tenant", "month", "resource", "seconds")
+    list_filter = ("resource", "month", "tenant")
+    list_select_related = ("tenant",)
+    ordering = ("-month", "tenant__slug")

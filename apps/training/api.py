@@ -41,6 +41,9 @@ class JobOutput(serializers.ModelSerializer):
             "priority",
             "status",
             "status_reason",
+            "wait_reason",
+            "admitted_at",
+            "slots",
             "cancel_requested",
             "attempts",
             "max_restarts",
@@ -163,6 +166,45 @@ class JobEventsApi(TenantApi):
         return paginated(self, request, qs, EventOutput, ordering="seq")
 
 
+class QuotaOutput(serializers.Serializer):
+    class Quota(serializers.Serializer):
+        max_concurrent_jobs = serializers.IntegerField()
+        max_cpu_jobs = serializers.IntegerField()
+        gpu_hours_per_month = serializers.FloatField()
+
+    class Overrides(serializers.Serializer):
+        max_concurrent_jobs = serializers.IntegerField(allow_null=True)
+        max_cpu_jobs = serializers.IntegerField(allow_null=True)
+        gpu_hours_per_month = serializers.FloatField(allow_null=True)
+
+    class Usage(serializers.Serializer):
+        month = serializers.CharField()
+        running_jobs = serializers.IntegerField()
+        running_cpu_jobs = serializers.IntegerField()
+        gpu_hours = serializers.FloatField()
+        cpu_hours = serializers.FloatField()
+
+    quota = Quota(help_text="In force: the tenant's overrides, else the platform defaults")
+    overrides = Overrides(help_text="Set by operators (`manage.py training_quota`, audited); null = default")
+    usage = Usage()
+    waiting_jobs = serializers.IntegerField(help_text="Queued jobs not yet admitted (see each job's wait_reason)")
+
+
+class QuotaApi(TenantApi):
+    permission_actions = {"GET": "job.list"}
+
+    @extend_schema(
+        operation_id="training_quota",
+        summary="The tenant's training quotas, this month's usage and how many jobs wait",
+        responses={200: QuotaOutput, **error_responses()},
+        tags=["training"],
+    )
+    def get(self, request: Request, tenant_slug: str) -> Response:
+        from apps.training.selectors import tenant_overview
+
+        return Response(QuotaOutput(tenant_overview(self.tenant.pk)).data)
+
+
 class ModelListApi(TenantApi):
     pagination_class = CursorPagination
     permission_actions = {"GET": "model.list"}
@@ -217,6 +259,7 @@ urlpatterns = [
     path(T + "jobs/", JobListApi.as_view(), name="job-list"),
     path(T + "jobs/<pk:job_id>/", JobDetailApi.as_view(), name="job-detail"),
     path(T + "jobs/<pk:job_id>/events/", JobEventsApi.as_view(), name="job-events"),
+    path(T + "training/quota/", QuotaApi.as_view(), name="training-quota"),
     path(T + "models/", ModelListApi.as_view(), name="model-list"),
     path(T + "models/<pk:model_id>/", ModelDetailApi.as_view(), name="model-detail"),
     path(T + "models/<pk:model_id>/download/", ModelDownloadApi.as_view(), name="model-download"),

@@ -38,6 +38,13 @@ class TrainingJob(TenantOwned):
     result = models.JSONField(default=dict)
     error = models.JSONField(default=dict)
     event_seq = models.PositiveIntegerField(default=0)
+    # Scheduling (apps.training.scheduler): a queued job waits, with ``wait_reason``, until the
+    # platform admits it (capacity, the tenant's quotas, fair share); only then is a task enqueued.
+    slots = models.PositiveSmallIntegerField(default=1)
+    admitted_at = models.DateTimeField(null=True, blank=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    enqueues = models.PositiveSmallIntegerField(default=0)
+    wait_reason = models.CharField(max_length=300, blank=True, default="")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -45,7 +52,10 @@ class TrainingJob(TenantOwned):
 
     class Meta(TenantOwned.Meta):
         ordering = ["-id"]
-        indexes = [models.Index(fields=["status", "queue", "priority"], name="job_admission")]
+        indexes = [
+            models.Index(fields=["status", "queue", "priority"], name="job_admission"),
+            models.Index(fields=["tenant", "admitted_at"], name="job_last_admitted"),
+        ]
 
     def __str__(self) -> str:
         return f"job {self.pk} ({self.status})"
@@ -92,3 +102,30 @@ class ModelVersion(TenantOwned):
     class Meta(TenantOwned.Meta):
         ordering = ["-id"]
         constraints = [models.UniqueConstraint(fields=["tenant", "name", "version"], name="model_unique_version")]
+
+
+class TrainingQuota(TenantOwned):
+    """Per-tenant overrides of the training quotas (None: the default from settings). Changed only
+    through ``apps.training.scheduler.quota_set`` (audited, before and after)."""
+
+    max_concurrent_jobs = models.PositiveIntegerField(null=True, blank=True)
+    max_cpu_jobs = models.PositiveIntegerField(null=True, blank=True)
+    gpu_hours_per_month = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta(TenantOwned.Meta):
+        constraints = [models.UniqueConstraint(fields=["tenant"], name="training_quota_one_per_tenant")]
+
+
+class ResourceUsage(TenantOwned):
+    """Worker time used per tenant, month and pool (``cpu`` / ``gpu``), in slot-seconds: added by
+    running jobs at each lease renewal and when they finish, so a killed worker's time counts too."""
+
+    month = models.DateField()
+    resource = models.CharField(max_length=8)
+    seconds = models.FloatField(default=0.0)
+
+    class Meta(TenantOwned.Meta):
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "month", "resource"], name="usage_one_per_month_resource")
+        ]

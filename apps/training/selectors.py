@@ -1,11 +1,52 @@
-"""Training reads (the tenant's own jobs, events and models)."""
+"""Training reads (the tenant's own jobs, events and models; quotas and usage)."""
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db.models import QuerySet, Sum
+from django.utils import timezone
 
 from apps.tenancy.models import Tenant
-from apps.training.models import JobEvent, ModelVersion, TrainingJob
+from apps.training.models import JobEvent, ModelVersion, ResourceUsage, TrainingJob, TrainingQuota
+
+ACTIVE = (TrainingJob.Status.QUEUED, TrainingJob.Status.RUNNING)
+QUOTA_FIELDS = ("max_concurrent_jobs", "max_cpu_jobs", "gpu_hours_per_month")
+
+
+@dataclass(frozen=True)
+class Quota:
+    max_concurrent_jobs: int
+    max_cpu_jobs: int
+    gpu_hours_per_month: float
+
+
+def month_of(moment: datetime) -> date:
+    return moment.astimezone(UTC).date().replace(day=1)
+
+
+def quota_from(row: TrainingQuota | None) -> Quota:
+    def pick(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
+    return Quota(
+        max_concurrent_jobs=int(pick(row and row.max_concurrent_jobs, settings.COHORT_QUOTA_CONCURRENT_JOBS)),
+        max_cpu_jobs=int(pick(row and row.max_cpu_jobs, settings.COHORT_QUOTA_CPU_JOBS)),
+        gpu_hours_per_month=float(pick(row and row.gpu_hours_per_month, settings.COHORT_QUOTA_GPU_HOURS)),
+    )
+
+
+def effective_quota(tenant_id: int) -> Quota:
+    """The tenant's quota (call in the tenant's scope)."""
+    return quota_from(TrainingQuota.objects.filter(tenant_id=tenant_id).first())
+
+
+def plain(value: Any) -> Any:
+    return float(value) if isinstance(value, Decimal) else value
 
 
 def job_list(*, tenant: Tenant, status: str = "") -> QuerySet[TrainingJob]:
@@ -21,3 +62,31 @@ def job_events(*, job: TrainingJob, after: int = 0, kind: str = "") -> QuerySet[
 def model_list(*, tenant: Tenant, name: str = "") -> QuerySet[ModelVersion]:
     qs = ModelVersion.objects.filter(tenant=tenant)
     return qs.filter(name=name) if name else qs
+
+
+def usage_hours(tenant_id: int, resource: str, month: date) -> float:
+    """Hours used (tenant scope)."""
+    total = ResourceUsage.objects.filter(tenant_id=tenant_id, month=month, resource=resource).aggregate(
+        s=Sum("seconds")
+    )["s"]
+    return float(total or 0.0) / 3600.0
+
+
+def tenant_overview(tenant_id: int) -> dict[str, Any]:
+    """The tenant's quota, usage and waiting jobs (tenant scope)."""
+    now = timezone.now()
+    month = month_of(now)
+    row = TrainingQuota.objects.filter(tenant_id=tenant_id).first()
+    active = TrainingJob.objects.filter(status__in=ACTIVE, admitted_at__isnull=False)
+    return {
+        "quota": asdict(quota_from(row)),
+        "overrides": {f: plain(getattr(row, f)) for f in QUOTA_FIELDS} if row else {f: None for f in QUOTA_FIELDS},
+        "usage": {
+            "month": f"{month:%Y-%m}",
+            "running_jobs": active.count(),
+            "running_cpu_jobs": active.filter(queue="cpu").count(),
+            "gpu_hours": round(usage_hours(tenant_id, "gpu", month), 4),
+            "cpu_hours": round(usage_hours(tenant_id, "cpu", month), 4),
+        },
+        "waiting_jobs": TrainingJob.objects.filter(status=TrainingJob.Status.QUEUED, admitted_at__isnull=True).count(),
+    }

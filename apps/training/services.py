@@ -121,14 +121,13 @@ def job_create(
             target=job,
             details={"dataset_version_id": version.pk, "model": parsed.model.name, "queue": queue},
         )
-    transaction.on_commit(lambda: enqueue(job))
+    # Admission now, in this transaction: the response already says whether the job was admitted
+    # or why it waits; an admitted job's task is sent after commit.
+    from apps.training.scheduler import schedule
+
+    schedule()
+    job.refresh_from_db()
     return job
-
-
-def enqueue(job: TrainingJob) -> None:
-    from apps.training.tasks import run_job
-
-    run_job.apply_async(args=(job.tenant_id, job.pk), queue=job.queue)
 
 
 def job_cancel(*, tenant: Tenant, job: TrainingJob) -> TrainingJob:
@@ -147,6 +146,10 @@ def job_cancel(*, tenant: Tenant, job: TrainingJob) -> TrainingJob:
             TrainingJob.objects.filter(pk=job.pk).update(cancel_requested=True)
         audit_record(action="job.cancel_requested", tenant=tenant, target=job, details={"was": job.status})
     job.refresh_from_db()
+    if job.status == TrainingJob.Status.CANCELLED:
+        from apps.training.scheduler import schedule
+
+        schedule()  # its slot (if it was admitted) goes to the next job
     return job
 
 
@@ -189,6 +192,7 @@ class DjangoSink:
         self._last_metrics = 0.0
         self._pending: tuple[int, int, dict[str, float]] | None = None
         self.log_tail: deque[str] = deque(maxlen=20)
+        self.lease: Lease | None = None
 
     def on_metrics(self, step: int, epoch: int, values: dict[str, float]) -> None:
         now = time.monotonic()
@@ -225,15 +229,47 @@ class DjangoSink:
     def on_checkpoint(self, state: Any) -> None:
         from workers.training.checkpoint import save_checkpoint
 
+        if self.lease is not None and not self.lease.renew(force=True):
+            raise LeaseLost("another worker holds this job's lease: not writing a checkpoint")
         save_checkpoint(state.to_dict(), self.dir, key=self.key, context=self.context, step=state.step)
-        _renew_lease(self.job)
 
 
-def _renew_lease(job: TrainingJob) -> None:
-    with tenant_scope(job.tenant_id):
-        TrainingJob.objects.filter(pk=job.pk, lease_owner=job.lease_owner).update(
-            lease_until=timezone.now() + timedelta(seconds=settings.COHORT_JOB_LEASE_SECONDS)
-        )
+class LeaseLost(Exception):
+    """This worker's lease expired and another worker claimed the job: stop without writing."""
+
+
+class Lease:
+    """The worker's hold on a running job: renewed (throttled) while it trains, fenced by the owner
+    token so a worker that lost its lease notices instead of racing the new owner. Each renewal
+    also adds the slot-seconds used since the last one to the tenant's usage ledger, so the time
+    of a worker that is killed is counted up to its last renewal."""
+
+    def __init__(self, job: TrainingJob) -> None:
+        self.job = job
+        self.seconds = settings.COHORT_JOB_LEASE_SECONDS
+        self.every = max(0.5, min(self.seconds / 4.0, 15.0))
+        self._last = time.monotonic()
+        self._usage_mark = time.monotonic()
+
+    def renew(self, *, force: bool = False) -> bool:
+        """Extend the lease; False when it is no longer ours."""
+        now = time.monotonic()
+        if not force and now - self._last < self.every:
+            return True
+        self._last = now
+        with tenant_scope(self.job.tenant_id):
+            held = TrainingJob.objects.filter(
+                pk=self.job.pk, lease_owner=self.job.lease_owner, status=TrainingJob.Status.RUNNING
+            ).update(lease_until=timezone.now() + timedelta(seconds=self.seconds))
+        self.account()
+        return bool(held)
+
+    def account(self) -> None:
+        from apps.training.scheduler import record_usage
+
+        now = time.monotonic()
+        elapsed, self._usage_mark = now - self._usage_mark, now
+        record_usage(self.job.tenant_id, self.job.queue, elapsed * self.job.slots)
 
 
 # --- run -------------------------------------------------------------------------------------------
@@ -251,6 +287,7 @@ def claim(tenant_id: int, job_id: int) -> TrainingJob | None:
             | Q(status=TrainingJob.Status.RUNNING, lease_until__isnull=True),
             pk=job_id,
             cancel_requested=False,
+            admitted_at__isnull=False,  # only the scheduler starts jobs: a stray message cannot
         ).update(
             status=TrainingJob.Status.RUNNING,
             attempts=F("attempts") + 1,
@@ -273,9 +310,16 @@ def _finish(
     *,
     result: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
-) -> None:
+    lease: Lease | None = None,
+) -> bool:
+    """Finish the job if this worker still holds it (fenced by the lease owner); then let the
+    scheduler hand its slot on. False when another worker took the job over meanwhile."""
+    from apps.training.scheduler import schedule
+
     with tenant_scope(job.tenant_id), audited_change():
-        TrainingJob.objects.filter(pk=job.pk).update(
+        done = TrainingJob.objects.filter(
+            pk=job.pk, lease_owner=job.lease_owner, status=TrainingJob.Status.RUNNING
+        ).update(
             status=status,
             status_reason=reason[:300],
             result=result or {},
@@ -283,8 +327,18 @@ def _finish(
             finished_at=timezone.now(),
             lease_until=None,
         )
-        audit_record(action=f"job.{status}", tenant=job.tenant_id, target=job, details={"reason": reason[:200]})
-    _event(job.pk, job.tenant_id, JobEvent.Kind.STATE, {"status": status, "reason": reason[:300]})
+        audit_record(
+            action=f"job.{status}" if done else "job.finish_superseded",
+            tenant=job.tenant_id,
+            target=job,
+            details={"reason": reason[:200]},
+        )
+    if lease is not None:
+        lease.account()
+    if done:
+        _event(job.pk, job.tenant_id, JobEvent.Kind.STATE, {"status": status, "reason": reason[:300]})
+    schedule()
+    return bool(done)
 
 
 def _load_data(job: TrainingJob, version: DatasetVersion, spec: TrainSpec) -> Any:
@@ -316,13 +370,21 @@ def run_job(tenant_id: int, job_id: int) -> str:
     job = claim(tenant_id, job_id)
     if job is None:
         return "ignored"
+    lease = Lease(job)
     if job.attempts > job.max_restarts + 1:
-        _finish(job, TrainingJob.Status.FAILED, f"gave up after {job.attempts - 1} attempts (max_restarts)")
+        _finish(
+            job, TrainingJob.Status.FAILED, f"gave up after {job.attempts - 1} attempts (max_restarts)", lease=lease
+        )
         return TrainingJob.Status.FAILED
     spec = TrainSpec.from_dict(job.spec)
     version = _usable(job)
     if version is None:
-        _finish(job, TrainingJob.Status.FAILED, "dataset not usable: grant revoked or expired, or dataset deleted")
+        _finish(
+            job,
+            TrainingJob.Status.FAILED,
+            "dataset not usable: grant revoked or expired, or dataset deleted",
+            lease=lease,
+        )
         return TrainingJob.Status.FAILED
     with tenant_scope(job.tenant_id):
         if job.checkpoint_key_id is None:
@@ -333,6 +395,7 @@ def run_job(tenant_id: int, job_id: int) -> str:
     ckpt_dir = Path(settings.COHORT_CHECKPOINT_DIR) / f"t{job.tenant_id}" / f"job{job.pk}"
     context = f"cohort/checkpoint/{job.tenant_id}/{job.pk}".encode()
     sink = DjangoSink(job, ckpt_dir, vault.material(key_obj), context)
+    sink.lease = lease
     last_check = [0.0]
     stop_reason: list[str] = []
 
@@ -349,11 +412,15 @@ def run_job(tenant_id: int, job_id: int) -> str:
         if _usable(job) is None:
             stop_reason.append("grant_revoked")
             return True
-        _renew_lease(job)
+        if not lease.renew():
+            stop_reason.append("lease_lost")
+            return True
         return False
 
     try:
         prepared = _load_data(job, version, spec)
+        if not lease.renew(force=True):
+            raise LeaseLost("the lease expired while the data was loading")
         resume = None
         found = load_latest(
             ckpt_dir,
@@ -366,6 +433,10 @@ def run_job(tenant_id: int, job_id: int) -> str:
             sink.on_log(f"resuming from checkpoint at step {found[1].step} (attempt {job.attempts})")
         result = train(spec, prepared, sink, resume=resume, should_stop=should_stop)
         sink.flush()
+    except LeaseLost as exc:
+        lease.account()
+        logger.warning("job %s: %s; the new owner carries on", job.pk, exc)
+        return "superseded"
     except Exception as exc:
         kind = type(exc).__name__
         if kind in NOT_RETRIED or job.attempts > job.max_restarts:
@@ -374,14 +445,22 @@ def run_job(tenant_id: int, job_id: int) -> str:
                 TrainingJob.Status.FAILED,
                 f"{kind}: {str(exc)[:200]}",
                 error={"type": kind, "message": str(exc)[:500], "last_log_lines": list(sink.log_tail)},
+                lease=lease,
             )
             return TrainingJob.Status.FAILED
+        lease.account()
         raise  # transient: the broker redelivers (acks_late), the next attempt resumes
     if result.status == "stopped":
         reason = stop_reason[0] if stop_reason else "stopped"
+        if reason == "lease_lost":
+            lease.account()
+            return "superseded"
         status = TrainingJob.Status.CANCELLED if reason == "cancelled" else TrainingJob.Status.FAILED
-        _finish(job, status, reason, result={"steps": result.steps, "epochs": result.epochs})
+        _finish(job, status, reason, result={"steps": result.steps, "epochs": result.epochs}, lease=lease)
         return status
+    if not lease.renew(force=True):
+        lease.account()
+        return "superseded"
     model = _register_model(job, spec, prepared, result, version)
     _finish(
         job,
@@ -396,6 +475,7 @@ def run_job(tenant_id: int, job_id: int) -> str:
             "device": result.device,
             "model_version_id": model.pk,
         },
+        lease=lease,
     )
     return TrainingJob.Status.SUCCEEDED
 

@@ -18,3 +18,12 @@ def run_job(tenant_id: int, job_id: int) -> str:
     from apps.training.services import run_job as run
 
     return run(tenant_id, job_id)
+
+
+@shared_task(name="training.schedule", acks_late=True, ignore_result=True)
+def schedule() -> dict[str, int]:
+    """Beat: admit waiting jobs, re-enqueue admitted jobs that lost their message or worker."""
+    from apps.training.scheduler import schedule as run_pass
+
+    done = run_pass()
+    return {"admitted": len(done.admitted), "requeued": len(done.requeued), "failed": len(done.failed)}

@@ -111,7 +111,8 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_ROUTES = {"training.*": {"queue": "gpu"}}
+# Training tasks are sent to the job's queue (cpu / gpu) explicitly by the scheduler.
+CELERY_TASK_ROUTES = {"training.run_job": {"queue": "cpu"}, "training.schedule": {"queue": "default"}}
 # Longer than the longest task (time_limit) plus the longest ETA, so a task is not redelivered
 # while it still runs.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=4 * 3600)}
@@ -121,6 +122,12 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "datasets-purge-expired": {"task": "datasets.purge_expired", "schedule": 3600.0},
     "audit-checkpoint": {"task": "audit.checkpoint_create", "schedule": 3600.0},
+    # Admits waiting jobs and re-enqueues admitted jobs whose worker vanished (lease expired) or
+    # whose message was lost between commit and publish.
+    "training-schedule": {
+        "task": "training.schedule",
+        "schedule": env.float("COHORT_SCHEDULER_INTERVAL", default=10.0),
+    },
 }
 
 # --- Auth -----------------------------------------------------------------------------------
@@ -233,6 +240,14 @@ COHORT_DEFAULT_EPSILON = env.float("COHORT_DEFAULT_EPSILON", default=8.0)
 COHORT_CHECKPOINT_DIR = env.str("COHORT_CHECKPOINT_DIR", default=str(LOCAL_STATE_DIR / "checkpoints"))
 COHORT_JOB_LEASE_SECONDS = env.int("COHORT_JOB_LEASE_SECONDS", default=120)
 COHORT_JOB_MAX_RESTARTS = env.int("COHORT_JOB_MAX_RESTARTS", default=5)
+# Training pool capacity (slots = worker processes) and per-tenant quota defaults (overridable per
+# tenant, audited: `manage.py training_quota`). See docs/training.md "Scheduling".
+COHORT_POOL_CPU_SLOTS = env.int("COHORT_POOL_CPU_SLOTS", default=2)
+COHORT_POOL_GPU_SLOTS = env.int("COHORT_POOL_GPU_SLOTS", default=0)
+COHORT_QUOTA_CONCURRENT_JOBS = env.int("COHORT_QUOTA_CONCURRENT_JOBS", default=4)
+COHORT_QUOTA_CPU_JOBS = env.int("COHORT_QUOTA_CPU_JOBS", default=4)
+COHORT_QUOTA_GPU_HOURS = env.float("COHORT_QUOTA_GPU_HOURS", default=10.0)
+COHORT_SCHEDULER_INTERVAL = env.float("COHORT_SCHEDULER_INTERVAL", default=10.0)
 if COHORT_OBJECT_STORAGE == "s3":
     STORAGES["objects"] = {
         "BACKEND": "storages.backends.s3.S3Storage",

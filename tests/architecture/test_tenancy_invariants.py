@@ -42,6 +42,8 @@ ALL_TENANTS_ALLOWED: dict[str, str] = {
     "apps/vault/services.py": "rotate-kek re-wraps every tenant's data keys (platform scope)",
     "apps/training/services.py": "a job's dataset version may be another tenant's (live process grant, checked by "
     "dataset_access; RLS shows only granted de-identified versions)",
+    "apps/training/scheduler.py": "admission across tenants: job metadata (queue, slots, timestamps), quotas and "
+    "usage in platform scope (the training tables' RLS admits it), under one advisory lock",
     "apps/vault/management/commands/keys.py": "platform command: key status and KEK retirement (platform scope)",
     "apps/datasets/selectors.py": "datasets shared with the tenant in scope: filtered by a live grant, and RLS "
     "(cohort_dataset_granted) enforces the same rule",
