@@ -3,7 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt constraints.txt 2>/dev/null | sha1sum | cut -c1-12)
+REQUIREMENTS := requirements.txt requirements-dev.txt requirements-nodeps.txt constraints.txt
+STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) 2>/dev/null | sha1sum | cut -c1-12)
 COHORT := $(PY) scripts/cohort.py
 PYTEST_ARGS ?=
 
@@ -12,10 +13,12 @@ PYTEST_ARGS ?=
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+# requirements-nodeps.txt: packages installed without their declared dependencies (see that file).
+$(STAMP): $(REQUIREMENTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt -c constraints.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt -c constraints.txt
 	@rm -f $(VENV)/.installed-*; touch $@
 
 install: $(STAMP) ## Create .venv and install pinned dependencies (only what is missing)
@@ -37,6 +40,9 @@ reliability: install ## Run the RELIABILITY.md tests; figures land in reports/<I
 
 bench: install ## Benchmarks: results in bench/results/*.json, summary in docs/benchmarks.md
 	$(COHORT) exec -- $(PY) -m bench.run
+
+bench-gpu: install ## GPU benchmark (CUDA, bf16): engine vs bare loop on a CNN and MiniLM; < 4 min on one GPU
+	$(PY) -m bench.gpu
 
 lint: install ## ruff (lint + format check) and import-linter contracts
 	$(VENV)/bin/ruff check .

@@ -23,9 +23,10 @@ BENCHMARKS = (
     "dataset_ingest",
     "encryption_stage",
     "training_throughput",
+    "checkpoint_overhead",
 )
 # Benchmarks of pure worker code: a run made of these alone needs no scratch database (nor Django).
-PURE_BENCHMARKS = frozenset({"dataset_ingest", "encryption_stage", "training_throughput"})
+PURE_BENCHMARKS = frozenset({"dataset_ingest", "encryption_stage", "training_throughput", "checkpoint_overhead"})
 WRAPPER = ".venv/bin/python scripts/cohort.py exec -- .venv/bin/python -m bench.run"
 RUN_FILE = RESULTS_DIR / "run.json"
 
@@ -255,11 +256,27 @@ def _details_of(r: dict[str, Any]) -> str:
         return (
             "; ".join(
                 f"{n}: engine {w['engine_samples_per_s']:,.0f} vs bare {w['bare_samples_per_s']:,.0f} samples/s "
-                f"(×{w['ratio']:.2f}; {w['train_rows']} rows, {w['epochs']} epochs, batch {w['batch_size']}, "
-                f"val accuracy {w['val_accuracy']})"
+                f"(×{w['ratio']:.3f} median of per-round ratios, ×{w['ratio_of_medians']:.3f} of medians, rounds "
+                f"{w['ratio_min_max_of_rounds'][0]:.2f}–{w['ratio_min_max_of_rounds'][1]:.2f}; with evaluation "
+                f"on both sides ×{w['ratio_with_eval']:.3f}, in CPU time ×{w['cpu_ratio_with_eval']:.3f}; "
+                f"{w['train_rows']} rows, {w['epochs']} epochs, batch "
+                f"{w['batch_size']}, val accuracy {w['val_accuracy']})"
                 for n, w in r["workloads"].items()
             )
-            + f"; 1 thread; median of {r['runs']}"
+            + f"; evaluation time excluded from both sides; 1 thread; median of {r['runs']}"
+        )
+    if r["name"] == "checkpoint_overhead":
+        return (
+            "; ".join(
+                f"{n}: save {w['save_ms']:.1f} ms (p95 {w['save_p95_ms']:.1f}), {w['bytes']:,} B; torch.save "
+                f"{w['plain_torch_save_ms']:.1f} ms (+fsync {w['plain_fsync_ms']:.1f}, in memory "
+                f"{w['serialize_ms']:.1f}); load_latest {w['load_latest_ms']:.1f} ms; throughput ×"
+                f"{w['epoch_end_ratio']:.2f} with a checkpoint per epoch ({w['epoch_end_ms_per_checkpoint']:.0f} ms "
+                f"each in the loop), ×{w['every_n_ratio']:.2f} adding one every {w['every_n_steps']} steps "
+                f"({w['every_n_checkpoints']} in {w['steps']} steps)"
+                for n, w in r["workloads"].items()
+            )
+            + f"; medians of {r['saves']} saves and {r['rounds']} runs"
         )
     return ""
 
@@ -356,7 +373,7 @@ keeps the others as the page had them, so rows can come from different runs (and
 The first three benchmarks run against a scratch database (`cohort_bench`, created by the
 superuser, owned by `cohort_owner`, migrated with `migrate --database owner`, dropped at the end),
 served and queried as the application role `cohort_app` (RLS forced), so the development database is
-left alone. The last two exercise pure worker code and need no database.
+left alone. The others exercise pure worker code and need no database.
 
 **`api_list_rls`**: one uvicorn process (`config.asgi`, `--workers 2`, `bench.settings`: the local
 settings with `DEBUG` off, the connection pool on and the rate limit raised so it never refuses but
@@ -432,13 +449,57 @@ plaintext's SHA-256 as the object's content hash, which costs more than the encr
 writer's two primitives alone (SHA-256, AES-GCM) and a `bytes()` copy of each chunk. Medians.
 
 **`training_throughput`** (pure): `workers.training.engine.train` against a bare PyTorch loop with
-the same model (from the registry), data tensors, batch size, optimizer and one thread: an MLP
-(64-64) on scikit-learn's breast cancer (20 epochs; `--quick` 5) and the small CNN on scikit-learn's
-digits packed as a PNG zip (5 epochs). The engine does what a job does minus the platform —
-seeded epoch permutations, loss-sum normalisation, deterministic mode, per-epoch evaluation on the
-validation split with metrics; the bare loop only trains. Training samples per second, alternating,
-median of 3. Not yet measured: a whole job through Celery and the database, checkpoint overhead,
-resume time after kill -9, and the GPU figures (`make bench-gpu` does not exist yet).
+the same model (from the registry), data tensors, batch size, optimizer settings (AdamW, same lr,
+betas and weight decay) and one thread: an MLP (64-64) on scikit-learn's breast cancer (60 epochs;
+`--quick` 10) and the small CNN on scikit-learn's digits packed as a PNG zip (6 epochs; `--quick`
+2). The engine does what a job does minus the platform: seeded epoch permutations, deterministic
+mode, loss-sum normalisation, the lr scheduler, per-epoch evaluation on the validation split with
+all the task's metrics. The bare loop is what a competent user writes: shuffle each epoch, forward,
+loss, backward, step, and at each epoch end the same evaluation call (`engine.evaluate`). Both
+timers include building the model and optimizer. The headline excludes evaluation from both sides
+(each side's wall time less the time inside its evaluation calls; `TrainResult.eval_seconds` for the
+engine); the cache misses evaluation leaves behind for the next steps stay in both. The details also
+give the ratio with evaluation included on both sides, in wall time and in CPU time (one thread, so
+CPU time is the run's own work without the time the shared machine gave to other processes: the
+least noisy figure). Training samples per second; 15 rounds that alternate which side goes first.
+The machine is shared and its load comes in bursts longer than a run, so the ratio is the median of
+the per-round ratios (each engine run against the bare run next to it); the details also give the
+ratio of the median rates and the range over rounds. What the engine still does per step that the
+bare loop does not: the scheduler step, the loss-sum rescale (one more tiny op forward and
+backward), queuing the detached loss sum; per epoch it gathers the permuted rows once (the bare loop
+indexes per batch). Not a `make bench` row yet: a whole job through Celery and the database. Resume
+after kill -9 is measured by the end-to-end test (`reports/WRK-7.json`: 7.7 s from the kill to the
+resumed claim with a 4 s lease, i.e. lease expiry plus a scheduler pass plus a worker start; the
+production lease is `COHORT_JOB_LEASE_SECONDS`, 120 s) rather than here.
+
+**GPU benchmark (`make bench-gpu`, `bench/gpu.py`): prepared, not yet run on a GPU.** On one CUDA
+device it measures, for the engine and a bare PyTorch loop side by side, bf16-autocast training of
+the small CNN on digits and MiniLM fine-tuning on generated text: samples/s, peak memory
+(`torch.cuda.max_memory_allocated`) and the ratio, written to `bench/results/gpu_cnn_bf16.json` and
+`gpu_minilm_bf16.json` within a time budget of a few minutes. Without CUDA it says so and writes
+nothing; `--smoke` runs the same code on the CPU at tiny sizes (a test does). No GPU has been lent to
+this work yet, so there are no GPU figures.
+
+**`checkpoint_overhead`** (pure): the real `TrainState` of each `training_throughput` workload after
+a short run (weights, AdamW moments, scheduler, RNG states, history; about 95 kB) saved with
+`workers.training.checkpoint.save_checkpoint` as a job's sink saves it (`torch.save` streamed
+through AES-256-GCM framing into an O_EXCL temp file, fsync, atomic rename, directory fsync, the
+manifest with the plaintext SHA-256 written and fsynced the same way, pruning to 3), into a
+temporary folder on the disk of the system temp directory; 30 saves (`--quick` 10), median and p95.
+The baseline is the bare script's `torch.save(state, path)` (no encryption, rename or fsync); the
+details add that plus one fsync, serialisation into memory alone, and `load_latest` +
+`TrainState.from_dict` (what a restarted job reads: decrypt, SHA-256 against the manifest,
+`torch.load(weights_only=True)`). Throughput: `train` with `NullSink` (no checkpoint states built at
+all) against `train` with a sink that saves every checkpoint the engine emits, once with the
+engine's policy (each epoch end) and once adding `checkpoint_every_steps` = half an epoch; the same
+training otherwise (the interval is outside the spec hash), evaluation included on every side, 9
+rounds in rotating order, each run paired with the run without checkpoints of its round, medians
+over rounds (MLP 10 epochs, CNN 3). The in-loop cost per checkpoint (the difference over the
+checkpoints written) adds the engine's state snapshot (copies of weights and optimizer state, RNG
+capture) to the save. These epochs are tiny (15 and 23 steps, a fraction of a second), so a
+checkpoint per epoch is a large share of them; a real job's epochs are longer, and its cost is the
+ms per checkpoint times the checkpoints it writes. Target: at most 50 ms per checkpoint of these
+states, so that one a second costs at most about 5%.
 
 ## Reproduce
 
@@ -447,6 +508,7 @@ make bench                                    # full run (a few minutes)
 .venv/bin/python scripts/cohort.py exec -- .venv/bin/python -m bench.run --quick           # smoke sizes
 .venv/bin/python scripts/cohort.py exec -- .venv/bin/python -m bench.run --only audit_verify_rate --keep-db
 .venv/bin/python scripts/cohort.py exec -- .venv/bin/python -m bench.run --only dataset_ingest encryption_stage
+.venv/bin/python scripts/cohort.py exec -- .venv/bin/python -m bench.run --only training_throughput checkpoint_overhead
 ```
 
 `--keep-db` leaves the scratch database (with its seeded events) for a later `--reuse-db` run;

@@ -50,7 +50,12 @@ MATRIX: dict[str, tuple[frozenset[str], str | None, str]] = {
     "job.create": (frozenset({O, A, N, I}), "write", "Start a training job on an own or process-granted dataset"),
     "job.cancel": (frozenset({O, A, N, I}), "write", "Cancel a training job (takes effect within one step)"),
     "model.list": (frozenset({O, A, N, I, U}), "read", "List trained model versions (spec, metrics, lineage)"),
-    "model.download": (frozenset({O, A, N, I}), "read", "Download model weights (safetensors); audited"),
+    "model.download": (
+        frozenset({O, A, N, I}),
+        "read",
+        "Download model weights (safetensors) or an export (TorchScript, ONNX); audited",
+    ),
+    "model.predict": (frozenset({O, A, N, I}), "write", "Batch predictions with a model version (small models)"),
     "shared.download": (
         frozenset({O, A, N, I}),
         "read",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import StreamingHttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import path
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -71,7 +71,10 @@ class ModelOutput(serializers.ModelSerializer):
 
     class Meta:
         model = ModelVersion
-        fields = ["id", "name", "version", "job", "spec", "metrics", "lineage", "sha256", "size_bytes", "created_at"]
+        fields = [
+            "id", "name", "version", "job", "spec", "metrics", "lineage", "input_info", "sha256", "size_bytes",
+            "created_at",
+        ]  # fmt: skip
 
 
 class JobListApi(TenantApi):
@@ -94,7 +97,7 @@ class JobListApi(TenantApi):
     )
     def get(self, request: Request, tenant_slug: str) -> Response:
         st = request.query_params.get("status", "")
-        if st and st not in TrainingJob.Status.values:
+        if "status" in request.query_params and st not in TrainingJob.Status.values:
             raise ValidationError({"status": [f"One of {', '.join(TrainingJob.Status.values)}."]})
         return paginated(self, request, selectors.job_list(tenant=self.tenant, status=st), JobOutput)
 
@@ -160,7 +163,7 @@ class JobEventsApi(TenantApi):
         kind = request.query_params.get("kind", "")
         if not after.isdigit() or len(after) > 9:
             raise ValidationError({"after": ["A non-negative integer."]})
-        if kind and kind not in JobEvent.Kind.values:
+        if "kind" in request.query_params and kind not in JobEvent.Kind.values:
             raise ValidationError({"kind": [f"One of {', '.join(JobEvent.Kind.values)}."]})
         qs = selectors.job_events(job=job, after=int(after), kind=kind)
         return paginated(self, request, qs, EventOutput, ordering="seq")
@@ -254,6 +257,84 @@ class ModelDownloadApi(TenantApi):
         return resp
 
 
+class ModelExportApi(TenantApi):
+    permission_actions = {"GET": "model.download"}
+
+    @extend_schema(
+        operation_id="models_export",
+        summary="The model as TorchScript or ONNX for edge inference (input: the encoded tensor); audited",
+        parameters=[OpenApiParameter("file_format", str, enum=list(services.EXPORT_FORMATS), required=True)],
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, **error_responses(422)},
+        tags=["models"],
+    )
+    def get(self, request: Request, tenant_slug: str, model_id: int) -> Any:
+        fmt = request.query_params.get("file_format", "")
+        if fmt not in services.EXPORT_FORMATS:
+            raise ValidationError({"file_format": [f"One of {', '.join(services.EXPORT_FORMATS)}."]})
+        mv = access_model(tenant=self.tenant, model_id=model_id)
+        data = services.model_export(tenant=self.tenant, model=mv, fmt=fmt)
+        suffix = services.EXPORT_FORMATS[fmt]
+        resp = HttpResponse(data, content_type="application/octet-stream")
+        resp["Content-Disposition"] = f'attachment; filename="model-{mv.pk}-v{mv.version}.{suffix}"'
+        resp["Cache-Control"] = "no-store"
+        return resp
+
+
+class ModelPredictApi(TenantApi):
+    permission_actions = {"POST": "model.predict"}
+
+    class Input(StrictSerializer):
+        rows = serializers.ListField(
+            child=serializers.JSONField(),
+            required=False,
+            max_length=services.PREDICT_MAX_ROWS,
+            help_text="Tabular: objects keyed by feature column; text: strings (or objects keyed by text column)",
+        )
+        images = serializers.ListField(
+            child=serializers.CharField(max_length=2_000_000),
+            required=False,
+            max_length=services.PREDICT_MAX_ROWS,
+            help_text="Image models: base64-encoded PNG/JPEG files",
+        )
+
+        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+            if ("rows" in attrs) == ("images" in attrs):
+                raise ValidationError({"rows": ["Give exactly one of rows or images."]})
+            if not (attrs.get("rows") or attrs.get("images")):
+                raise ValidationError({"rows": ["At least one row."]})
+            return attrs
+
+    class Output(serializers.Serializer):
+        model = serializers.IntegerField()
+        predictions = serializers.ListField(
+            child=serializers.DictField(), help_text="{label, probabilities} per row, or {value} for regression"
+        )
+
+    @extend_schema(
+        operation_id="models_predict",
+        summary=f"Predict up to {services.PREDICT_MAX_ROWS} rows with a model version (small models only)",
+        request=Input,
+        responses={200: Output, **error_responses(415, 422)},
+        tags=["models"],
+    )
+    def post(self, request: Request, tenant_slug: str, model_id: int) -> Response:
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        mv = access_model(tenant=self.tenant, model_id=model_id)
+        if "images" in data.validated_data:
+            import base64
+            import binascii
+
+            try:
+                rows: list[Any] = [base64.b64decode(s, validate=True) for s in data.validated_data["images"]]
+            except (binascii.Error, ValueError) as exc:
+                raise ValidationError({"images": ["Not valid base64."]}) from exc
+        else:
+            rows = data.validated_data["rows"]
+        predictions = services.model_predict(tenant=self.tenant, model=mv, rows=rows)
+        return Response({"model": mv.pk, "predictions": predictions})
+
+
 T = "tenants/<slug:tenant_slug>/"
 urlpatterns = [
     path(T + "jobs/", JobListApi.as_view(), name="job-list"),
@@ -263,4 +344,6 @@ urlpatterns = [
     path(T + "models/", ModelListApi.as_view(), name="model-list"),
     path(T + "models/<pk:model_id>/", ModelDetailApi.as_view(), name="model-detail"),
     path(T + "models/<pk:model_id>/download/", ModelDownloadApi.as_view(), name="model-download"),
+    path(T + "models/<pk:model_id>/export/", ModelExportApi.as_view(), name="model-export"),
+    path(T + "models/<pk:model_id>/predict/", ModelPredictApi.as_view(), name="model-predict"),
 ]

@@ -93,6 +93,8 @@ class ModelVersion(TenantOwned):
     metrics = models.JSONField(default=dict)
     lineage = models.JSONField(default=dict)
     encoders = models.JSONField(default=dict)
+    # What rebuilds the architecture for serving: kind, problem, n_features / vocab / image size.
+    input_info = models.JSONField(default=dict)
     storage_name = models.CharField(max_length=300)
     data_key = models.ForeignKey("vault.DataKey", on_delete=models.PROTECT, related_name="+")
     sha256 = models.CharField(max_length=64)

@@ -89,8 +89,11 @@ def _waiting_reason_capacity(queue: str, used: int, cap: int, position: int) -> 
     return f"waiting for a free {queue} slot ({used}/{cap} in use); position {position} in the {queue} queue"
 
 
-def schedule(now: datetime | None = None) -> Pass:
-    """One admission pass over all tenants. Safe to call from anywhere, any number of times."""
+def schedule(now: datetime | None = None, *, fold: int | None = None) -> Pass:
+    """One admission pass over all tenants. Safe to call from anywhere, any number of times.
+
+    ``fold``: the job being created in the caller's audited change; its admission is recorded in
+    the caller's event (``job.created``) instead of a separate ``job.admitted``."""
     now = now or timezone.now()
     result = Pass()
     to_send: list[tuple[int, int, str]] = []
@@ -98,7 +101,7 @@ def schedule(now: datetime | None = None) -> Pass:
         with connection.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_KEY])
         _requeue_lost(now, result, to_send)
-        _admit(now, result, to_send)
+        _admit(now, result, to_send, fold)
     if to_send:
         transaction.on_commit(lambda: _send(to_send))
     return result
@@ -144,14 +147,15 @@ def _requeue_lost(now: datetime, result: Pass, to_send: list[tuple[int, int, str
         to_send.append((tenant_id, pk, queue))
 
 
-def _admit(now: datetime, result: Pass, to_send: list[tuple[int, int, str]]) -> None:
-    waiting = list(
-        TrainingJob.all_tenants.filter(
+def _admit(now: datetime, result: Pass, to_send: list[tuple[int, int, str]], fold: int | None = None) -> None:
+    waiting: list[dict[str, Any]] = [
+        dict(row)
+        for row in TrainingJob.all_tenants.filter(
             status=TrainingJob.Status.QUEUED, admitted_at__isnull=True, cancel_requested=False
         )
         .order_by("-priority", "id")
         .values("pk", "tenant_id", "queue", "slots", "wait_reason")[:5000]
-    )
+    ]
     if not waiting:
         return
     tenants = {j["tenant_id"] for j in waiting}
@@ -244,6 +248,13 @@ def _admit(now: datetime, result: Pass, to_send: list[tuple[int, int, str]]) -> 
                 if not per_tenant[t]:
                     del per_tenant[t]
     for job in admitted:
+        if job["pk"] == fold:
+            TrainingJob.all_tenants.filter(pk=job["pk"], admitted_at__isnull=True).update(
+                admitted_at=now, enqueued_at=now, enqueues=1, wait_reason=""
+            )
+            result.admitted.append(job["pk"])
+            to_send.append((job["tenant_id"], job["pk"], job["queue"]))
+            continue
         with audited_change():
             TrainingJob.all_tenants.filter(pk=job["pk"], admitted_at__isnull=True).update(
                 admitted_at=now, enqueued_at=now, enqueues=1, wait_reason=""
@@ -265,6 +276,7 @@ def _admit(now: datetime, result: Pass, to_send: list[tuple[int, int, str]]) -> 
 
 
 # --- quotas ----------------------------------------------------------------------------------------
+
 
 def quota_set(*, tenant_id: int, changes: dict[str, Any], actor_label: str = "") -> TrainingQuota:
     """Set (a value) or clear (None: back to the default) quota overrides; audited with the values

@@ -16,13 +16,15 @@ the Celery task, a thin adapter onto ``workers.training``:
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
+import multiprocessing
 import os
 import socket
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,8 @@ def job_create(
             target_id=dataset_version_id,
         )
     queue = "gpu" if parsed.device == "cuda" else "cpu"
+    from apps.training.scheduler import schedule
+
     with audited_change():
         job = TrainingJob.objects.create(
             tenant=tenant,
@@ -114,19 +118,25 @@ def job_create(
             priority=priority,
             max_restarts=settings.COHORT_JOB_MAX_RESTARTS,
             created_by=created_by if getattr(created_by, "key_id", None) is None else None,
+            slots=parsed.world_size,
         )
+        # Admission now, in this transaction: the response already says whether the job was
+        # admitted or why it waits (its admission is recorded in job.created, not as a second
+        # event); an admitted job's task is sent after commit.
+        schedule(fold=job.pk)
+        job.refresh_from_db()
         audit_record(
             action="job.created",
             tenant=tenant,
             target=job,
-            details={"dataset_version_id": version.pk, "model": parsed.model.name, "queue": queue},
+            details={
+                "dataset_version_id": version.pk,
+                "model": parsed.model.name,
+                "queue": queue,
+                "admitted": job.admitted_at is not None,
+                "wait_reason": job.wait_reason,
+            },
         )
-    # Admission now, in this transaction: the response already says whether the job was admitted
-    # or why it waits; an admitted job's task is sent after commit.
-    from apps.training.scheduler import schedule
-
-    schedule()
-    job.refresh_from_db()
     return job
 
 
@@ -431,7 +441,10 @@ def run_job(tenant_id: int, job_id: int) -> str:
         if found is not None:
             resume = TrainState.from_dict(found[0])
             sink.on_log(f"resuming from checkpoint at step {found[1].step} (attempt {job.attempts})")
-        result = train(spec, prepared, sink, resume=resume, should_stop=should_stop)
+        if spec.world_size > 1:
+            result = _train_ddp(job, spec, prepared, sink, resume, should_stop)
+        else:
+            result = train(spec, prepared, sink, resume=resume, should_stop=should_stop)
         sink.flush()
     except LeaseLost as exc:
         lease.account()
@@ -480,6 +493,73 @@ def run_job(tenant_id: int, job_id: int) -> str:
     return TrainingJob.Status.SUCCEEDED
 
 
+def code_version() -> str:
+    """The platform's code version: ``COHORT_CODE_VERSION`` (set by the image build), else the git
+    commit of the checkout, else the package version."""
+    return _code_version()
+
+
+@functools.cache
+def _code_version() -> str:
+    if settings.COHORT_CODE_VERSION:
+        return str(settings.COHORT_CODE_VERSION)
+    git = Path(settings.BASE_DIR) / ".git"
+    try:
+        head = (git / "HEAD").read_text().strip()
+        if head.startswith("ref: "):
+            ref = head[5:]
+            ref_file = git / ref
+            if ref_file.exists():
+                return "git:" + ref_file.read_text().strip()
+            for line in (git / "packed-refs").read_text().splitlines():
+                if line.endswith(" " + ref):
+                    return "git:" + line.split(" ", 1)[0]
+        elif len(head) == 40:
+            return "git:" + head
+    except OSError:
+        pass
+    return "cohort " + str(settings.SPECTACULAR_SETTINGS.get("VERSION", "unknown"))
+
+
+def torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)
+
+
+def _train_ddp(
+    job: TrainingJob, spec: TrainSpec, prepared: Any, sink: DjangoSink, resume: Any, should_stop: Any
+) -> Any:
+    """``spec.world_size`` data-parallel processes on this worker. The prepared tensors reach the
+    ranks encrypted under a one-time key (``workers.training.handoff``) in a private folder removed
+    afterwards; rank 0's progress comes back to this process's sink (database, checkpoints), and
+    ``should_stop`` runs here, so cancellation, revocation and lease checks work as for one process."""
+    import shutil
+
+    from workers.training.distributed import run_ddp
+    from workers.training.handoff import save_prepared
+
+    scratch = Path(settings.COHORT_TMP_DIR) / f"job{job.pk}-{uuid.uuid4().hex[:8]}"
+    # A Celery prefork pool child is marked daemonic, and multiprocessing refuses to let a daemonic
+    # process start children. The ranks are this task's own workers and end with it (a rank whose
+    # parent dies loses its sink pipe and fails the group), so the flag is lifted for the run.
+    # Its authkey is also billiard's own string type, which the standard library refuses to pickle
+    # for a child: re-set it (same bytes) as the standard type.
+    me = multiprocessing.current_process()
+    was_daemon = me._config.get("daemon")  # type: ignore[attr-defined]
+    me._config["daemon"] = False  # type: ignore[attr-defined]
+    was_authkey = me._config.get("authkey")  # type: ignore[attr-defined]
+    me._config["authkey"] = multiprocessing.process.AuthenticationString(bytes(me.authkey))  # type: ignore[attr-defined]
+    try:
+        factory = save_prepared(prepared, scratch)
+        sink.on_log(f"data-parallel: {spec.world_size} processes on {socket.gethostname()}")
+        return run_ddp(spec, factory, spec.world_size, sink=sink, resume=resume, should_stop=should_stop)
+    finally:
+        me._config["daemon"] = was_daemon  # type: ignore[attr-defined]
+        me._config["authkey"] = was_authkey  # type: ignore[attr-defined]
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def _register_model(
     job: TrainingJob, spec: TrainSpec, prepared: Any, result: Any, version: DatasetVersion
 ) -> ModelVersion:
@@ -505,8 +585,11 @@ def _register_model(
                 "dataset_content_sha256": version.content_sha256,
                 "job_id": job.pk,
                 "spec_hash": job.spec_hash,
+                "code_version": code_version(),
+                "torch_version": torch_version(),
             },
             encoders=getattr(prepared, "encoders", {}) or {},
+            input_info={**prepared.input_info, "kind": prepared.kind, "problem": prepared.problem},
             sha256=sha,
             size_bytes=len(data),
             storage_name="",
@@ -523,3 +606,84 @@ def _register_model(
             details={"job_id": job.pk, "version": model.version, "sha256": sha},
         )
     return model
+
+
+# --- serving: batch predict and export ------------------------------------------------------------
+
+PREDICT_MAX_ROWS = 256
+EXPORT_FORMATS = {"torchscript": "pt", "onnx": "onnx"}
+
+
+def _weights_bytes(model: ModelVersion) -> bytes:
+    with open_decrypted(
+        model.tenant_id, "model_version", f"job{model.job_id}", model.storage_name, model.data_key
+    ) as r:
+        return r.read()
+
+
+_SERVING_CACHE: OrderedDict[tuple[int, str], Any] = OrderedDict()
+SERVING_CACHE_SIZE = 8
+
+
+def _load_for_serving(model: ModelVersion) -> Any:
+    """The model rebuilt for serving, cached per process by (id, weights hash)."""
+    from apps.common.errors import RejectedInput
+
+    if model.size_bytes > settings.COHORT_PREDICT_MAX_MODEL_BYTES:
+        raise RejectedInput(
+            "model_too_large",
+            f"Online prediction serves models up to {settings.COHORT_PREDICT_MAX_MODEL_BYTES} bytes; export this one "
+            "(TorchScript or ONNX) and run it where the data is.",
+            details={"size_bytes": model.size_bytes, "limit": settings.COHORT_PREDICT_MAX_MODEL_BYTES},
+        )
+    if not model.input_info:
+        raise RejectedInput("model_not_servable", "This model version predates serving metadata; retrain it.")
+    from workers.training.inference import load_model
+
+    key = (model.pk, model.sha256)
+    loaded = _SERVING_CACHE.get(key)
+    if loaded is None:
+        loaded = load_model(model.spec, model.encoders, model.input_info, _weights_bytes(model))
+        _SERVING_CACHE[key] = loaded
+        while len(_SERVING_CACHE) > SERVING_CACHE_SIZE:
+            _SERVING_CACHE.popitem(last=False)
+    _SERVING_CACHE.move_to_end(key)
+    return loaded
+
+
+def model_predict(*, tenant: Tenant, model: ModelVersion, rows: list[Any]) -> list[dict[str, Any]]:
+    """Predictions for raw rows, encoded as at training time. Audited (row count, never values)."""
+    from rest_framework.exceptions import ValidationError
+
+    from workers.training.data import DataError
+
+    loaded = _load_for_serving(model)
+    try:
+        out = loaded_predict(loaded, rows)
+    except DataError as exc:
+        raise ValidationError({"rows": [str(exc)[:300]]}) from exc
+    audit_record(action="model.predicted", tenant=tenant, target=model, details={"rows": len(rows)})
+    return out
+
+
+def loaded_predict(loaded: Any, rows: list[Any]) -> list[dict[str, Any]]:
+    from workers.training.inference import predict
+
+    return predict(loaded, rows)
+
+
+def model_export(*, tenant: Tenant, model: ModelVersion, fmt: str) -> bytes:
+    """TorchScript or ONNX bytes; audited with the artifact's hash."""
+    import hashlib
+
+    from workers.training.inference import export
+
+    loaded = _load_for_serving(model)
+    data = export(loaded, fmt)
+    audit_record(
+        action="model.exported",
+        tenant=tenant,
+        target=model,
+        details={"format": fmt, "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)},
+    )
+    return data

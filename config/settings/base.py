@@ -242,6 +242,8 @@ COHORT_JOB_LEASE_SECONDS = env.int("COHORT_JOB_LEASE_SECONDS", default=120)
 COHORT_JOB_MAX_RESTARTS = env.int("COHORT_JOB_MAX_RESTARTS", default=5)
 # Training pool capacity (slots = worker processes) and per-tenant quota defaults (overridable per
 # tenant, audited: `manage.py training_quota`). See docs/training.md "Scheduling".
+COHORT_PREDICT_MAX_MODEL_BYTES = env.int("COHORT_PREDICT_MAX_MODEL_BYTES", default=64 * 1024 * 1024)
+COHORT_CODE_VERSION = env.str("COHORT_CODE_VERSION", default="")  # recorded in model lineage
 COHORT_POOL_CPU_SLOTS = env.int("COHORT_POOL_CPU_SLOTS", default=2)
 COHORT_POOL_GPU_SLOTS = env.int("COHORT_POOL_GPU_SLOTS", default=0)
 COHORT_QUOTA_CONCURRENT_JOBS = env.int("COHORT_QUOTA_CONCURRENT_JOBS", default=4)

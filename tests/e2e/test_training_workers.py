@@ -38,7 +38,7 @@ LEASE_SECONDS = 4
 SPEC = {
     "model": {"name": "mlp", "params": {"hidden": [64, 64]}},
     "optimizer": {"name": "adamw", "lr": 0.003},
-    "epochs": 120,
+    "epochs": 40,
     "batch_size": 16,
     "seed": 11,
     "checkpoint_every_steps": 25,
@@ -261,3 +261,33 @@ def test_kill_9_mid_training_resumes_and_duplicates_are_no_ops(
         },
         True,
     )
+
+
+def test_data_parallel_job_on_a_celery_worker(
+    world: dict[str, Any],  # noqa: F811
+    worker_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """world_size=2 inside a prefork pool child: the child starts its two rank processes."""
+    t = world["tenant"]
+    log = tmp_path / "worker.log"
+    spec = {**SPEC, "epochs": 2, "world_size": 2}
+    with tenant_scope(t.pk):
+        job = services.job_create(
+            tenant=t, created_by=None, name="ddp", dataset_version_id=world["deid"]["id"], spec=spec
+        )
+    w = _start_worker(worker_env, log, "ddp")
+    try:
+        done = _wait(
+            "the data-parallel job",
+            lambda: (j := _job(job.pk, t.pk)).status in TrainingJob.TERMINAL and j,
+            240,
+            log,
+        )
+    finally:
+        if w.poll() is None:
+            _kill9(w)
+    assert done.status == "succeeded", (done.status_reason, done.error, log.read_text()[-3000:])
+    with tenant_scope(t.pk):
+        lines = [e.payload.get("line", "") for e in JobEvent.objects.filter(job_id=job.pk, kind="log")]
+    assert any(line.startswith("data-parallel: 2 processes") for line in lines), lines

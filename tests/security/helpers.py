@@ -144,6 +144,9 @@ def seed_datasets(client: Any, tenant: Any, *, name: str, grantee_slug: str, row
     with tenant_scope(tenant.pk), audited_change():
         quota, _ = DatasetQuota.objects.get_or_create(tenant=tenant, defaults={"max_datasets": 50})
         audit_record(action="dataset.quota_set", tenant=tenant, target=quota, details={"fixture": True})
+    from apps.training.scheduler import quota_set
+
+    quota_set(tenant_id=tenant.pk, changes={"max_concurrent_jobs": 60}, actor_label="fixture")
     # A finished training job on the de-identified version: a job, its events and a model version.
     from apps.training import services as training
 

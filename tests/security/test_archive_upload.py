@@ -105,10 +105,18 @@ CASES: dict[str, tuple[Callable[[], bytes], str]] = {
 }
 
 
+def _walk(root: Path) -> list[Path]:
+    """Every path under ``root``; folders that vanish mid-walk (other processes' temp dirs) are skipped."""
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=lambda _e: None):
+        found += [Path(dirpath, n) for n in (*dirnames, *filenames)]
+    return found
+
+
 def _snapshot(paths: list[Path]) -> set[str]:
     out: set[str] = set()
     for root in paths:
-        for p in root.rglob("*") if root.exists() else []:
+        for p in _walk(root):
             if p.is_file():  # directories of the (encrypted, then deleted) staging object are not writes
                 out.add(str(p))
     return out
@@ -136,7 +144,7 @@ def test_api3_hostile_archives(tenant: Any, member: Callable[..., Any], api_clie
         rss_delta_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
         keys_dir = str(Path(settings.COHORT_KEY_DIR))  # the tenant's keys, created on its first upload
         new_files = sorted(f for f in _snapshot(watched) - before_files if not f.startswith(keys_dir))
-        new_files += [str(p) for p in Path(tempfile.gettempdir()).rglob("*") if p.name in member_names]
+        new_files += [str(p) for p in _walk(Path(tempfile.gettempdir())) if p.name in member_names]
         scratch_left = [p for p in Path(settings.COHORT_TMP_DIR).rglob("*") if p.is_file()]
         got = r.json().get("error", {}).get("code") if r.status_code != 201 else "accepted"
         results[name] = {

@@ -505,6 +505,33 @@ def _model_download(w: World) -> Call:
     return Call(w.client, "GET", f"{w.base}/models/{model_id}/download/", None, 200, "model.downloaded", w.tenant.pk)
 
 
+def _trained_model(w: World) -> int:
+    from apps.training import services as training
+    from apps.training.models import ModelVersion
+
+    job_id = _queued_job(w)
+    assert training.run_job(w.tenant.pk, job_id) == "succeeded"
+    with tenant_scope(w.tenant.pk):
+        return int(ModelVersion.objects.get(job_id=job_id).pk)
+
+
+def _model_predict(w: World) -> Call:
+    """Batch predictions: one ``model.predicted`` (row count only)."""
+    model_id = _trained_model(w)
+    with tenant_scope(w.tenant.pk):
+        from apps.training.models import ModelVersion
+
+        names = [c["name"] for c in ModelVersion.objects.get(pk=model_id).encoders["columns"]]
+    body = {"rows": [dict.fromkeys(names, 1.0), dict.fromkeys(names, 2.0)]}
+    return Call(w.client, "POST", f"{w.base}/models/{model_id}/predict/", body, 200, "model.predicted", w.tenant.pk)
+
+
+def _model_export(w: World) -> Call:
+    model_id = _trained_model(w)
+    path = f"{w.base}/models/{model_id}/export/?file_format=torchscript"
+    return Call(w.client, "GET", path, None, 200, "model.exported", w.tenant.pk)
+
+
 T = "api/v1/tenants/<slug:tenant_slug>"
 D = f"{T}/datasets/<pk:dataset_id>"
 V = f"{D}/versions/<pk:version_id>"
@@ -538,6 +565,7 @@ BUILDERS: dict[str, Callable[[World], Call]] = {
     f"DELETE {T}/uploads/<pk:upload_id>/": _upload_abort,
     f"POST {T}/uploads/<pk:upload_id>/complete/": _upload_complete,
     f"POST {T}/jobs/": _job_create,
+    f"POST {T}/models/<pk:model_id>/predict/": _model_predict,
     f"DELETE {T}/jobs/<pk:job_id>/": _job_cancel,
 }
 # Sensitive reads (RELIABILITY AUD-1) are held to the same rule.
@@ -548,6 +576,7 @@ SENSITIVE_READS: dict[str, Callable[[World], Call]] = {
     f"GET {T}/shared-datasets/<pk:dataset_id>/preview/": _shared_read("preview"),
     f"GET {T}/shared-datasets/<pk:dataset_id>/download/": _shared_read("download"),
     f"GET {T}/models/<pk:model_id>/download/": _model_download,
+    f"GET {T}/models/<pk:model_id>/export/": _model_export,
 }
 
 

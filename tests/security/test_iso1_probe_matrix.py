@@ -170,6 +170,11 @@ PROBES: dict[str, RouteProbe] = {
     T + "models/": RouteProbe("tenant", ("GET",)),
     T + "models/<pk:model_id>/": RouteProbe("tenant", ("GET",)),
     T + "models/<pk:model_id>/download/": RouteProbe("tenant", ("GET",)),
+    T + "models/<pk:model_id>/export/": RouteProbe(
+        "tenant", ("GET",), valid_query={"GET": {"file_format": "torchscript"}}
+    ),
+    T + "models/<pk:model_id>/predict/": RouteProbe("tenant", ("POST",), {"POST": {"rows": [{"a": 1.0}]}}),
+    T + "training/quota/": RouteProbe("tenant", ("GET",)),
 }
 
 _PARAM_RE = re.compile(r"<(?:(?P<conv>\w+):)?(?P<name>\w+)>")

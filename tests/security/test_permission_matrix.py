@@ -274,6 +274,16 @@ def _model(suffix: str = "") -> Callable[[Ctx], str]:
     return lambda c: f"{c.base()}models/{c.finished_job()[1]}/{suffix}"
 
 
+def _predict_body(c: Ctx) -> dict[str, Any]:
+    """Two rows with every feature column of the finished job's model."""
+    from apps.tenancy.scope import tenant_scope
+    from apps.training.models import ModelVersion
+
+    with tenant_scope(c.tenant.pk):
+        names = [col["name"] for col in ModelVersion.objects.get(pk=c.finished_job()[1]).encoders["columns"]]
+    return {"rows": [dict.fromkeys(names, 1.0), dict.fromkeys(names, 2.0)]}
+
+
 # action -> the requests that exercise it (each must succeed for an allowed principal).
 REQUESTS: dict[str, list[Req]] = {
     "tenant.view": [Req("GET", _t())],
@@ -386,6 +396,7 @@ REQUESTS: dict[str, list[Req]] = {
         Req("GET", _job()),
         Req("GET", _job("events/")),
         Req("GET", _job("events/?after=2&kind=metrics")),
+        Req("GET", _t("training/quota/")),
     ],
     "job.create": [
         Req(
@@ -397,7 +408,11 @@ REQUESTS: dict[str, list[Req]] = {
     ],
     "job.cancel": [Req("DELETE", _job(queued=True))],
     "model.list": [Req("GET", _t("models/")), Req("GET", _model())],
-    "model.download": [Req("GET", _model("download/"))],
+    "model.download": [
+        Req("GET", _model("download/")),
+        Req("GET", _model("export/?file_format=torchscript")),
+    ],
+    "model.predict": [Req("POST", _model("predict/"), _predict_body)],
 }
 
 # Actions no view declares: their requests are governed by the declared action (the value) and the

@@ -553,3 +553,65 @@ def test_wrong_metric_for_task_is_refused(small: Prepared) -> None:
     with pytest.raises(SpecError) as exc:
         train(tab_spec(metrics=("rmse",)), small, NullSink())
     assert "metrics" in exc.value.fields
+
+
+def test_gather_chunks_and_loss_queue_do_not_change_the_run(
+    small: Prepared, full_run: tuple[TrainResult, Recorder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop gathers each epoch's rows in chunks and adds the per-batch loss sums up lazily; a
+    gather per micro-batch and a sum after every step give the same run, to the bit."""
+    from workers.training import engine
+
+    monkeypatch.setattr(engine, "GATHER_BYTES", 1)  # one micro-batch per chunk
+    monkeypatch.setattr(engine, "PENDING_LOSSES", 1)  # settle after every step
+    sink = Recorder()
+    r = train(_resume_spec(), small, sink)
+    assert states_equal(r.model_state, full_run[0].model_state)
+    assert r.history == full_run[0].history
+    expected = [(s.step, s.epoch_loss_sum, s.epoch_samples) for s in full_run[1].states]
+    assert [(s.step, s.epoch_loss_sum, s.epoch_samples) for s in sink.states] == expected
+
+
+def test_metrics_events_see_every_batch_loss(small: Prepared, full_run: tuple[TrainResult, Recorder]) -> None:
+    """A metrics event per step (log_every_steps is not part of the spec hash): training is unchanged,
+    and each epoch's last step reports the running loss the history then records."""
+    sink = Recorder()
+    r = train(_resume_spec(log_every_steps=1), small, sink)
+    assert states_equal(r.model_state, full_run[0].model_state)
+    per_step = [(step, epoch, v) for step, epoch, v in sink.metrics if "lr" in v]
+    assert [step for step, _, _ in per_step] == list(range(1, r.steps + 1))
+    steps_per_epoch = r.steps // r.epochs
+    for e, row in enumerate(r.history):
+        _step, epoch, values = per_step[(e + 1) * steps_per_epoch - 1]
+        assert epoch == e
+        assert values["train_loss"] == row["train_loss"]
+    assert 0 < r.eval_seconds < r.seconds
+
+
+def test_run_settings_are_restored(small: Prepared) -> None:
+    import torch.utils.deterministic as det
+
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), det.fill_uninitialized_memory)
+    during: list[tuple[int, bool, bool]] = []
+
+    def probe() -> bool:
+        during.append(
+            (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), det.fill_uninitialized_memory)
+        )
+        return False
+
+    train(tab_spec(epochs=1, num_threads=1), small, NullSink(), should_stop=probe)
+    assert during[0] == (1, True, False)  # deterministic kernels, no NaN-filling of fresh memory
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), det.fill_uninitialized_memory) == (
+        before
+    )
+
+
+def test_train_state_to_dict_is_shallow_and_round_trips(full_run: tuple[TrainResult, Recorder]) -> None:
+    state = full_run[1].states[-1]
+    d = state.to_dict()
+    assert d["model_state"] is state.model_state  # no second copy of every tensor per checkpoint
+    back = roundtrip(state)
+    assert states_equal(back.model_state, state.model_state)
+    assert back.epoch_loss_sum == state.epoch_loss_sum
+    assert back.history == state.history

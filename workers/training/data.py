@@ -11,7 +11,10 @@ Three paths, one result type (:class:`Prepared`):
   ``<col>__missing`` indicator carries the fact. ``text`` and ``image`` columns are left to
   their own paths.
 * **text** (:func:`prepare_text`): a deterministic tokenizer (lower-case, ``\\w+`` words) and a
-  vocabulary from the train split (``min_freq``, ``max_vocab``; id 0 = PAD, 1 = OOV).
+  vocabulary from the train split (``min_freq``, ``max_vocab``; id 0 = PAD, 1 = OOV) — unless the
+  spec's model declares its own tokenizer (a pretrained model such as ``minilm`` must read its own
+  vocabulary): then that tokenizer encodes, and the encoders name it and its vocabulary's SHA-256
+  instead of storing a vocabulary.
 * **image** (:func:`prepare_images`): a zip file object whose members are decoded with Pillow to
   fixed-size grayscale or RGB tensors, labels from ``labels.csv`` (``file,label``) or folders.
 
@@ -43,6 +46,7 @@ import pyarrow.compute as pc
 import torch
 
 from workers.schema import DatasetSchema
+from workers.training.models import text_tokenizer
 from workers.training.spec import SpecError, TrainSpec
 
 ArrowData: TypeAlias = pa.Table | Iterable[pa.RecordBatch]
@@ -350,7 +354,14 @@ def build_vocab(texts: Iterable[str], min_freq: int, max_size: int) -> list[str]
 
 
 def encode_text(texts: Sequence[str | None], encoders: dict[str, Any]) -> torch.Tensor:
-    """Token ids ``(n, max_len)``, truncated and right-padded with PAD."""
+    """Token ids ``(n, max_len)``, truncated and right-padded with PAD (the model's tokenizer when it has one)."""
+    if "tokenizer" in encoders:
+        tok = text_tokenizer(str(encoders["tokenizer"]))
+        if tok is None:
+            raise DataError(f"No model declares the tokenizer {encoders['tokenizer']!r}.")
+        if tok.fingerprint != encoders.get("tokenizer_sha256"):
+            raise DataError(f"The {tok.name} vocabulary here is not the one the model was trained with.")
+        return tok.encode(texts, int(encoders["max_len"]))
     index = {t: i for i, t in enumerate(encoders["vocab"])}
     max_len = int(encoders["max_len"])
     out = torch.full((len(texts), max_len), PAD_ID, dtype=torch.int64)
@@ -375,6 +386,25 @@ def prepare_text(data: ArrowData, schema: DatasetSchema, spec: TrainSpec) -> Pre
     if not columns:
         raise DataError("Text training needs at least one text feature column.")
     texts = _text_values(table, columns)
+    tok = text_tokenizer(spec.model.name)
+    if tok is not None:
+        max_len = spec.data.text_max_len
+        if not 3 <= max_len <= tok.max_len:
+            raise SpecError(
+                "The text is too long for the model.", {"data.text_max_len": [f"At most {tok.max_len} tokens."]}
+            )
+        tok_encoders: dict[str, Any] = {
+            "kind": "text",
+            "columns": columns,
+            "tokenizer": tok.name,
+            "tokenizer_sha256": tok.fingerprint,
+            "pad_id": tok.pad_id,
+            "max_len": max_len,
+            "label": label_enc,
+        }
+        x = tok.encode(texts, max_len)
+        tok_info = {"vocab_size": tok.vocab_size, "pad_id": tok.pad_id, "max_len": max_len, "tokenizer": tok.name}
+        return _finish("text", problem, x, y, train_idx, val_idx, columns, classes, tok_encoders, tok_info)
     vocab = build_vocab((texts[i] for i in train_idx), spec.data.text_min_freq, spec.data.text_max_vocab)
     encoders = {
         "kind": "text",

@@ -110,6 +110,7 @@ class TrainSpec:
     log_every_steps: int = 10
     val_fraction: float = 0.2
     num_threads: int = 1
+    world_size: int = 1  # data-parallel processes (torch.distributed) on one node
     device: str = "auto"
     data: DataSpec = field(default_factory=DataSpec)
 
@@ -209,9 +210,10 @@ class TrainSpec:
                 return any(has_nul(v) for v in value)
             return False
 
-        from workers.training.models import available  # local: models import torch, spec must not
+        from workers.training.models import available, check_spec  # local: models import torch, spec must not
 
-        if not isinstance(self.model.name, str) or self.model.name not in available():
+        known_model = isinstance(self.model.name, str) and self.model.name in available()
+        if not known_model:
             bad("model.name", f"Unknown model {self.model.name!r}; one of {', '.join(available())}.")
         if not isinstance(self.model.params, dict):
             bad("model.params", "Expected an object.")
@@ -223,6 +225,10 @@ class TrainSpec:
             else:
                 if has_nul(self.model.params):
                     bad("model.params", "Parameters may not contain NUL characters.")
+                elif known_model:
+                    for path, messages in check_spec(self).items():
+                        for message in messages:
+                            bad(path, message)
 
         o = self.optimizer
         if o.name not in OPTIMIZERS:
@@ -255,6 +261,12 @@ class TrainSpec:
         int_at_least("checkpoint_every_steps", self.checkpoint_every_steps, 0)
         int_at_least("log_every_steps", self.log_every_steps, 1)
         int_at_least("num_threads", self.num_threads, 1, 1024)
+        int_at_least("world_size", self.world_size, 1, 64)
+        if isinstance(self.world_size, int) and isinstance(self.batch_size, int) and self.batch_size < self.world_size:
+            bad(
+                "batch_size",
+                "Each data-parallel process needs at least one sample per batch (batch_size >= world_size).",
+            )
         if self.precision not in PRECISIONS:
             bad("precision", f"Unknown precision {self.precision!r}; one of {', '.join(PRECISIONS)}.")
         if self.device not in DEVICES:

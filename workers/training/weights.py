@@ -14,22 +14,20 @@ stores an exact alias (same storage, offset, shape, stride and dtype) once and r
 reserved metadata key ``cohort.aliases``; ``load_weights`` restores the alias as the same tensor
 object and hides the key. Tensors that overlap only partially are cloned (stored twice).
 
-``export_torchscript`` produces a download artifact; TorchScript is itself a zip with pickled
+``export_torchscript`` (here for existing callers; it lives in :mod:`workers.training.export`,
+next to ONNX export) produces a download artifact; TorchScript is itself a zip with pickled
 constants and code, so the registry never accepts one back (``refuse_pickle`` refuses it), and
-``torch.jit.load`` must only be run on artifacts this platform produced. ONNX export is not
-provided: it needs the ``onnx`` package, which is not a dependency.
+``torch.jit.load`` must only be run on artifacts this platform produced.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
 import secrets
 import struct
-import warnings
 from collections.abc import Mapping
 from contextlib import suppress
 from pathlib import Path
@@ -124,25 +122,10 @@ def refuse_pickle(data: bytes | bytearray | memoryview) -> None:
 
 
 def export_torchscript(model: nn.Module, example: Tensor) -> bytes:
-    """Trace ``model`` on ``example`` (in eval mode, without autograd) and return ``torch.jit.save`` bytes.
+    """Trace ``model`` on ``example`` and return ``torch.jit.save`` bytes (see :mod:`workers.training.export`)."""
+    from workers.training.export import export_torchscript as export  # local: keeps this module light
 
-    The model's training mode is restored afterwards. Tracing records one execution path: models
-    with data-dependent control flow trace with a ``TracerWarning`` and may export wrongly.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        with warnings.catch_warnings():
-            # TorchScript is deprecated in favour of torch.export, but it is still the portable
-            # single-file format torch.jit.load (and libtorch in C++) reads.
-            warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit")
-            with torch.no_grad():
-                traced = torch.jit.trace(model, example)
-            buffer = io.BytesIO()
-            torch.jit.save(traced, buffer)
-    finally:
-        model.train(was_training)
-    return buffer.getvalue()
+    return export(model, example)
 
 
 def _check_metadata(metadata: Mapping[str, str]) -> dict[str, str]:

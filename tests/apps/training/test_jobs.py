@@ -214,3 +214,23 @@ def test_bad_spec_is_a_400_and_bad_data_fails_without_retry(world: dict[str, Any
     done = _job(job)
     assert done.status == "failed" and done.attempts == 1
     assert done.error["type"] and "last_log_lines" in done.error
+
+
+def test_data_parallel_job_matches_single_process(world: dict[str, Any]) -> None:
+    """world_size=2: two gloo processes on this worker, same global batch; weights agree with the
+    single-process job to float summation order. The job holds two pool slots."""
+    single = _create(world, {**SPEC, "epochs": 2}, name="single")
+    ddp = _create(world, {**SPEC, "epochs": 2, "world_size": 2}, name="ddp")
+    assert _job(ddp).slots == 2
+    assert services.run_job(single.tenant_id, single.pk) == "succeeded"
+    assert services.run_job(ddp.tenant_id, ddp.pk) == "succeeded"
+    a, b = _weights(_job(single)), _weights(_job(ddp))
+    assert a.keys() == b.keys()
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert diff < 1e-5, diff
+    with tenant_scope(ddp.tenant_id):
+        lines = [e.payload.get("line", "") for e in JobEvent.objects.filter(job_id=ddp.pk, kind="log")]
+        assert JobEvent.objects.filter(job_id=ddp.pk, kind="metrics").exists()  # rank 0's progress, relayed
+    assert any(line.startswith("data-parallel: 2 processes") for line in lines), lines
+    done = _job(ddp)
+    assert done.result["final_metrics"]["val_accuracy"] >= 0.9

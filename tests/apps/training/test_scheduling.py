@@ -112,11 +112,21 @@ def test_fair_share_across_tenants_and_priority_within_one(
     assert admitted(a4) and not admitted(a3)  # priority within the tenant
     finish(c1)
     assert admitted(a3)
+    order = sorted((a1, a2, b1, c1, a4, a3), key=lambda j: _job(j).admitted_at)
+    assert [j.pk for j in order] == [j.pk for j in (a1, a2, b1, c1, a4, a3)]
+    # Admission at creation is recorded in job.created; later admissions by their own event.
     with platform_scope():
         acts = list(
             AuditEvent.all_tenants.filter(action="job.admitted").order_by("id").values_list("target_id", flat=True)
         )
-    assert acts == [str(j.pk) for j in (a1, a2, b1, c1, a4, a3)]
+        created = [
+            json.loads(d)["admitted"]
+            for d in AuditEvent.all_tenants.filter(action="job.created")
+            .order_by("id")
+            .values_list("details", flat=True)
+        ]
+    assert acts == [str(j.pk) for j in (b1, c1, a4, a3)]
+    assert created == [True, True, False, False, False, False]
 
 
 def test_quotas_hold_a_tenant_back_without_blocking_others(

@@ -2,34 +2,82 @@
 
 Each builder takes the spec's ``params`` (JSON) and the data's ``input_info`` (what
 :mod:`workers.training.data` learned: ``n_features``, ``n_outputs``, ``vocab_size``, ``pad_id``,
-``max_len``, ``channels``, ``image_size``) so a tenant can only choose hyper-parameters, never
-shapes. Unknown params raise ``ValueError`` rather than being silently ignored.
+``max_len``, ``channels``, ``image_size``; ``tokenizer`` when a model's own tokenizer encoded the
+text) so a tenant can only choose hyper-parameters, never shapes. Unknown params raise
+``ValueError`` rather than being silently ignored.
 
-Note: a MiniLM fine-tune module (pretrained text encoder) is planned; it will register here as
-``minilm`` and need a weights artifact shipped with the worker image (workers have no network).
+A model may also declare, when it registers:
+
+* ``check(spec) -> {field path: [messages]}``: spec-level checks of its params (and of the data
+  options it depends on), which :meth:`TrainSpec.validate` reports as a ``SpecError`` before any
+  data is read;
+* ``tokenizer() -> TextTokenizer``: its own text preprocessing. A pretrained text model needs its
+  vocabulary, so :func:`workers.training.data.prepare_text` then encodes with it instead of
+  building a word vocabulary from the data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
+import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    from workers.training.spec import TrainSpec
+
 Builder = Callable[[dict[str, Any], dict[str, Any]], nn.Module]
+Checker = Callable[["TrainSpec"], dict[str, list[str]]]
+
+
+class TextTokenizer(Protocol):
+    """Text preprocessing a model brings with it; ``fingerprint`` names its vocabulary (stored with encoders)."""
+
+    name: str
+    pad_id: int
+    vocab_size: int
+    max_len: int  # the longest sequence the model accepts
+    fingerprint: str
+
+    def encode(self, texts: Sequence[str | None], max_len: int) -> torch.Tensor:
+        """``(len(texts), max_len)`` int64 ids, right-padded with ``pad_id``."""
+        ...
+
+
 _REGISTRY: dict[str, Builder] = {}
+_CHECKS: dict[str, Checker] = {}
+_TOKENIZERS: dict[str, Callable[[], TextTokenizer]] = {}
 
 
-def register(name: str) -> Callable[[Builder], Builder]:
+def register(
+    name: str, *, check: Checker | None = None, tokenizer: Callable[[], TextTokenizer] | None = None
+) -> Callable[[Builder], Builder]:
     """Decorator: make ``fn(params, input_info) -> nn.Module`` buildable as ``name``."""
 
     def deco(fn: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"Model {name!r} is already registered.")
         _REGISTRY[name] = fn
+        if check is not None:
+            _CHECKS[name] = check
+        if tokenizer is not None:
+            _TOKENIZERS[name] = tokenizer
         return fn
 
     return deco
+
+
+def check_spec(spec: TrainSpec) -> dict[str, list[str]]:
+    """The model's own spec checks (empty when it declares none or the name is unknown)."""
+    checker = _CHECKS.get(spec.model.name)
+    return checker(spec) if checker is not None else {}
+
+
+def text_tokenizer(name: str) -> TextTokenizer | None:
+    """The tokenizer model ``name`` declares, or ``None`` when it uses the data's word vocabulary."""
+    factory = _TOKENIZERS.get(name)
+    return factory() if factory is not None else None
 
 
 def build(name: str, params: dict[str, Any], input_info: dict[str, Any]) -> nn.Module:
@@ -51,16 +99,27 @@ def take(params: dict[str, Any], allowed: dict[str, Any]) -> dict[str, Any]:
 
 
 # Importing the modules registers them.
-from workers.training.models import cnn_small, logistic_regression, mlp, text_bag, text_transformer  # noqa: E402
+from workers.training.models import (  # noqa: E402
+    cnn_small,
+    logistic_regression,
+    minilm,
+    mlp,
+    text_bag,
+    text_transformer,
+)
 
 __all__ = [
+    "TextTokenizer",
     "available",
     "build",
+    "check_spec",
     "cnn_small",
     "logistic_regression",
+    "minilm",
     "mlp",
     "register",
     "take",
     "text_bag",
+    "text_tokenizer",
     "text_transformer",
 ]

@@ -1,8 +1,8 @@
 """Operators' command for per-tenant training quotas (each change audited, before and after).
 
-    manage.py training_quota show [TENANT_SLUG]
-    manage.py training_quota set TENANT_SLUG [--max-concurrent-jobs N] [--max-cpu-jobs N]
-                                             [--gpu-hours-per-month H]    ("default" clears one)
+manage.py training_quota show [TENANT_SLUG]
+manage.py training_quota set TENANT_SLUG [--max-concurrent-jobs N] [--max-cpu-jobs N]
+                                         [--gpu-hours-per-month H]    ("default" clears one)
 """
 
 from __future__ import annotations
