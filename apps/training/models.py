@@ -41,6 +41,10 @@ class TrainingJob(TenantOwned):
     # Scheduling (apps.training.scheduler): a queued job waits, with ``wait_reason``, until the
     # platform admits it (capacity, the tenant's quotas, fair share); only then is a task enqueued.
     slots = models.PositiveSmallIntegerField(default=1)
+    nodes = models.PositiveSmallIntegerField(default=1)  # one worker task per node (multi-node DDP)
+    # Multi-node runs: where node 0 of the current attempt hosts the c10d store, published by that
+    # node's task for the other nodes' tasks ({"addr", "port", "attempt"}).
+    rendezvous = models.JSONField(default=dict, blank=True)
     admitted_at = models.DateTimeField(null=True, blank=True)
     enqueued_at = models.DateTimeField(null=True, blank=True)
     enqueues = models.PositiveSmallIntegerField(default=0)

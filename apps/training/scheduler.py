@@ -108,10 +108,15 @@ def schedule(now: datetime | None = None, *, fold: int | None = None) -> Pass:
 
 
 def _send(jobs: list[tuple[int, int, str]]) -> None:
-    from apps.training.tasks import run_job
+    """One message per job, plus one per further node of a multi-node job."""
+    from apps.training.tasks import run_job, run_node
 
     for tenant_id, job_id, queue in jobs:
         run_job.apply_async(args=(tenant_id, job_id), queue=queue)
+        with tenant_scope(tenant_id):
+            nodes = TrainingJob.objects.filter(pk=job_id).values_list("nodes", flat=True).first() or 1
+        for node_rank in range(1, nodes):
+            run_node.apply_async(args=(tenant_id, job_id, node_rank), queue=queue)
 
 
 def _requeue_lost(now: datetime, result: Pass, to_send: list[tuple[int, int, str]]) -> None:

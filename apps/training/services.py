@@ -16,6 +16,7 @@ the Celery task, a thin adapter onto ``workers.training``:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import logging
@@ -25,6 +26,7 @@ import socket
 import time
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -118,7 +120,8 @@ def job_create(
             priority=priority,
             max_restarts=settings.COHORT_JOB_MAX_RESTARTS,
             created_by=created_by if getattr(created_by, "key_id", None) is None else None,
-            slots=parsed.world_size,
+            slots=parsed.world_size * parsed.nnodes,
+            nodes=parsed.nnodes,
         )
         # Admission now, in this transaction: the response already says whether the job was
         # admitted or why it waits (its admission is recorded in job.created, not as a second
@@ -441,8 +444,10 @@ def run_job(tenant_id: int, job_id: int) -> str:
         if found is not None:
             resume = TrainState.from_dict(found[0])
             sink.on_log(f"resuming from checkpoint at step {found[1].step} (attempt {job.attempts})")
-        if spec.world_size > 1:
-            result = _train_ddp(job, spec, prepared, sink, resume, should_stop)
+        if spec.nnodes > 1:
+            result = _lead_nodes(job, spec, prepared, sink, resume, should_stop)
+        elif spec.world_size > 1:
+            result = _train_distributed(job, spec, prepared, sink, resume, should_stop)
         else:
             result = train(spec, prepared, sink, resume=resume, should_stop=should_stop)
         sink.flush()
@@ -464,6 +469,9 @@ def run_job(tenant_id: int, job_id: int) -> str:
         lease.account()
         raise  # transient: the broker redelivers (acks_late), the next attempt resumes
     if result.status == "stopped":
+        if not stop_reason:  # another node asked the group to stop (it saw the cancel first)
+            last_check[0] = 0.0
+            should_stop()
         reason = stop_reason[0] if stop_reason else "stopped"
         if reason == "lease_lost":
             lease.account()
@@ -527,37 +535,159 @@ def torch_version() -> str:
     return str(torch.__version__)
 
 
-def _train_ddp(
-    job: TrainingJob, spec: TrainSpec, prepared: Any, sink: DjangoSink, resume: Any, should_stop: Any
+@contextlib.contextmanager
+def _children_allowed() -> Iterator[None]:
+    """Let this process start rank processes for the duration of a run.
+
+    A Celery prefork pool child is marked daemonic, and multiprocessing refuses to let a daemonic
+    process start children; the ranks are this task's own workers and end with it (a rank whose
+    parent dies loses its sink pipe and fails the group), so the flag is lifted for the run. The
+    child's authkey is billiard's own string type, which the standard library refuses to pickle for
+    a child, so it is re-set (same bytes) as the standard type."""
+    me = multiprocessing.current_process()
+    config = me._config  # type: ignore[attr-defined]
+    was_daemon, was_authkey = config.get("daemon"), config.get("authkey")
+    config["daemon"] = False
+    config["authkey"] = multiprocessing.process.AuthenticationString(bytes(me.authkey))  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        config["daemon"], config["authkey"] = was_daemon, was_authkey
+
+
+def _train_distributed(
+    job: TrainingJob,
+    spec: TrainSpec,
+    prepared: Any,
+    sink: DjangoSink | None,
+    resume: Any,
+    should_stop: Any,
+    *,
+    node_rank: int = 0,
+    master: tuple[str, int] | None = None,
 ) -> Any:
-    """``spec.world_size`` data-parallel processes on this worker. The prepared tensors reach the
-    ranks encrypted under a one-time key (``workers.training.handoff``) in a private folder removed
-    afterwards; rank 0's progress comes back to this process's sink (database, checkpoints), and
-    ``should_stop`` runs here, so cancellation, revocation and lease checks work as for one process."""
+    """``spec.world_size`` data-parallel processes on this worker, as node ``node_rank`` of
+    ``spec.nnodes``. The prepared tensors reach the ranks encrypted under a one-time key
+    (``workers.training.handoff``) in a private folder removed afterwards; on node 0 rank 0's
+    progress comes back to this process's sink (database, checkpoints). ``should_stop`` runs here,
+    so cancellation, revocation and lease checks work as for one process."""
     import shutil
 
-    from workers.training.distributed import run_ddp
+    from workers.training.distributed import run_ddp, run_node
     from workers.training.handoff import save_prepared
 
-    scratch = Path(settings.COHORT_TMP_DIR) / f"job{job.pk}-{uuid.uuid4().hex[:8]}"
-    # A Celery prefork pool child is marked daemonic, and multiprocessing refuses to let a daemonic
-    # process start children. The ranks are this task's own workers and end with it (a rank whose
-    # parent dies loses its sink pipe and fails the group), so the flag is lifted for the run.
-    # Its authkey is also billiard's own string type, which the standard library refuses to pickle
-    # for a child: re-set it (same bytes) as the standard type.
-    me = multiprocessing.current_process()
-    was_daemon = me._config.get("daemon")  # type: ignore[attr-defined]
-    me._config["daemon"] = False  # type: ignore[attr-defined]
-    was_authkey = me._config.get("authkey")  # type: ignore[attr-defined]
-    me._config["authkey"] = multiprocessing.process.AuthenticationString(bytes(me.authkey))  # type: ignore[attr-defined]
+    scratch = Path(settings.COHORT_TMP_DIR) / f"job{job.pk}-n{node_rank}-{uuid.uuid4().hex[:8]}"
     try:
-        factory = save_prepared(prepared, scratch)
-        sink.on_log(f"data-parallel: {spec.world_size} processes on {socket.gethostname()}")
-        return run_ddp(spec, factory, spec.world_size, sink=sink, resume=resume, should_stop=should_stop)
+        with _children_allowed():
+            factory = save_prepared(prepared, scratch)
+            if spec.nnodes == 1:
+                if sink is not None:
+                    sink.on_log(f"data-parallel: {spec.world_size} processes on {socket.gethostname()}")
+                return run_ddp(spec, factory, spec.world_size, sink=sink, resume=resume, should_stop=should_stop)
+            assert master is not None
+            return run_node(
+                spec,
+                factory,
+                node_rank=node_rank,
+                nnodes=spec.nnodes,
+                nproc_per_node=spec.world_size,
+                master_addr=master[0],
+                master_port=master[1],
+                sink=sink,
+                resume=resume,
+                should_stop=should_stop,
+                timeout_s=settings.COHORT_RENDEZVOUS_TIMEOUT,
+            )
     finally:
-        me._config["daemon"] = was_daemon  # type: ignore[attr-defined]
-        me._config["authkey"] = was_authkey  # type: ignore[attr-defined]
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _lead_nodes(
+    job: TrainingJob, spec: TrainSpec, prepared: Any, sink: DjangoSink, resume: Any, should_stop: Any
+) -> Any:
+    """Node 0 of a multi-node run: pick the rendezvous address, publish it on the job (for this
+    attempt only), then host the c10d store and train; the other nodes' tasks find it there."""
+    addr = settings.COHORT_RENDEZVOUS_HOST
+    port = _free_port(addr)
+    with tenant_scope(job.tenant_id):
+        held = TrainingJob.objects.filter(pk=job.pk, lease_owner=job.lease_owner).update(
+            rendezvous={"addr": addr, "port": port, "attempt": job.attempts}
+        )
+    if not held:
+        raise LeaseLost("the lease was lost before the rendezvous was published")
+    sink.on_log(f"multi-node: {spec.nnodes} nodes × {spec.world_size} processes; rendezvous {addr}:{port}")
+    return _train_distributed(job, spec, prepared, sink, resume, should_stop, node_rank=0, master=(addr, port))
+
+
+def run_node_task(tenant_id: int, job_id: int, node_rank: int) -> str:
+    """The task body of node ``node_rank`` >= 1 of a multi-node job: wait for node 0's rendezvous of
+    the job's current attempt, load the same data and checkpoint, and train as that node. It holds
+    no lease and writes nothing but log lines: node 0 owns the job; if this node dies, node 0's run
+    fails and the job's next attempt (after its lease) sends every node again. A delivery for a
+    finished job or a past attempt does nothing."""
+    from workers.training.checkpoint import load_latest
+    from workers.training.engine import TrainState
+
+    deadline = time.monotonic() + settings.COHORT_RENDEZVOUS_TIMEOUT
+    job = None
+    while time.monotonic() < deadline:
+        with tenant_scope(tenant_id):
+            job = TrainingJob.objects.select_related("tenant").filter(pk=job_id).first()
+        if job is None or job.status in TrainingJob.TERMINAL:
+            return "ignored"
+        rv = job.rendezvous or {}
+        if job.status == TrainingJob.Status.RUNNING and rv.get("attempt") == job.attempts and rv.get("port"):
+            break
+        time.sleep(0.5)
+    else:
+        return "no rendezvous"
+    assert job is not None
+    attempt, master = job.attempts, (str(job.rendezvous["addr"]), int(job.rendezvous["port"]))
+    spec = TrainSpec.from_dict(job.spec)
+    if not 1 <= node_rank < spec.nnodes:
+        return "ignored"
+    version = _usable(job)
+    if version is None:
+        return "ignored"
+
+    def log(line: str) -> None:
+        _event(job.pk, job.tenant_id, JobEvent.Kind.LOG, {"line": f"node {node_rank}: {line}"[:500]})
+
+    last = [0.0]
+
+    def should_stop() -> bool:
+        now = time.monotonic()
+        if now - last[0] < STOP_CHECK_SECONDS:
+            return False
+        last[0] = now
+        with tenant_scope(tenant_id):
+            row = TrainingJob.objects.filter(pk=job_id).values("status", "attempts", "cancel_requested").first()
+        return row is None or row["cancel_requested"] or row["attempts"] != attempt or row["status"] != "running"
+
+    try:
+        prepared = _load_data(job, version, spec)
+        with tenant_scope(tenant_id):
+            key = vault.material(DataKey.objects.get(pk=job.checkpoint_key_id)) if job.checkpoint_key_id else None
+        resume = None
+        if key is not None:
+            found = load_latest(
+                Path(settings.COHORT_CHECKPOINT_DIR) / f"t{tenant_id}" / f"job{job_id}",
+                key=key,
+                context=f"cohort/checkpoint/{tenant_id}/{job_id}".encode(),
+            )
+            resume = TrainState.from_dict(found[0]) if found is not None else None
+        log(f"joining rendezvous {master[0]}:{master[1]} (attempt {attempt})")
+        _train_distributed(job, spec, prepared, None, resume, should_stop, node_rank=node_rank, master=master)
+    except Exception as exc:  # node 0 sees the failure through the process group and decides
+        log(f"failed: {type(exc).__name__}: {str(exc)[:200]}")
+        return "failed"
+    return "done"
 
 
 def _register_model(

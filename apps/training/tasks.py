@@ -27,3 +27,18 @@ def schedule() -> dict[str, int]:
 
     done = run_pass()
     return {"admitted": len(done.admitted), "requeued": len(done.requeued), "failed": len(done.failed)}
+
+
+@shared_task(
+    name="training.run_node",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(),
+    max_retries=0,
+)
+def run_node(tenant_id: int, job_id: int, node_rank: int) -> str:
+    """Node ``node_rank`` (>= 1) of a multi-node job: joins node 0's rendezvous for the current
+    attempt. Stale or duplicate deliveries do nothing."""
+    from apps.training.services import run_node_task
+
+    return run_node_task(tenant_id, job_id, node_rank)

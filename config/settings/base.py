@@ -112,7 +112,11 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 # Training tasks are sent to the job's queue (cpu / gpu) explicitly by the scheduler.
-CELERY_TASK_ROUTES = {"training.run_job": {"queue": "cpu"}, "training.schedule": {"queue": "default"}}
+CELERY_TASK_ROUTES = {
+    "training.run_job": {"queue": "cpu"},
+    "training.run_node": {"queue": "cpu"},
+    "training.schedule": {"queue": "default"},
+}
 # Longer than the longest task (time_limit) plus the longest ETA, so a task is not redelivered
 # while it still runs.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=4 * 3600)}
@@ -243,6 +247,10 @@ COHORT_JOB_MAX_RESTARTS = env.int("COHORT_JOB_MAX_RESTARTS", default=5)
 # Training pool capacity (slots = worker processes) and per-tenant quota defaults (overridable per
 # tenant, audited: `manage.py training_quota`). See docs/training.md "Scheduling".
 COHORT_PREDICT_MAX_MODEL_BYTES = env.int("COHORT_PREDICT_MAX_MODEL_BYTES", default=64 * 1024 * 1024)
+# Multi-node jobs: the address node 0's worker is reachable at by the other nodes (set per worker
+# host, e.g. the pod IP) and how long nodes wait for each other.
+COHORT_RENDEZVOUS_HOST = env.str("COHORT_RENDEZVOUS_HOST", default="127.0.0.1")
+COHORT_RENDEZVOUS_TIMEOUT = env.float("COHORT_RENDEZVOUS_TIMEOUT", default=300.0)
 COHORT_CODE_VERSION = env.str("COHORT_CODE_VERSION", default="")  # recorded in model lineage
 COHORT_POOL_CPU_SLOTS = env.int("COHORT_POOL_CPU_SLOTS", default=2)
 COHORT_POOL_GPU_SLOTS = env.int("COHORT_POOL_GPU_SLOTS", default=0)

@@ -291,3 +291,46 @@ def test_data_parallel_job_on_a_celery_worker(
     with tenant_scope(t.pk):
         lines = [e.payload.get("line", "") for e in JobEvent.objects.filter(job_id=job.pk, kind="log")]
     assert any(line.startswith("data-parallel: 2 processes") for line in lines), lines
+
+
+def test_multi_node_job_on_two_celery_workers(
+    world: dict[str, Any],  # noqa: F811
+    worker_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """nnodes=2: one task per node on two worker processes, meeting at the rendezvous node 0's task
+    publishes; the weights match the single-process job with the same global batch."""
+    t = world["tenant"]
+    log = tmp_path / "workers.log"
+    base = {**SPEC, "epochs": 2, "model": {"name": "mlp", "params": {"hidden": [16]}}}
+
+    def create(name: str, spec: dict[str, Any]) -> TrainingJob:
+        with tenant_scope(t.pk):
+            return services.job_create(
+                tenant=t, created_by=None, name=name, dataset_version_id=world["deid"]["id"], spec=spec
+            )
+
+    single = create("single", base)
+    assert services.run_job(t.pk, single.pk) == "succeeded"
+    job = create("two-nodes", {**base, "nnodes": 2})
+    assert (_job(job.pk, t.pk).slots, _job(job.pk, t.pk).nodes) == (2, 2)
+    workers = [_start_worker(worker_env, log, f"node{i}") for i in range(2)]
+    try:
+        done = _wait(
+            "the two-node job",
+            lambda: (j := _job(job.pk, t.pk)).status in TrainingJob.TERMINAL and j,
+            300,
+            log,
+        )
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                _kill9(w)
+    assert done.status == "succeeded", (done.status_reason, done.error, log.read_text()[-3000:])
+    with tenant_scope(t.pk):
+        lines = [e.payload.get("line", "") for e in JobEvent.objects.filter(job_id=job.pk, kind="log")]
+    assert any(line.startswith("multi-node: 2 nodes") for line in lines), lines
+    assert any(line.startswith("node 1: joining rendezvous") for line in lines), lines
+    a, b = _weights(_job(single.pk, t.pk)), _weights(done)
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert diff < 1e-5, diff

@@ -110,7 +110,8 @@ class TrainSpec:
     log_every_steps: int = 10
     val_fraction: float = 0.2
     num_threads: int = 1
-    world_size: int = 1  # data-parallel processes (torch.distributed) on one node
+    world_size: int = 1  # data-parallel processes (torch.distributed) per node
+    nnodes: int = 1  # nodes (one platform worker task each), meeting at a c10d rendezvous
     device: str = "auto"
     data: DataSpec = field(default_factory=DataSpec)
 
