@@ -33,9 +33,24 @@ def test_seed_demo_datasets_is_non_iid_masked_and_idempotent() -> None:
         deid = DatasetVersion.all_tenants.get(dataset=notes, kind="deidentified")
         actions = {c: p["action"] for c, p in deid.policy["columns"].items()}
         assert actions["email"] != "keep" and actions["note"] == "redact" and actions["nhs_number"] != "keep"
-        counts = (Dataset.all_tenants.count(), DatasetVersion.all_tenants.count(), DatasetGrant.all_tenants.count())
+        assert deid.rows >= 300, deid.rows  # k-anonymity keeps the demo's rows (not all suppressed)
+        from apps.training.models import TrainingJob
+
+        jobs = list(TrainingJob.all_tenants.values_list("tenant__slug", "status", "admitted_at"))
+        assert len(jobs) == 1 and jobs[0][0] == "st-marys" and jobs[0][1] == "queued" and jobs[0][2]  # admitted
+        counts = (
+            Dataset.all_tenants.count(),
+            DatasetVersion.all_tenants.count(),
+            DatasetGrant.all_tenants.count(),
+            TrainingJob.all_tenants.count(),
+        )
     call_command("seed_demo", stdout=io.StringIO())
     call_command("seed_demo_datasets", stdout=io.StringIO())
     with platform_scope():
-        again = (Dataset.all_tenants.count(), DatasetVersion.all_tenants.count(), DatasetGrant.all_tenants.count())
+        again = (
+            Dataset.all_tenants.count(),
+            DatasetVersion.all_tenants.count(),
+            DatasetGrant.all_tenants.count(),
+            TrainingJob.all_tenants.count(),
+        )
     assert again == counts

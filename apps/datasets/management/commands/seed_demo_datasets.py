@@ -175,11 +175,14 @@ class Command(BaseCommand):
             )
         owners = {slug: _owner(t) for slug, t in tenants.items()}
         coordinator = tenants["st-marys"]
+        own_version = None
         for slug, data in breast_cancer_parts().items():
             t, user = tenants[slug], owners[slug]
             ds, raw = _upload(t, user, BREAST_CANCER, data, f"breast_cancer_{slug}.csv", {"label": "target"})
             keep_all: dict[str, Any] = {"columns": {}, "quasi_identifiers": [], "k": None}
             deid = _deidentify(t, user, raw, keep_all)
+            if t.pk == coordinator.pk:
+                own_version = deid
             if t.pk != coordinator.pk:
                 with tenant_scope(t.pk):
                     if not DatasetGrant.objects.filter(
@@ -197,10 +200,42 @@ class Command(BaseCommand):
         t, user = coordinator, owners["st-marys"]
         ds, raw = _upload(t, user, NOTES, clinical_notes(), "discharge_notes.csv", {"label": "department"})
         policy = raw.pii_report.get("proposed_policy") or {"columns": {}, "quasi_identifiers": [], "k": None}
+        if "dob" in policy.get("columns", {}):
+            # Year of birth × postcode district × sex splits 400 rows into ~700 cells, so k = 5 would
+            # suppress nearly every row; the demo drops the date of birth instead (k holds on the rest).
+            policy = {
+                **policy,
+                "columns": {**policy["columns"], "dob": {"action": "drop", "params": {}}},
+                "quasi_identifiers": [q for q in policy.get("quasi_identifiers", []) if q != "dob"],
+            }
         deid = _deidentify(t, user, raw, policy)
         actions = {c: p["action"] for c, p in policy.get("columns", {}).items() if p["action"] != "keep"}
         self.stdout.write(
             f"  st-marys   {NOTES}: {raw.rows} rows; proposed policy applied: {actions}; "
             f"de-identified v{deid.number} ({deid.rows} rows after k-anonymity)"
         )
+        if own_version is not None:
+            self._demo_job(coordinator, owners["st-marys"], own_version.pk)
         self.stdout.write(self.style.SUCCESS("Demo datasets seeded (idempotent)."))
+
+    def _demo_job(self, tenant: Tenant, user: Any, version_id: int) -> None:
+        """One training job on St Mary's own data, so the demo has a model; the worker trains it."""
+        from apps.training import services as training
+        from apps.training.models import TrainingJob
+
+        name = "demo: breast cancer MLP"
+        with tenant_scope(tenant.pk):
+            if TrainingJob.objects.filter(name=name).exists():
+                return
+            if training.usable_version(tenant=tenant, version_id=version_id) is None:
+                # Large uploads are processed by the worker: the version is not ready yet.
+                self.stdout.write("  st-marys   demo training job skipped: the data is still being processed")
+                return
+            job = training.job_create(
+                tenant=tenant,
+                created_by=user,
+                name=name,
+                dataset_version_id=version_id,
+                spec={"model": {"name": "mlp", "params": {"hidden": [32]}}, "epochs": 30, "checkpoint_every_steps": 50},
+            )
+        self.stdout.write(f"  st-marys   training job {job.pk} queued ({job.wait_reason or 'admitted'})")
