@@ -105,6 +105,35 @@ def _wait(
     pytest.fail(f"timed out waiting for {what}:\n{log.read_text()[-4000:]}")
 
 
+def _create(w: dict[str, Any], name: str, spec: dict[str, Any]) -> TrainingJob:
+    t = w["tenant"]
+    with tenant_scope(t.pk):
+        return services.job_create(tenant=t, created_by=None, name=name, dataset_version_id=w["deid"]["id"], spec=spec)
+
+
+def _run_on_workers(job: TrainingJob, env: dict[str, str], log: Path, workers: int, timeout: float) -> TrainingJob:
+    """Start ``workers`` worker processes, wait for the job to end, kill them; the finished job."""
+    procs = [_start_worker(env, log, f"w{i}-{job.pk}") for i in range(workers)]
+    try:
+        done = _wait(
+            f"job {job.pk} to finish",
+            lambda: (j := _job(job.pk, job.tenant_id)).status in TrainingJob.TERMINAL and j,
+            timeout,
+            log,
+        )
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                _kill9(p)
+    assert done.status == "succeeded", (done.status_reason, done.error, log.read_text()[-3000:])
+    return done
+
+
+def _log_lines(job: TrainingJob) -> list[str]:
+    with tenant_scope(job.tenant_id):
+        return [e.payload.get("line", "") for e in JobEvent.objects.filter(job_id=job.pk, kind="log")]
+
+
 def test_kill_9_mid_training_resumes_and_duplicates_are_no_ops(
     world: dict[str, Any],  # noqa: F811
     worker_env: dict[str, str],
@@ -269,28 +298,9 @@ def test_data_parallel_job_on_a_celery_worker(
     tmp_path: Path,
 ) -> None:
     """world_size=2 inside a prefork pool child: the child starts its two rank processes."""
-    t = world["tenant"]
-    log = tmp_path / "worker.log"
-    spec = {**SPEC, "epochs": 2, "world_size": 2}
-    with tenant_scope(t.pk):
-        job = services.job_create(
-            tenant=t, created_by=None, name="ddp", dataset_version_id=world["deid"]["id"], spec=spec
-        )
-    w = _start_worker(worker_env, log, "ddp")
-    try:
-        done = _wait(
-            "the data-parallel job",
-            lambda: (j := _job(job.pk, t.pk)).status in TrainingJob.TERMINAL and j,
-            240,
-            log,
-        )
-    finally:
-        if w.poll() is None:
-            _kill9(w)
-    assert done.status == "succeeded", (done.status_reason, done.error, log.read_text()[-3000:])
-    with tenant_scope(t.pk):
-        lines = [e.payload.get("line", "") for e in JobEvent.objects.filter(job_id=job.pk, kind="log")]
-    assert any(line.startswith("data-parallel: 2 processes") for line in lines), lines
+    job = _create(world, "ddp", {**SPEC, "epochs": 2, "world_size": 2})
+    done = _run_on_workers(job, worker_env, tmp_path / "worker.log", 1, 240)
+    assert any(line.startswith("data-parallel: 2 processes") for line in _log_lines(done))
 
 
 def test_multi_node_job_on_two_celery_workers(
@@ -300,37 +310,15 @@ def test_multi_node_job_on_two_celery_workers(
 ) -> None:
     """nnodes=2: one task per node on two worker processes, meeting at the rendezvous node 0's task
     publishes; the weights match the single-process job with the same global batch."""
-    t = world["tenant"]
-    log = tmp_path / "workers.log"
     base = {**SPEC, "epochs": 2, "model": {"name": "mlp", "params": {"hidden": [16]}}}
-
-    def create(name: str, spec: dict[str, Any]) -> TrainingJob:
-        with tenant_scope(t.pk):
-            return services.job_create(
-                tenant=t, created_by=None, name=name, dataset_version_id=world["deid"]["id"], spec=spec
-            )
-
-    single = create("single", base)
-    assert services.run_job(t.pk, single.pk) == "succeeded"
-    job = create("two-nodes", {**base, "nnodes": 2})
-    assert (_job(job.pk, t.pk).slots, _job(job.pk, t.pk).nodes) == (2, 2)
-    workers = [_start_worker(worker_env, log, f"node{i}") for i in range(2)]
-    try:
-        done = _wait(
-            "the two-node job",
-            lambda: (j := _job(job.pk, t.pk)).status in TrainingJob.TERMINAL and j,
-            300,
-            log,
-        )
-    finally:
-        for w in workers:
-            if w.poll() is None:
-                _kill9(w)
-    assert done.status == "succeeded", (done.status_reason, done.error, log.read_text()[-3000:])
-    with tenant_scope(t.pk):
-        lines = [e.payload.get("line", "") for e in JobEvent.objects.filter(job_id=job.pk, kind="log")]
+    single = _create(world, "single", base)
+    assert services.run_job(single.tenant_id, single.pk) == "succeeded"
+    job = _create(world, "two-nodes", {**base, "nnodes": 2})
+    assert (job.slots, job.nodes) == (2, 2)
+    done = _run_on_workers(job, worker_env, tmp_path / "workers.log", 2, 300)
+    lines = _log_lines(done)
     assert any(line.startswith("multi-node: 2 nodes") for line in lines), lines
     assert any(line.startswith("node 1: joining rendezvous") for line in lines), lines
-    a, b = _weights(_job(single.pk, t.pk)), _weights(done)
+    a, b = _weights(_job(single.pk, single.tenant_id)), _weights(done)
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert diff < 1e-5, diff

@@ -26,7 +26,6 @@ import contextlib
 import io
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -34,6 +33,8 @@ from typing import Any, BinaryIO, TypeAlias
 
 import torch
 from torch import Tensor, nn
+
+from workers.durable import write_atomic
 
 Inputs: TypeAlias = Tensor | tuple[Tensor, ...]
 Destination: TypeAlias = str | os.PathLike[str] | BinaryIO | None
@@ -172,18 +173,7 @@ def _write(out: Destination, data: bytes) -> None:
     if out is None:
         return
     if isinstance(out, str | os.PathLike):
-        path = Path(out)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_atomic(Path(out), data, mode=0o644)
     else:
         out.write(data)
         out.flush()

@@ -26,16 +26,16 @@ import hashlib
 import json
 import math
 import os
-import secrets
 import struct
 from collections.abc import Mapping
-from contextlib import suppress
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import safetensors.torch
 import torch
 from torch import Tensor, nn
+
+from workers.durable import write_atomic
 
 ALIASES_KEY = "cohort.aliases"
 MAX_HEADER_SIZE = 100_000_000  # the safetensors library's own limit
@@ -84,7 +84,7 @@ def save_weights(
     data = safetensors.torch.save(tensors, metadata=meta)
     digest = hashlib.sha256(data).hexdigest()
     if isinstance(path_or_file, str | os.PathLike):
-        _write_atomic(Path(path_or_file), data)
+        write_atomic(Path(path_or_file), data)
     else:
         path_or_file.write(data)
         path_or_file.flush()
@@ -274,26 +274,6 @@ def _parse_aliases(text: str) -> dict[str, str]:
     if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
         raise UnsafeWeights(f"{ALIASES_KEY} metadata must map names to names")
     return aliases
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 __all__ = ["ALIASES_KEY", "UnsafeWeights", "export_torchscript", "load_weights", "refuse_pickle", "save_weights"]
