@@ -615,3 +615,26 @@ def test_train_state_to_dict_is_shallow_and_round_trips(full_run: tuple[TrainRes
     assert states_equal(back.model_state, state.model_state)
     assert back.epoch_loss_sum == state.epoch_loss_sum
     assert back.history == state.history
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"nnodes": {}}, "nnodes"),
+        ({"nnodes": 0}, "nnodes"),
+        ({"nnodes": True}, "nnodes"),
+        ({"world_size": 65}, "world_size"),
+        ({"world_size": 4, "nnodes": 4, "batch_size": 8}, "batch_size"),
+    ],
+)
+def test_data_parallel_shape_is_validated(extra: dict[str, Any], field: str) -> None:
+    spec = TrainSpec.from_dict({"model": {"name": "mlp", "params": {}}, "batch_size": 32, **extra})
+    with pytest.raises(SpecError) as ei:
+        spec.validate()
+    assert field in ei.value.fields
+
+
+def test_data_parallel_shape_accepted() -> None:
+    TrainSpec.from_dict(
+        {"model": {"name": "mlp", "params": {}}, "batch_size": 8, "world_size": 2, "nnodes": 4}
+    ).validate()

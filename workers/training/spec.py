@@ -263,10 +263,13 @@ class TrainSpec:
         int_at_least("log_every_steps", self.log_every_steps, 1)
         int_at_least("num_threads", self.num_threads, 1, 1024)
         int_at_least("world_size", self.world_size, 1, 64)
-        if isinstance(self.world_size, int) and isinstance(self.batch_size, int) and self.batch_size < self.world_size:
+        int_at_least("nnodes", self.nnodes, 1, 16)
+        ranks_known = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.world_size, self.nnodes))
+        procs = self.world_size * self.nnodes if ranks_known else 1
+        if isinstance(self.batch_size, int) and self.batch_size < procs:
             bad(
                 "batch_size",
-                "Each data-parallel process needs at least one sample per batch (batch_size >= world_size).",
+                "Each data-parallel process needs at least one sample per batch (batch_size >= world_size × nnodes).",
             )
         if self.precision not in PRECISIONS:
             bad("precision", f"Unknown precision {self.precision!r}; one of {', '.join(PRECISIONS)}.")
