@@ -53,7 +53,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from workers.crypto.frames import KEY_SIZE, NONCE_SIZE, TAG_SIZE, CryptoError, IntegrityError
-from workers.durable import fsync_dir
+from workers.durable import fsync_dir, write_atomic
 
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _WRAPPED_SIZE = NONCE_SIZE + KEY_SIZE + TAG_SIZE
@@ -304,16 +304,7 @@ def _read_keyring_file(path: Path) -> tuple[dict[str, bytes], str]:
 
 def _replace_keyring_file(path: Path, keys: Mapping[str, bytes], current: str) -> None:
     """Write-to-temp, fsync, rename: a crash leaves the old keyring or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        _write_and_sync(fd, _dump_keyring(keys, current))
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
+    write_atomic(path, _dump_keyring(keys, current))
 
 
 def _write_and_sync(fd: int, data: bytes) -> None:
