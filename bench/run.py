@@ -468,7 +468,7 @@ ratio of the median rates and the range over rounds. What the engine still does 
 bare loop does not: the scheduler step, the loss-sum rescale (one more tiny op forward and
 backward), queuing the detached loss sum; per epoch it gathers the permuted rows once (the bare loop
 indexes per batch). Not a `make bench` row yet: a whole job through Celery and the database. Resume
-after kill -9 is measured by the end-to-end test (`reports/WRK-7.json`: 7.7 s from the kill to the
+after kill -9 is measured by the end-to-end test (`reports/WRK-7.json`: 6.9 s from the kill to the
 resumed claim with a 4 s lease, i.e. lease expiry plus a scheduler pass plus a worker start; the
 production lease is `COHORT_JOB_LEASE_SECONDS`, 120 s) rather than here.
 
