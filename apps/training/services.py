@@ -47,6 +47,7 @@ from apps.datasets.storage import EncryptedUpload, open_decrypted
 from apps.tenancy.models import Tenant
 from apps.tenancy.scope import tenant_scope
 from apps.training.models import JobEvent, ModelVersion, TrainingJob
+from apps.training.scheduler import record_usage, schedule
 from apps.vault import services as vault
 from apps.vault.models import DataKey
 from workers.training.spec import SpecError, TrainSpec
@@ -107,8 +108,6 @@ def job_create(
             target_id=dataset_version_id,
         )
     queue = "gpu" if parsed.device == "cuda" else "cpu"
-    from apps.training.scheduler import schedule
-
     with audited_change():
         job = TrainingJob.objects.create(
             tenant=tenant,
@@ -160,8 +159,6 @@ def job_cancel(*, tenant: Tenant, job: TrainingJob) -> TrainingJob:
         audit_record(action="job.cancel_requested", tenant=tenant, target=job, details={"was": job.status})
     job.refresh_from_db()
     if job.status == TrainingJob.Status.CANCELLED:
-        from apps.training.scheduler import schedule
-
         schedule()  # its slot (if it was admitted) goes to the next job
     return job
 
@@ -278,8 +275,6 @@ class Lease:
         return bool(held)
 
     def account(self) -> None:
-        from apps.training.scheduler import record_usage
-
         now = time.monotonic()
         elapsed, self._usage_mark = now - self._usage_mark, now
         record_usage(self.job.tenant_id, self.job.queue, elapsed * self.job.slots)
@@ -327,8 +322,6 @@ def _finish(
 ) -> bool:
     """Finish the job if this worker still holds it (fenced by the lease owner); then let the
     scheduler hand its slot on. False when another worker took the job over meanwhile."""
-    from apps.training.scheduler import schedule
-
     with tenant_scope(job.tenant_id), audited_change():
         done = TrainingJob.objects.filter(
             pk=job.pk, lease_owner=job.lease_owner, status=TrainingJob.Status.RUNNING
@@ -786,20 +779,15 @@ def model_predict(*, tenant: Tenant, model: ModelVersion, rows: list[Any]) -> li
     from rest_framework.exceptions import ValidationError
 
     from workers.training.data import DataError
+    from workers.training.inference import predict
 
     loaded = _load_for_serving(model)
     try:
-        out = loaded_predict(loaded, rows)
+        out = predict(loaded, rows)
     except DataError as exc:
         raise ValidationError({"rows": [str(exc)[:300]]}) from exc
     audit_record(action="model.predicted", tenant=tenant, target=model, details={"rows": len(rows)})
     return out
-
-
-def loaded_predict(loaded: Any, rows: list[Any]) -> list[dict[str, Any]]:
-    from workers.training.inference import predict
-
-    return predict(loaded, rows)
 
 
 def model_export(*, tenant: Tenant, model: ModelVersion, fmt: str) -> bytes:

@@ -52,7 +52,10 @@ def load_model(
         raise DataError(f"Unknown input kind {kind!r}.")
     model = build(parsed.model.name, dict(parsed.model.params), dict(input_info))
     tensors, _meta = load_weights(weights)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as exc:  # shapes that do not fit (the error names the tensors, not values)
+        raise DataError(f"The weights do not fit the architecture: {str(exc)[:300]}") from exc
     if missing or unexpected:
         raise DataError(
             f"The weights do not fit the architecture (missing {sorted(missing)[:5]}, unexpected "

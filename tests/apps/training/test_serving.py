@@ -4,7 +4,6 @@ version, audit events, and clear 4xx errors for bad input."""
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 from collections.abc import Callable
@@ -128,4 +127,3 @@ def test_oversized_models_are_refused_for_online_predict(served: dict[str, Any],
     assert r.status_code == 422 and r.json()["error"]["code"] == "model_too_large"
     bad_b64 = served["owner"].post(served["base"] + "predict/", {"images": ["!!!"]}, format="json")
     assert bad_b64.status_code in (400, 422)
-    _ = base64  # images are covered by the workers' inference tests
