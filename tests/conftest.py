@@ -20,7 +20,13 @@ from django.test import TransactionTestCase
 from psycopg import sql
 from rest_framework.test import APIClient
 
-from scripts.cohort import APP_ROLE, OWNER_ROLE, prepare_schema, with_credentials
+from scripts.cohort import APP_ROLE, OWNER_ROLE, PLATFORM_ROLE, prepare_schema, with_credentials
+
+# Unit tests run in one transaction each, which a second connection cannot see: the default
+# connection logs in as this role (a NOINHERIT member of the app and platform roles), starts as the
+# app role, and platform_scope switches with SET LOCAL ROLE (apps.tenancy.scope). Production and
+# the end-to-end tests use the platform role's own login and connection.
+TEST_LOGIN_ROLE = "cohort_test_login"
 
 REPORTS_DIR = Path(os.environ.get("COHORT_REPORTS_DIR", Path(__file__).resolve().parent.parent / "reports"))
 
@@ -71,7 +77,8 @@ def django_db_setup(django_db_blocker: Any) -> Iterator[None]:
             )
         )
     prepare_schema(_admin_db_url(name))
-    for alias in ("default", "owner"):
+    _use_shared_test_login(name)
+    for alias in ("default", "owner", "platform"):
         settings.DATABASES[alias]["NAME"] = name
         connections[alias].settings_dict["NAME"] = name
         connections[alias].close()
@@ -79,8 +86,35 @@ def django_db_setup(django_db_blocker: Any) -> Iterator[None]:
         call_command("migrate", database="owner", verbosity=0, interactive=False)
         connections["owner"].close()
     yield
-    for alias in ("default", "owner"):
+    for alias in ("default", "owner", "platform"):
         connections[alias].close()
+
+
+def _use_shared_test_login(dbname: str) -> None:
+    app = settings.DATABASES["default"]
+    password = str(app["PASSWORD"] or "")
+    with psycopg.connect(_admin_url(), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (TEST_LOGIN_ROLE,)).fetchone()
+        conn.execute(
+            sql.SQL("{} ROLE {} LOGIN NOINHERIT NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE PASSWORD {}").format(
+                sql.SQL("ALTER" if exists else "CREATE"), sql.Identifier(TEST_LOGIN_ROLE), sql.Literal(password)
+            )
+        )
+        for role in (APP_ROLE, PLATFORM_ROLE):
+            conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(TEST_LOGIN_ROLE)))
+        conn.execute(
+            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                sql.Identifier(dbname), sql.Identifier(TEST_LOGIN_ROLE)
+            )
+        )
+    # Keep the real app login for child processes (tests/e2e) and raw-connection tests (ISO-12).
+    settings.COHORT_TEST_APP_LOGIN = {"USER": app["USER"], "PASSWORD": app["PASSWORD"]}
+    app["USER"] = TEST_LOGIN_ROLE
+    options = dict(app.get("OPTIONS") or {})
+    options["options"] = f"-c role={APP_ROLE}"
+    app["OPTIONS"] = options
+    connections["default"].settings_dict.update({"USER": TEST_LOGIN_ROLE, "OPTIONS": options})
+    settings.COHORT_PLATFORM_SHARED_CONNECTION = True
 
 
 def _reset_all_tables() -> None:
@@ -91,7 +125,7 @@ def _reset_all_tables() -> None:
         tables = [
             r[0]
             for r in conn.execute(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'django_migrations'"
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename NOT IN ('django_migrations', 'cohort_context_key')"
             )
         ]
         conn.execute("SET session_replication_role = replica")

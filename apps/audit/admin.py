@@ -15,8 +15,7 @@ from apps.audit.api.views import EXPORT_LIMIT, export_events
 from apps.audit.models import EVENT_FIELDS, AuditEvent
 from apps.audit.services import _SECRET_KEY_RE, audit_record
 from apps.audit.verification import audit_verify
-from apps.common.admin_site import ConsoleModelAdmin, cohort_admin_site, restore_platform_scope
-from apps.tenancy.scope import set_db_context
+from apps.common.admin_site import ConsoleModelAdmin, cohort_admin_site
 
 _FILTER_KEY_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 
@@ -54,6 +53,19 @@ class AuditEventAdmin(ConsoleModelAdmin):
     fields = CONSOLE_FIELDS
     readonly_fields = CONSOLE_FIELDS
 
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        from apps.audit.status import latest_status
+
+        status = latest_status()
+        if status is not None and status["ok"] is False and request.method == "GET":
+            self.message_user(
+                request,
+                f"Audit log tampering detected by the scheduled verification at {status['checked_at']}: "
+                f"broken chain(s) {', '.join(status['broken_chains'])} (event audit.chain_broken).",
+                messages.ERROR,
+            )
+        return super().changelist_view(request, extra_context)
+
     @admin.display(description="details")
     def details_pretty(self, obj: AuditEvent) -> str:
         return format_html("<pre>{}</pre>", json.dumps(obj.details_dict, indent=2, sort_keys=True))
@@ -68,14 +80,11 @@ class AuditEventAdmin(ConsoleModelAdmin):
         problems: list[dict[str, Any]] = []
         num_events = num_chains = 0
         for tenant_id in targets:
-            # One tenant's chain is verified outside platform scope: with it on, the chain heads
-            # of every chain are visible and the other chains would look truncated.
-            set_db_context(platform=tenant_id is None, tenant_id=None)
+            # With a tenant in context the heads are that tenant's chain alone; without, all.
             result = audit_verify(tenant_id=tenant_id)
             num_events += result.num_events
             num_chains += len(result.chains)
             problems.extend(p.as_dict() for p in result.problems)
-        restore_platform_scope()  # audit_verify leaves the transaction's RLS settings cleared
         ok = not problems
         scope = "all" if targets == [None] else "tenants"
         audit_record(

@@ -97,13 +97,3 @@ def _prefetched(cur: Any, batch: int) -> Iterator[Row]:
             except queue.Empty:
                 pass
         worker.join()
-
-
-def chain_heads(*, chain: str | None = None, using: str = "owner") -> dict[str, tuple[int, str]]:
-    """Chain heads (readable by the owner only; the app role gets them through a function)."""
-    with connections[using].cursor() as cur:
-        if chain:
-            cur.execute("SELECT chain, seq, head_hash FROM audit_chainhead WHERE chain = %s", [chain])
-        else:
-            cur.execute("SELECT chain, seq, head_hash FROM audit_chainhead")
-        return {c: (int(s), h) for c, s, h in cur.fetchall()}

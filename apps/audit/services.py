@@ -15,7 +15,7 @@ from typing import Any
 from django.db import connections, transaction
 
 from apps.common.context import Actor, get_context
-from apps.tenancy.scope import get_db_context, set_db_context
+from apps.tenancy.scope import db_alias, get_db_context, set_db_context
 
 _SECRET_KEY_RE = re.compile(r"(password|secret|token|api_key|apikey|private|credential)", re.I)
 _MAX_DETAILS = 8192
@@ -72,13 +72,14 @@ def audit_record(
     target_id: object = None,
     outcome: str = "success",
     details: Mapping[str, Any] | None = None,
-    using: str = "default",
+    using: str | None = None,
 ) -> int:
     """Append one event to the tenant's chain (or the platform chain when ``tenant`` is None).
 
     Runs in the caller's transaction: if the caller rolls back, the event goes too, and if the
     append fails the caller's change fails with it. Returns the event's sequence number.
     """
+    using = using or db_alias()  # the connection of the change it records (platform scope or not)
     ctx = get_context()
     who = actor or ctx.actor
     if target is not None:
@@ -136,9 +137,12 @@ class AuditMissing(AssertionError):
 
 
 @contextmanager
-def audited_change(using: str = "default") -> Iterator[None]:
+def audited_change(using: str | None = None) -> Iterator[None]:
     """Wrap a service's writes: atomic, row-capture triggers muted, and at least one
-    ``audit_record`` required before the block ends (else the whole change rolls back)."""
+    ``audit_record`` required before the block ends (else the whole change rolls back).
+
+    The mute is a MAC-signed setting (``apps.tenancy.scope``): SQL cannot set it by itself."""
+    using = using or db_alias()
     with transaction.atomic(using=using):
         previous = get_db_context(using).get("app.audit_context", "")
         set_db_context(using=using, audit_context=get_context().request_id or uuid.uuid4().hex)

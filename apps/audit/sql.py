@@ -196,3 +196,24 @@ CREATE TRIGGER audit_capture AFTER INSERT OR UPDATE OR DELETE ON "{table}"
 
 def drop_capture_trigger_sql(table: str) -> str:
     return f'DROP TRIGGER IF EXISTS audit_capture ON "{table}";'
+
+
+# --- v2 (tenancy 0004): the mute and the heads read only MAC-verified context ------------------
+# The row-capture mute is honoured only when ``app.audit_context`` carries a valid MAC
+# (``cohort_audit_context()``), so SQL running as the app role cannot silence capture; "all
+# chains" needs the platform role, not a setting.
+_CAPTURE_START = CREATE_SQL.index("CREATE OR REPLACE FUNCTION cohort_audit_capture()")
+CAPTURE_SQL_V2 = CREATE_SQL[_CAPTURE_START:].replace(
+    "IF COALESCE(current_setting('app.audit_context', true), '') <> '' THEN",
+    "IF cohort_audit_context() IS NOT NULL THEN",
+)
+assert "cohort_audit_context()" in CAPTURE_SQL_V2
+
+HEADS_SQL_V2 = r"""
+CREATE OR REPLACE FUNCTION cohort_audit_heads() RETURNS TABLE (chain text, seq bigint, head_hash text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+    SELECT h.chain::text, h.seq, h.head_hash::text FROM audit_chainhead h
+     WHERE CASE WHEN cohort_tenant_id() IS NOT NULL THEN h.chain = 't' || cohort_tenant_id()::text
+                ELSE cohort_platform() END
+$$;
+"""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from apps.audit.monitoring import verify_all_chains
 from apps.audit.services import audit_record
 from apps.audit.verification import audit_verify, checkpoint_create
 from apps.common.context import Actor
@@ -38,3 +39,12 @@ def audit_tenant_verify_task(*, tenant_id: int) -> dict[str, object]:
             },
         )
     return result.as_dict()
+
+
+@shared_task(name="audit.verify_all", acks_late=True, reject_on_worker_lost=True, time_limit=6 * 3600)
+def audit_verify_all_task() -> dict[str, object]:
+    """Verify every chain as the platform (beat: COHORT_AUDIT_VERIFY_SECONDS); a broken chain is a
+    platform ``audit.chain_broken`` event and shows on /readyz and the console. Needs no signing key.
+
+    Idempotent in effect: a redelivered message just verifies again."""
+    return verify_all_chains()

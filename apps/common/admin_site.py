@@ -19,18 +19,13 @@ from django_otp import devices_for_user
 from django_otp.admin import OTPAdminAuthenticationForm, OTPAdminSite
 
 from apps.common.context import Actor, set_actor
-from apps.tenancy.scope import platform_scope, set_db_context
+from apps.tenancy.scope import platform_scope
 
 
 def staff_actor(request: HttpRequest) -> Actor:
     """The audit actor for a console request: the signed-in staff user."""
     user = request.user
     return Actor(type="user", id=str(user.pk), label=getattr(user, "email", None))
-
-
-def restore_platform_scope() -> None:
-    """Turn platform scope back on after a service whose own ``platform_scope`` switched it off."""
-    set_db_context(platform=True, tenant_id=None)
 
 
 class CohortAdminLoginForm(OTPAdminAuthenticationForm):
@@ -115,6 +110,12 @@ class CohortAdminSite(OTPAdminSite):
 
         update_wrapper(scoped, view)
         return super().admin_view(scoped, cacheable)
+
+    def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> TemplateResponse:
+        """The console's front page, with the banner of the latest audit chain verification."""
+        from apps.audit.status import latest_status
+
+        return super().index(request, {**(extra_context or {}), "audit_chain": latest_status()})
 
     def get_urls(self) -> list[URLPattern | URLResolver]:
         urls: list[URLPattern | URLResolver] = [

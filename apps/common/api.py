@@ -40,6 +40,7 @@ _ERROR_TEXT = {
     409: "Conflict with the current state",
     413: "Request body too large",
     415: "Unsupported media type (send application/json)",
+    416: "Byte range outside the declared size (nothing is stored)",
     422: "Rejected input (bad file, quota, budget; `error.details` says why) or an Idempotency-Key reused "
     "with a different request",
     429: "Rate limited; see Retry-After",

@@ -17,6 +17,7 @@ from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
+from apps.common import exceptions as domain
 from apps.common.context import get_context
 
 logger = logging.getLogger("apps.api")
@@ -67,6 +68,18 @@ class PayloadTooLarge(exceptions.APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_detail = "Request body too large."
     default_code = "payload_too_large"
+
+
+class RangeNotSatisfiable(exceptions.APIException):
+    """A byte range outside the resource (an upload chunk past the declared size): nothing is stored."""
+
+    status_code = status.HTTP_416_REQUESTED_RANGE_NOT_SATISFIABLE
+    default_detail = "The byte range lies outside the declared size."
+    default_code = "range_not_satisfiable"
+
+    def __init__(self, message: str, *, size: int | None = None) -> None:
+        super().__init__(message)
+        self.size = size
 
 
 class Conflict(exceptions.APIException):
@@ -173,8 +186,30 @@ _DENIALS = (
 )
 
 
+def from_domain(exc: domain.DomainError) -> exceptions.APIException:
+    """The API exception a domain error answers as (same status, code, message and audit rules
+    as the API exceptions raised before services had their own errors)."""
+    if isinstance(exc, domain.NotFound):
+        out: exceptions.APIException = AccessDenied(**exc.audit)
+    elif isinstance(exc, domain.PermissionDenied):
+        out = Forbidden(exc.message, reason=exc.code, code=exc.code)
+    elif isinstance(exc, domain.Conflict):
+        out = Conflict(exc.message, code=exc.code)
+    elif isinstance(exc, domain.Invalid):
+        out = exceptions.ValidationError(exc.fields)
+    elif isinstance(exc, domain.Unprocessable):
+        out = RejectedInput(exc.code, exc.message, details=exc.details, http_status=exc.http_status)
+    else:
+        out = exceptions.APIException(exc.message, code=exc.code)
+        out.status_code = exc.http_status
+    out.__cause__ = exc
+    return out
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF exception handler producing the Cohort error envelope."""
+    if isinstance(exc, domain.DomainError):
+        exc = from_domain(exc)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
@@ -197,6 +232,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     headers: dict[str, str] = {}
     if getattr(exc, "auth_header", None):
         headers["WWW-Authenticate"] = exc.auth_header  # type: ignore[attr-defined]
+    if isinstance(exc, RangeNotSatisfiable) and exc.size is not None:
+        headers["Content-Range"] = f"bytes */{exc.size}"
     if getattr(exc, "wait", None):
         headers["Retry-After"] = str(int(exc.wait))  # type: ignore[attr-defined]
 

@@ -1,4 +1,9 @@
-"""Liveness (/healthz) and readiness (/readyz: database, Redis, broker)."""
+"""Liveness (/healthz) and readiness (/readyz: database, Redis, broker, and the audit chains).
+
+``checks.audit_chain`` is the latest scheduled verification of every audit chain (beat
+``audit.verify_all``): ``{"ok", "checked_at", "broken_chains", "stale"}``; ``ok`` is null before the
+first run. While the last run found tampering, /readyz answers 503 with status ``tampered``
+(``COHORT_AUDIT_TAMPER_FAILS_READYZ=false``: reported, status stays ``ok``). See docs/audit.md."""
 
 from __future__ import annotations
 
@@ -42,8 +47,23 @@ def _broker() -> None:
         conn.ensure_connection(max_retries=1, timeout=2)
 
 
+def _audit_chain() -> dict[str, object]:
+    from apps.audit.status import latest_status
+
+    try:
+        status = latest_status()
+    except Exception as exc:  # the status is unreadable (database down): say so, decide nothing
+        return {"ok": None, "error": type(exc).__name__}
+    if status is None:
+        return {"ok": None, "checked_at": None, "broken_chains": [], "stale": False}
+    return {k: status.get(k) for k in ("ok", "checked_at", "broken_chains", "stale")}
+
+
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
     checks = {"database": _check(_db), "redis": _check(_redis), "broker": _check(_broker)}
     ok = all(c["ok"] for c in checks.values())
-    return JsonResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)
+    checks["audit_chain"] = audit = _audit_chain()
+    tampered = audit["ok"] is False and settings.COHORT_AUDIT_TAMPER_FAILS_READYZ
+    status = "unavailable" if not ok else "tampered" if tampered else "ok"
+    return JsonResponse({"status": status, "checks": checks}, status=200 if status == "ok" else 503)

@@ -34,15 +34,6 @@ def hit(key: str, window_seconds: int) -> tuple[int, float]:
     return int(count), max(0.0, int(ttl_ms) / 1000)
 
 
-def peek(key: str) -> tuple[int, float]:
-    client = redis_client()
-    pipe = client.pipeline()
-    pipe.get(f"cohort:rl:{key}")
-    pipe.pttl(f"cohort:rl:{key}")
-    value, ttl_ms = pipe.execute()
-    return int(value or 0), max(0.0, int(ttl_ms) / 1000) if ttl_ms and ttl_ms > 0 else 0.0
-
-
 def clear(key: str) -> None:
     redis_client().delete(f"cohort:rl:{key}")
 

@@ -139,6 +139,10 @@ class DatasetGrant(TenantOwned):
     note = models.CharField(max_length=500, blank=True, default="")
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # The share of the dataset's privacy budget the owner gives this grantee (summed over all of the
+    # grantee's reservations on the dataset); null: none, so no DP use by this grantee.
+    epsilon_allotment = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    delta_allotment = models.DecimalField(max_digits=14, decimal_places=12, null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 

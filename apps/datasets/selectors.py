@@ -117,3 +117,64 @@ def version_key(*, consumer: Tenant, version: DatasetVersion) -> DataKey:
         )
     with tenant_scope(version.tenant_id):
         return DataKey.objects.get(pk=version.data_key_id)
+
+
+# --- what a grantee sees of a version --------------------------------------------------------------
+
+GRANTEE_NULL_FRACTION_STEP = 0.05
+
+
+def grantee_min_count() -> int:
+    """k: category counts below it are suppressed in what grantees see (``COHORT_GRANTEE_MIN_COUNT``)."""
+    from django.conf import settings
+
+    return max(1, int(getattr(settings, "COHORT_GRANTEE_MIN_COUNT", 5)))
+
+
+def _suppress(counts: dict[str, int], k: int) -> dict[str, int | None]:
+    """Counts below ``k`` become null; if what is suppressed adds up to less than ``k`` (so the row
+    count minus the released counts would give it away), the next smallest counts go too."""
+    hidden = {c for c, n in counts.items() if n < k}
+    while hidden and sum(counts[c] for c in hidden) < k:
+        rest = sorted((n, c) for c, n in counts.items() if c not in hidden)
+        if not rest:
+            break
+        hidden.add(rest[0][1])
+    return {c: (None if c in hidden else int(n)) for c, n in counts.items()}
+
+
+def grantee_view(version: DatasetVersion) -> dict[str, Any]:
+    """What a grantee of ``version`` (a de-identified version) sees, safe by construction: the
+    schema (name, type, role), the row count, each column's null fraction rounded to 5 %, and the
+    label's class counts with counts below k suppressed (null). Never a minimum, maximum, mean,
+    standard deviation, length or distinct count: a minimum or maximum is one person's value. The
+    owner sees the same object as ``grantee_view`` on the version."""
+    schema = version.schema or {}
+    report = version.validation or {}
+    k = grantee_min_count()
+    step = GRANTEE_NULL_FRACTION_STEP
+    columns = []
+    reported = {c.get("name"): c for c in report.get("columns") or [] if isinstance(c, dict)}
+    for col in schema.get("columns") or []:
+        rep = reported.get(col.get("name")) or {}
+        ratio = rep.get("null_ratio")
+        if ratio is None and isinstance(rep.get("nulls"), int) and version.rows:
+            ratio = rep["nulls"] / version.rows
+        columns.append(
+            {
+                "name": col.get("name"),
+                "type": col.get("type"),
+                "role": col.get("role"),
+                "null_fraction": None if ratio is None else round(round(float(ratio) / step) * step, 2),
+            }
+        )
+    balance = report.get("class_balance")
+    return {
+        "rows": version.rows,
+        "label": schema.get("label"),
+        "task": schema.get("task"),
+        "columns": columns,
+        "class_counts": None if not isinstance(balance, dict) else _suppress(balance, k),
+        "min_count": k,
+        "null_fraction_step": step,
+    }

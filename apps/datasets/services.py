@@ -19,12 +19,12 @@ from typing import Any, BinaryIO, cast
 import pyarrow as pa
 import pyarrow.parquet as pq
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, connections, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
 from apps.audit.services import audit_record, audited_change
-from apps.common.errors import Conflict, RejectedInput
+from apps.common.errors import Conflict, RangeNotSatisfiable, RejectedInput
 from apps.datasets.models import (
     BudgetReservation,
     Dataset,
@@ -35,9 +35,10 @@ from apps.datasets.models import (
     UploadPart,
     UploadSession,
 )
+from apps.datasets.selectors import live_grants
 from apps.datasets.storage import EncryptedUpload, Stored, delete_object, open_decrypted, workspace
 from apps.tenancy.models import Tenant
-from apps.tenancy.scope import platform_scope
+from apps.tenancy.scope import db_alias, platform_scope
 from apps.vault import services as vault
 from apps.vault.models import DataKey
 from workers.ingest.errors import IngestError
@@ -415,7 +416,9 @@ def upload_part_put(*, tenant: Tenant, session: UploadSession, offset: int, stre
     bytes is accepted again (idempotent); overlapping or out-of-bounds chunks are refused."""
     _check_open(session)
     if offset < 0 or length < 1 or offset + length > session.size:
-        raise Conflict(f"A chunk must lie within the declared size ({session.size} bytes).")
+        raise RangeNotSatisfiable(
+            f"A chunk must lie within the declared size ({session.size} bytes).", size=session.size
+        )
     if length > settings.COHORT_UPLOAD_MAX_PART_BYTES:
         raise RejectedInput(
             "too_large",
@@ -1012,9 +1015,17 @@ def grant_create(
     created_by: Any,
     expires_at: datetime | None = None,
     note: str = "",
+    epsilon_allotment: Decimal | None = None,
+    delta_allotment: Decimal | None = None,
 ) -> DatasetGrant:
+    """A grant; a ``process`` grant may carry the grantee's (ε, δ) allotment of the dataset's
+    privacy budget (none: the grantee's DP uses are refused)."""
     if dataset.status != Dataset.Status.ACTIVE:
         raise Conflict("This dataset is deleted.")
+    if permission != DatasetGrant.Permission.PROCESS and (epsilon_allotment is not None or delta_allotment is not None):
+        from rest_framework.exceptions import ValidationError
+
+        raise ValidationError({"epsilon_allotment": ["Only process grants carry a privacy-budget allotment."]})
     if grantee.pk == tenant.pk:
         from rest_framework.exceptions import ValidationError
 
@@ -1040,6 +1051,8 @@ def grant_create(
             permission=permission,
             expires_at=expires_at,
             note=note,
+            epsilon_allotment=epsilon_allotment,
+            delta_allotment=delta_allotment,
             created_by=_user_or_none(created_by),
         )
         details = {
@@ -1047,6 +1060,8 @@ def grant_create(
             "grantee": grantee.slug,
             "permission": permission,
             "expires_at": expires_at.isoformat() if expires_at else None,
+            "epsilon_allotment": None if epsilon_allotment is None else str(epsilon_allotment),
+            "delta_allotment": None if delta_allotment is None else str(delta_allotment),
         }
         audit_record(action="grant.created", tenant=tenant, target=grant, details=details)
         audit_record(action="grant.received", tenant=grantee, target=grant, details={**details, "owner": tenant.slug})
@@ -1068,20 +1083,13 @@ def grant_revoke(*, tenant: Tenant, grant: DatasetGrant) -> DatasetGrant:
 
 
 def _notify_revoked(grant: DatasetGrant) -> None:
-    """Tell running work of the grantee (training steps, live sockets) after commit."""
+    """After commit, the grantee's live streams about the dataset check the gate and close
+    (``apps.datasets.live``); running training sees the revocation at its next gate check."""
+    from apps.datasets.live import publish_access_changed
 
-    def publish() -> None:
-        try:
-            from apps.common.ratelimit import redis_client
-
-            redis_client().publish(
-                f"cohort:grants:{grant.grantee_id}",
-                f'{{"dataset_id": {grant.dataset_id}, "grant_id": {grant.pk}, "event": "revoked"}}',
-            )
-        except Exception:
-            logger.warning("could not publish a grant revocation", exc_info=True)
-
-    transaction.on_commit(publish)
+    transaction.on_commit(
+        lambda: publish_access_changed(grant.grantee_id, grant.dataset_id, grant_id=grant.pk, event="revoked")
+    )
 
 
 # --- privacy budget ---------------------------------------------------------------------------------
@@ -1114,20 +1122,17 @@ def _lock_budget(budget: PrivacyBudget) -> None:
 
 
 def budget_usage(budget: PrivacyBudget) -> dict[str, Decimal]:
-    """Spent and reserved (ε, δ) over ALL consumers. Runs in platform scope because a grantee's
-    own scope hides other consumers' reservations, and the check must count them."""
-    with platform_scope():
-        rows = BudgetReservation.all_tenants.filter(budget_id=budget.pk)
-        spent = rows.filter(state=BudgetReservation.State.COMMITTED).aggregate(
-            e=Sum("epsilon_spent"), d=Sum("delta_spent")
-        )
-        held = rows.filter(state=BudgetReservation.State.RESERVED).aggregate(e=Sum("epsilon"), d=Sum("delta"))
-    zero = Decimal(0)
+    """Spent and reserved (ε, δ) over ALL consumers. A grantee's own scope hides other consumers'
+    reservations, so the sums come from ``cohort_budget_usage`` (SECURITY DEFINER: the four sums
+    only, for a caller who may see the budget), not from a platform scope in the request path."""
+    with connections[db_alias()].cursor() as cur:
+        cur.execute("SELECT * FROM cohort_budget_usage(%s)", [budget.pk])
+        eps_spent, delta_spent, eps_held, delta_held = cur.fetchone()
     return {
-        "epsilon_spent": spent["e"] or zero,
-        "delta_spent": spent["d"] or zero,
-        "epsilon_reserved": held["e"] or zero,
-        "delta_reserved": held["d"] or zero,
+        "epsilon_spent": Decimal(eps_spent),
+        "delta_spent": Decimal(delta_spent),
+        "epsilon_reserved": Decimal(eps_held),
+        "delta_reserved": Decimal(delta_held),
     }
 
 
@@ -1142,8 +1147,13 @@ def budget_reserve(
     created_by: Any,
 ) -> BudgetReservation:
     """Reserve (ε, δ) before a differentially private use starts. Refused when the reservation
-    would take spent + reserved past the budget (basic sequential composition)."""
+    would take spent + reserved past the budget (basic sequential composition), or, for a
+    grantee, past the allotment its ``process`` grant carries (``allotment_exceeded``, naming the
+    grant). Called by the platform when a job or federation starts; the API lets only the
+    dataset's owner reserve directly."""
     _lock_budget(budget)
+    if consumer.pk != budget.tenant_id:
+        _check_allotment(consumer=consumer, budget=budget, epsilon=epsilon, delta=delta)
     usage = budget_usage(budget)
     eps_after = usage["epsilon_spent"] + usage["epsilon_reserved"] + epsilon
     delta_after = usage["delta_spent"] + usage["delta_reserved"] + delta
@@ -1184,6 +1194,40 @@ def budget_reserve(
         if consumer.pk != budget.tenant_id:
             audit_record(action="budget.reserved", tenant=consumer, target=res, details=details)
     return res
+
+
+def _check_allotment(*, consumer: Tenant, budget: PrivacyBudget, epsilon: Decimal, delta: Decimal) -> None:
+    """A grantee's reservations on a dataset (held plus spent) stay within its grant's allotment."""
+    grant = live_grants(grantee=consumer, dataset_id=budget.dataset_id).filter(permission="process").first()
+    if grant is None:
+        raise RejectedInput("not_granted", "This tenant holds no live process grant on this dataset.", http_status=403)
+    zero = Decimal(0)
+    # The consumer's own rows: visible in its own scope (RLS: consumer_id = the tenant in scope).
+    mine = BudgetReservation.all_tenants.filter(budget_id=budget.pk, consumer=consumer)
+    spent = mine.filter(state=BudgetReservation.State.COMMITTED).aggregate(e=Sum("epsilon_spent"), d=Sum("delta_spent"))
+    held = mine.filter(state=BudgetReservation.State.RESERVED).aggregate(e=Sum("epsilon"), d=Sum("delta"))
+    eps_used = (spent["e"] or zero) + (held["e"] or zero)
+    delta_used = (spent["d"] or zero) + (held["d"] or zero)
+    eps_allot = grant.epsilon_allotment if grant.epsilon_allotment is not None else zero
+    delta_allot = grant.delta_allotment if grant.delta_allotment is not None else zero
+    if eps_used + epsilon > eps_allot or delta_used + delta > delta_allot:
+        _reject(
+            consumer,
+            "allotment_exceeded",
+            f"This use would exceed the privacy-budget allotment of grant {grant.pk}.",
+            {
+                "dataset_id": budget.dataset_id,
+                "grant_id": grant.pk,
+                "epsilon_allotment": None if grant.epsilon_allotment is None else str(grant.epsilon_allotment),
+                "delta_allotment": None if grant.delta_allotment is None else str(grant.delta_allotment),
+                "epsilon_used": str(eps_used),
+                "delta_used": str(delta_used),
+                "epsilon_requested": str(epsilon),
+                "delta_requested": str(delta),
+            },
+            action="budget.refused",
+            target=budget,
+        )
 
 
 def budget_settle(

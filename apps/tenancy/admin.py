@@ -14,7 +14,6 @@ from apps.common.admin_site import (
     ConsoleModelAdmin,
     action_form_response,
     cohort_admin_site,
-    restore_platform_scope,
     staff_actor,
 )
 from apps.tenancy.models import Membership, Role, Tenant
@@ -76,7 +75,6 @@ class TenantAdmin(ConsoleModelAdmin):
             tenant_set_status(
                 tenant=tenant, status=status, reason=form.cleaned_data["reason"], actor=staff_actor(request)
             )
-            restore_platform_scope()
             changed += 1
         self.message_user(
             request, f"{verb}: {changed} tenant(s) changed, {skipped} already {status}.", messages.SUCCESS

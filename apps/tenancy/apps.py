@@ -1,4 +1,5 @@
-"""App config for apps.tenancy: grants the app role its privileges after migrations."""
+"""App config for apps.tenancy: after migrations, grants the serving roles their privileges and
+installs the database-context key."""
 
 from typing import Any
 
@@ -6,19 +7,23 @@ from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 
 
-def _grant_after_migrate(sender: AppConfig, using: str, **kwargs: Any) -> None:
+def _after_migrate(sender: AppConfig, using: str, **kwargs: Any) -> None:
     from django.conf import settings
-    from django.db import connections
+    from django.db import connections, transaction
 
-    from apps.tenancy.rls import grant_app_privileges
+    from apps.tenancy.rls import PLATFORM_ROLE, grant_app_privileges, install_context_key
 
     conn = connections[using]
-    if conn.settings_dict.get("USER") == settings.COHORT_APP_DB_ROLE:
-        return  # the app role cannot grant; migrations must run as the owner
-    from django.db import transaction
-
+    if conn.settings_dict.get("USER") in {settings.COHORT_APP_DB_ROLE, PLATFORM_ROLE}:
+        return  # serving roles cannot grant; migrations must run as the owner
+    if sender.label != "tenancy":  # post_migrate fires once per app; once is enough
+        return
     with transaction.atomic(using=using), conn.cursor() as cur:
         grant_app_privileges(cur, str(settings.COHORT_APP_DB_ROLE))
+        grant_app_privileges(cur, PLATFORM_ROLE)
+        key = settings.COHORT_DB_CONTEXT_KEY
+        if key:
+            install_context_key(cur, key)
 
 
 class TenancyConfig(AppConfig):
@@ -26,4 +31,4 @@ class TenancyConfig(AppConfig):
     label = "tenancy"
 
     def ready(self) -> None:
-        post_migrate.connect(_grant_after_migrate, dispatch_uid="cohort_grants")
+        post_migrate.connect(_after_migrate, dispatch_uid="cohort_grants")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db.models import QuerySet
 
 from apps.tenancy.models import Invitation, Membership, Tenant
-from apps.tenancy.scope import set_db_context
+from apps.tenancy.scope import context_mac, set_db_context
 
 
 def tenant_list_for_user(*, user: object) -> QuerySet[Tenant]:
@@ -29,8 +29,12 @@ def tenant_resolve(*, slug: str, user_id: int | None) -> tuple[Tenant | None, Me
     """
     from django.db import connection
 
+    connection.ensure_connection()
+    mac = None
+    if user_id is not None:
+        mac = context_mac(backend_pid=connection.connection.info.backend_pid, name="user_id", value=str(user_id))
     with connection.cursor() as cur:
-        cur.execute("SELECT * FROM cohort_resolve_tenant(%s, %s)", [slug, user_id])
+        cur.execute("SELECT * FROM cohort_resolve_tenant(%s, %s, %s)", [slug, user_id, mac])
         row = cur.fetchone()
     if row is None:
         return None, None

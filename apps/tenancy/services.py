@@ -15,12 +15,13 @@ from apps.audit.services import audit_record, audited_change
 from apps.common.context import Actor
 from apps.common.errors import Conflict
 from apps.tenancy.models import Invitation, Membership, Role, Tenant
-from apps.tenancy.scope import lookup_scope, platform_scope, tenant_scope
+from apps.tenancy.scope import lookup_scope, tenant_scope
 
 
 def tenant_create(*, slug: str, name: str, owner: Any = None, actor: Actor | None = None) -> Tenant:
     """Create a tenant (platform action) and, optionally, its first owner."""
-    with platform_scope(), audited_change():
+    # Tenants are not tenant-owned rows (no RLS): the app role creates them; memberships need scope.
+    with audited_change():
         tenant = Tenant.objects.create(slug=slug, name=name)
         audit_record(action="tenant.created", tenant=tenant, actor=actor, target=tenant, details={"slug": slug})
         if owner is not None:
@@ -49,7 +50,7 @@ def tenant_set_status(*, tenant: Tenant, status: str, reason: str, actor: Actor 
     """Suspend or reactivate a tenant. Suspension blocks its API keys, sessions and websockets."""
     if status not in Tenant.Status.values:
         raise exceptions.ValidationError({"status": [f"Must be one of {Tenant.Status.values}."]})
-    with platform_scope(), audited_change():
+    with audited_change():
         tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
         tenant.status = status
         tenant.suspended_reason = reason if status == Tenant.Status.SUSPENDED else ""

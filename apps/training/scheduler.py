@@ -35,12 +35,12 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.db.models import F, Max, Q, Sum
 from django.utils import timezone
 
 from apps.audit.services import audit_record, audited_change
-from apps.tenancy.scope import platform_scope, tenant_scope
+from apps.tenancy.scope import db_alias, platform_on_own_connection, platform_scope, tenant_scope
 from apps.training.models import ResourceUsage, TrainingJob, TrainingQuota
 from apps.training.selectors import ACTIVE, QUOTA_FIELDS, month_of, plain, quota_from
 
@@ -56,6 +56,8 @@ class Pass:
     requeued: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
     waiting: dict[int, str] = field(default_factory=dict)
+    # True when the pass was put off until the caller's transaction commits (see ``schedule``).
+    deferred: bool = False
 
 
 def capacity() -> dict[str, int]:
@@ -89,16 +91,28 @@ def _waiting_reason_capacity(queue: str, used: int, cap: int, position: int) -> 
     return f"waiting for a free {queue} slot ({used}/{cap} in use); position {position} in the {queue} queue"
 
 
+def must_defer() -> bool:
+    """Whether a pass started now must wait for the app connection's open transaction."""
+    return platform_on_own_connection() and connections["default"].in_atomic_block
+
+
 def schedule(now: datetime | None = None, *, fold: int | None = None) -> Pass:
     """One admission pass over all tenants. Safe to call from anywhere, any number of times.
 
     ``fold``: the job being created in the caller's audited change; its admission is recorded in
     the caller's event (``job.created``) instead of a separate ``job.admitted``."""
+    if must_defer():
+        # The platform role works on its own connection, which cannot see this transaction's
+        # uncommitted rows, and would wait on the row locks it holds (a self-deadlock). So the pass
+        # runs as soon as the caller's transaction commits.
+        transaction.on_commit(lambda: schedule(now), using="default")
+        return Pass(deferred=True)
     now = now or timezone.now()
     result = Pass()
     to_send: list[tuple[int, int, str]] = []
     with platform_scope():
-        with connection.cursor() as cur:
+        # On the platform connection, in its transaction: one scheduler pass at a time.
+        with connections[db_alias()].cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_KEY])
         _requeue_lost(now, result, to_send)
         _admit(now, result, to_send, fold)
@@ -109,7 +123,7 @@ def schedule(now: datetime | None = None, *, fold: int | None = None) -> Pass:
 
 def _send(jobs: list[tuple[int, int, str]]) -> None:
     """One message per job, plus one per further node of a multi-node job."""
-    from apps.training.tasks import run_job, run_node
+    from apps.training.dispatch import run_job, run_node
 
     for tenant_id, job_id, queue in jobs:
         run_job.apply_async(args=(tenant_id, job_id), queue=queue)

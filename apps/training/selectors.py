@@ -1,4 +1,5 @@
-"""Training reads (the tenant's own jobs, events and models; quotas and usage)."""
+"""Training reads (the tenant's own jobs, events and models; the dataset versions a job may train
+on; quotas and usage)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from django.conf import settings
 from django.db.models import QuerySet, Sum
 from django.utils import timezone
 
+from apps.datasets import selectors as dataset_selectors
+from apps.datasets.models import DatasetVersion
 from apps.tenancy.models import Tenant
 from apps.training.models import JobEvent, ModelVersion, ResourceUsage, TrainingJob, TrainingQuota
 
@@ -52,6 +55,27 @@ def plain(value: Any) -> Any:
 def job_list(*, tenant: Tenant, status: str = "") -> QuerySet[TrainingJob]:
     qs = TrainingJob.objects.filter(tenant=tenant)
     return qs.filter(status=status) if status else qs
+
+
+def job_model_version_id(job: TrainingJob) -> int | None:
+    """The model version a job registered (None until it succeeded)."""
+    return ModelVersion.objects.filter(job=job).values_list("pk", flat=True).first()
+
+
+def usable_version(*, tenant: Tenant, version_id: int) -> DatasetVersion | None:
+    """A ready de-identified version the tenant owns or holds a live ``process`` grant on."""
+    version = (
+        DatasetVersion.all_tenants.filter(
+            pk=version_id, kind=DatasetVersion.Kind.DEIDENTIFIED, status=DatasetVersion.Status.READY
+        )
+        .select_related("dataset")
+        .first()
+    )
+    if version is None:
+        return None
+    if not dataset_selectors.dataset_access(consumer=tenant, dataset_id=version.dataset_id, permission="process"):
+        return None
+    return version
 
 
 def job_events(*, job: TrainingJob, after: int = 0, kind: str = "") -> QuerySet[JobEvent]:

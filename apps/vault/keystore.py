@@ -89,11 +89,12 @@ class TenantSecretStore:
             data["shredded"] = sorted(shredded)
             return existed
 
-    def rewrap_all(self) -> int:
-        """Re-wrap every secret under the provider's current KEK (KEK rotation)."""
+    def rewrap_all(self) -> list[int]:
+        """Re-wrap every secret under the provider's current KEK (KEK rotation); returns the
+        tenant ids whose secret was re-wrapped."""
         from workers.crypto import rewrap
 
-        n = 0
+        n: list[int] = []
         with self._locked() as data:
             for tid, entry in data["tenants"].items():
                 old = WrappedKey(kek_id=entry["kek_id"], blob=base64.b64decode(entry["blob"]))
@@ -101,7 +102,7 @@ class TenantSecretStore:
                     continue
                 new = rewrap(old, self.provider, _context(int(tid)))
                 data["tenants"][tid] = {"kek_id": new.kek_id, "blob": base64.b64encode(new.blob).decode()}
-                n += 1
+                n.append(int(tid))
         return n
 
     def kek_ids_in_use(self) -> set[str]:

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 from django.utils import timezone
 
 from apps.audit.services import audit_record, audited_change
+from apps.tenancy.scope import db_alias
 from apps.vault.keystore import ShreddedError, TenantSecretStore
 from apps.vault.models import DataKey
 from workers.crypto import (
@@ -96,7 +97,7 @@ def _derive(tenant_id: int, share: bytes, context: bytes, *, create: bool = Fals
 
 
 def used(key: DataKey) -> int:
-    with connection.cursor() as cur:
+    with connections[db_alias()].cursor() as cur:
         cur.execute("SELECT cohort_dek_used(%s)", [key.pk])
         return int(cur.fetchone()[0])
 
@@ -187,15 +188,27 @@ def rewrap_all(provider: KeyProvider | None = None) -> RewrapResult:
             key.kek_id, key.wrapped, key.rewrapped_at = new.kek_id, new.blob, now
         DataKey.all_tenants.bulk_update(keys, ["kek_id", "wrapped", "rewrapped_at"], batch_size=1000)
         n = len(keys)
-        secrets_n = secret_store().rewrap_all()
-        audit_record(
-            action="key.kek_rotated",
-            details={
-                "data_keys_rewrapped": n,
-                "tenant_shred_keys_rewrapped_count": secrets_n,
-                "kek_id": provider.current_kek_id,
-            },
-        )
+        secret_tenants = secret_store().rewrap_all()
+        secrets_n = len(secret_tenants)
+        # One event in each tenant's own chain whose keys changed (its compliance officer sees it).
+        per_tenant: dict[int, int] = {}
+        for key in keys:
+            per_tenant[key.tenant_id] = per_tenant.get(key.tenant_id, 0) + 1
+        for tid in sorted(set(per_tenant) | set(secret_tenants)):
+            audit_record(
+                action="key.kek_rotated",
+                tenant=tid,
+                target_type="vault.datakey",
+                details={
+                    "data_keys_rewrapped": per_tenant.get(tid, 0),
+                    "shred_key_rewrapped": tid in secret_tenants,
+                    "kek_id": provider.current_kek_id,
+                },
+            )
+        if not per_tenant and not secret_tenants:
+            audit_record(
+                action="key.kek_rotated", details={"data_keys_rewrapped": 0, "kek_id": provider.current_kek_id}
+            )
     reset_caches()
     return RewrapResult(
         keys=n, secrets=secrets_n, kek_id=provider.current_kek_id, seconds=time.perf_counter() - started

@@ -41,6 +41,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "apps.common.middleware.RequestContextMiddleware",
+    "apps.common.textinput.NulRejectMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -88,12 +89,25 @@ def _database(url: str, *, pool: bool) -> dict[str, object]:
     return cfg
 
 
+# `platform` is the platform role (cohort_platform, NOSUPERUSER, NOBYPASSRLS): console, scheduler,
+# sweeps and verification reach every tenant's rows through it (apps.tenancy.scope.platform_scope),
+# never through a setting. Without DATABASE_PLATFORM_URL it is the app role, which sees nothing
+# cross-tenant: platform work then fails closed.
+# `owner` exists only in the process that migrates (DATABASE_OWNER_URL is given to it alone).
 DATABASES = {
     "default": _database(env.str("DATABASE_URL"), pool=_DB_POOL),
-    "owner": _database(env.str("DATABASE_OWNER_URL", default=env.str("DATABASE_URL")), pool=False),
+    "platform": _database(env.str("DATABASE_PLATFORM_URL", default=env.str("DATABASE_URL")), pool=False),
 }
-DATABASES["owner"]["ATOMIC_REQUESTS"] = False
+DATABASES["platform"]["ATOMIC_REQUESTS"] = False
+if env.str("DATABASE_OWNER_URL", default=""):
+    DATABASES["owner"] = _database(env.str("DATABASE_OWNER_URL"), pool=False)
+    DATABASES["owner"]["ATOMIC_REQUESTS"] = False
+DATABASE_ROUTERS = ["apps.tenancy.routing.ScopeRouter"]
 COHORT_APP_DB_ROLE = DATABASES["default"]["USER"] or "cohort_app"
+COHORT_PLATFORM_DB_ROLE = DATABASES["platform"]["USER"] or "cohort_platform"
+# Signs the row-level-security context (apps.tenancy.scope); the migrate step installs it in the
+# database. Held by the serving processes, never by SQL.
+COHORT_DB_CONTEXT_KEY = env.str("COHORT_DB_CONTEXT_KEY")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: cache (rate limits, lockout), Celery broker, Channels layer ----------------------
@@ -126,6 +140,11 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "datasets-purge-expired": {"task": "datasets.purge_expired", "schedule": 3600.0},
     "audit-checkpoint": {"task": "audit.checkpoint_create", "schedule": 3600.0},
+    # Verifies every chain (as the platform); a broken one is a platform event, /readyz and the console.
+    "audit-verify-all": {
+        "task": "audit.verify_all",
+        "schedule": env.float("COHORT_AUDIT_VERIFY_SECONDS", default=24 * 3600.0),
+    },
     # Admits waiting jobs and re-enqueues admitted jobs whose worker vanished (lease expired) or
     # whose message was lost between commit and publish.
     "training-schedule": {
@@ -159,8 +178,17 @@ COHORT_API_RATE_PER_MINUTE = env.int("COHORT_API_RATE_PER_MINUTE", default=1200)
 COHORT_TRUSTED_PROXY_COUNT = env.int("COHORT_TRUSTED_PROXY_COUNT", default=0)
 COHORT_REQUIRE_ADMIN_OTP = env.bool("COHORT_REQUIRE_ADMIN_OTP", default=True)
 COHORT_BREAK_GLASS_MINUTES = env.int("COHORT_BREAK_GLASS_MINUTES", default=15)
-# Ed25519 private key (base64 of the 32-byte seed) that signs audit checkpoints.
-COHORT_AUDIT_SIGNING_KEY = env.str("COHORT_AUDIT_SIGNING_KEY")
+# Ed25519 private key (base64 of the 32-byte seed) that signs audit checkpoints. Only the process
+# that signs holds it (the worker running `audit.checkpoint_create`, or an operator's
+# `manage.py audit_checkpoint`); web and beat run without it (docs/audit.md "Keys").
+COHORT_AUDIT_SIGNING_KEY = env.str("COHORT_AUDIT_SIGNING_KEY", default="")
+# The matching public key (base64 of 32 bytes): verifies stored checkpoints where the private key is
+# absent. Derived from COHORT_AUDIT_SIGNING_KEY when unset there.
+COHORT_AUDIT_PUBLIC_KEY = env.str("COHORT_AUDIT_PUBLIC_KEY", default="")
+# Seconds between scheduled verifications of every chain (beat `audit.verify_all`).
+COHORT_AUDIT_VERIFY_SECONDS = env.float("COHORT_AUDIT_VERIFY_SECONDS", default=24 * 3600.0)
+# /readyz answers 503 while the last verification found a broken chain (set false to report only).
+COHORT_AUDIT_TAMPER_FAILS_READYZ = env.bool("COHORT_AUDIT_TAMPER_FAILS_READYZ", default=True)
 COHORT_AUDIT_RETENTION_DAYS = env.int("COHORT_AUDIT_RETENTION_DAYS", default=6 * 366)
 
 # --- DRF / OpenAPI --------------------------------------------------------------------------
@@ -171,7 +199,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_THROTTLE_CLASSES": ["apps.common.ratelimit.PrincipalRateThrottle"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["apps.common.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PAGINATION_CLASS": "apps.common.pagination.CursorPagination",
     "PAGE_SIZE": 50,

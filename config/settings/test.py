@@ -7,6 +7,7 @@ os.environ.setdefault("COHORT_API_KEY_PEPPER", "test-pepper")
 # A fixed Ed25519 seed for tests only (base64 of 32 bytes).
 os.environ.setdefault("COHORT_AUDIT_SIGNING_KEY", "dGVzdC1zaWduaW5nLWtleS0zMi1ieXRlcy1sb25nISE=")
 os.environ.setdefault("COHORT_DB_POOL", "false")
+os.environ.setdefault("COHORT_DB_CONTEXT_KEY", "dGVzdC1kYi1jb250ZXh0LWtleS0zMi1ieXRlcy1sb25nISE=")
 
 # Keys, objects and scratch space of the test run, per test database (the run recreates both).
 from config.env import LOCAL_STATE_DIR
@@ -26,3 +27,5 @@ from config.settings.base import *  # noqa: F403, E402
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 COHORT_REQUIRE_ADMIN_OTP = True
 STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405
+# The suite is also the migrate step (it creates and migrates its database as the owner).
+COHORT_ALLOW_OWNER_DSN = True

@@ -39,7 +39,9 @@ def admin_connect() -> psycopg.Connection:
 
 def app_conninfo() -> str:
     """libpq connection string for the application role (NOSUPERUSER, NOBYPASSRLS) on the test DB."""
-    db = settings.DATABASES["default"]
+    from tests.processes import serving_login
+
+    db = serving_login(settings, "default")
     parts = {
         "dbname": db["NAME"],
         "user": db["USER"],
@@ -177,3 +179,18 @@ def seed_datasets(client: Any, tenant: Any, *, name: str, grantee_slug: str, row
         model_sha256=model.sha256,
         content_sha256=[v for v in (raw["content_sha256"], deid["content_sha256"]) if v],
     )
+
+
+def set_signed_context(conn: psycopg.Connection, **values: object) -> None:
+    """On a raw connection, set RLS context values with their MACs, as ``set_db_context`` does
+    (the database ignores a value without its MAC: tests/security/test_platform_role.py)."""
+    from apps.tenancy.scope import context_mac
+
+    pid = conn.info.backend_pid
+    for name, value in values.items():
+        text = "" if value is None else str(value)
+        mac = context_mac(backend_pid=pid, name=name, value=text) if text else ""
+        conn.execute(
+            "SELECT set_config(%s, %s, true), set_config(%s, %s, true)",
+            [f"app.{name}", text, f"app.{name}_mac", mac],
+        )

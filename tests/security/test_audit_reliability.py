@@ -26,7 +26,7 @@ from apps.audit.models import AuditEvent
 from apps.audit.services import AuditMissing, audit_record, audited_change
 from apps.audit.verification import audit_verify, checkpoint_create, heads_in_scope
 from apps.tenancy.models import Invitation, Membership, Role, Tenant
-from apps.tenancy.scope import platform_scope, set_db_context, tenant_scope
+from apps.tenancy.scope import platform_scope, tenant_scope
 from tests.apps.audit.test_commands import signed_by_other_key
 from tests.conftest import write_report
 
@@ -56,20 +56,24 @@ def as_owner_without_triggers() -> Iterator[Any]:
     attacker holding the owner credentials (not the app) could do. Triggers are re-enabled before
     the commit, so nothing else ever runs without them."""
     with transaction.atomic(using="owner"), connections["owner"].cursor() as cur:
-        set_db_context(using="owner", platform=True)
+        # The owner may lift FORCE on its own table (RLS then exempts it), as such an attacker could.
+        cur.execute("ALTER TABLE audit_auditevent NO FORCE ROW LEVEL SECURITY")
         cur.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER USER")
         yield cur
         cur.execute("SET CONSTRAINTS ALL IMMEDIATE")  # run the deferred FK checks before ALTER TABLE
         cur.execute("ALTER TABLE audit_auditevent ENABLE TRIGGER USER")
+        cur.execute("ALTER TABLE audit_auditevent FORCE ROW LEVEL SECURITY")
 
 
 def snapshot() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     with transaction.atomic(using="owner"), connections["owner"].cursor() as cur:
-        set_db_context(using="owner", platform=True)
+        cur.execute("ALTER TABLE audit_auditevent NO FORCE ROW LEVEL SECURITY")
         cur.execute(f"SELECT {', '.join(EVENT_COLUMNS)} FROM audit_auditevent ORDER BY id")
         events = cur.fetchall()
         cur.execute("SELECT id, chain, seq, head_hash FROM audit_chainhead ORDER BY id")
-        return events, cur.fetchall()
+        heads = cur.fetchall()
+        cur.execute("ALTER TABLE audit_auditevent FORCE ROW LEVEL SECURITY")
+        return events, heads
 
 
 def restore(snap: tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]) -> None:
@@ -142,8 +146,7 @@ def build_realistic_log(
 
 
 def head_of(chain: str) -> tuple[int, str]:
-    with transaction.atomic():
-        set_db_context(platform=True)
+    with platform_scope():
         return heads_in_scope()[chain]
 
 
@@ -376,10 +379,15 @@ def test_aud5_append_only(tenant: Any, member: Any) -> None:
     results: dict[str, list[dict[str, Any]]] = {"app": [], "owner": []}
     for who, using in (("app", "default"), ("owner", "owner")):
         with transaction.atomic(using=using):
-            set_db_context(using=using, platform=True)  # every row visible: nothing is refused for lack of rows
+            if who == "owner":  # every row visible to the owner: nothing is refused for lack of rows
+                with connections[using].cursor() as cur:
+                    cur.execute("ALTER TABLE audit_auditevent NO FORCE ROW LEVEL SECURITY")
             for sql, params in attempts[who]:
                 ok, error = _attempt(using, sql, params)
                 results[who].append({"sql": sql, "succeeded": ok, "error": error})
+            if who == "owner":
+                with connections[using].cursor() as cur:
+                    cur.execute("ALTER TABLE audit_auditevent FORCE ROW LEVEL SECURITY")
     with platform_scope():
         after = list(AuditEvent.all_tenants.order_by("id").values_list("id", "seq", "hash", "details"))
     succeeded = [r for rs in results.values() for r in rs if r["succeeded"]]

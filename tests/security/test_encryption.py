@@ -283,11 +283,16 @@ def test_enc5_no_plaintext_at_rest_canary_scan(
     raw_a = [v for v in _versions(a) if v.kind == "raw"]
     assert any(needle in read_version(v) for v in raw_a), "control: the canary must be in the data"
     # 1. PostgreSQL dump (schema + data, every table incl. the audit log).
-    dump_bin = shutil.which("pg_dump")
-    assert dump_bin, "pg_dump is needed for ENC-5"
-    dump = subprocess.run(
-        [dump_bin, "--no-owner", _admin_db_url(_test_db_name())], capture_output=True, check=True
-    ).stdout
+    # The client must not be older than the server (embedded mode runs PostgreSQL 18 from its wheel;
+    # the machine's pg_dump may be older): tests/processes.py picks one that matches.
+    import psycopg
+
+    from tests.processes import pg_tool, server_major
+
+    dump_url = _admin_db_url(_test_db_name())
+    with psycopg.connect(dump_url) as conn:
+        dump_bin = pg_tool("pg_dump", server_major(conn))
+    dump = subprocess.run([dump_bin, "--no-owner", dump_url], capture_output=True, check=True).stdout
     hits["postgres_dump"] = dump.count(needle)
     # 2. Object store and scratch space.
     store = 0

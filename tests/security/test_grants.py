@@ -11,9 +11,10 @@
 * ISO-9: with a grant live, N units of queued work (each a later ``dataset_access`` call in the
   grantee's scope, as a task does at start) are created; the grant is revoked through the API; all
   N then refuse, and running work (polling the gate, fetching the data key) is refused at its next
-  check. The revocation is published for running work, B's shared views close at once, an expired
-  grant is refused like a revoked one, and a member removed from B loses access at once.
-  Dataset/job WebSockets do not exist yet (training issue): the report says so.
+  check. The revocation is published to B's job streams, B's shared views close at once, an expired
+  grant is refused like a revoked one, and a member removed from B loses access at once. B's
+  queued training jobs fail at start; B's running job stops, and its job websocket (a websockets
+  client on a real socket to uvicorn) is closed with 4403 within 5 s of the revoke request.
 
 Figures: reports/ISO-8.json, reports/ISO-9.json.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,7 +38,7 @@ from apps.tenancy.models import Role
 from apps.tenancy.scope import tenant_scope
 from tests.apps.datasets.helpers import create_dataset, deidentify, table_csv, upload_version
 from tests.conftest import write_report
-from tests.security.helpers import admin_connect, app_connect
+from tests.security.helpers import admin_connect, app_connect, set_signed_context
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -79,7 +81,7 @@ def _gate(consumer: Any, dataset_id: int, permission: str = "process") -> bool:
 def _rls_versions_visible(tenant_id: int, dataset_id: int) -> set[int]:
     """Version ids of the dataset the app role sees with ``tenant_id`` in scope (RLS alone)."""
     with app_connect(autocommit=True) as conn, conn.transaction():
-        conn.execute("SELECT set_config('app.tenant_id', %s, true)", [str(tenant_id)])
+        set_signed_context(conn, tenant_id=tenant_id)
         rows = conn.execute("SELECT id FROM datasets_datasetversion WHERE dataset_id = %s", [dataset_id]).fetchall()
     return {r[0] for r in rows}
 
@@ -196,13 +198,14 @@ def test_iso8_process_and_download_grants(
         raw_orm = DatasetVersion.all_tenants.filter(pk=raw["id"]).exists()
     check(not raw_orm, "ORM in B's scope finds the raw version")
 
-    # B may reserve privacy budget (a process grantee's DP use).
+    # B does not reserve privacy budget through the API: the platform does, within B's allotment,
+    # when B's job or federation starts (tests/security/test_probe_findings.py).
     r = b_analyst.post(
         f"{bs}datasets/{ds}/budget/reservations/",
         {"epsilon": "0.5", "delta": "0", "purpose": "federated round"},
         format="json",
     )
-    check(r.status_code == 201, f"B reserve budget -> {r.status_code} {r.content[:200]!r}")
+    check(r.status_code == 403, f"B reserve budget -> {r.status_code} {r.content[:200]!r}")
 
     gate = {
         "process": _gate(b, ds, "process"),
@@ -279,8 +282,10 @@ def test_iso8_process_and_download_grants(
             "reads_with_download_grant": reads,
             "raw_values_checked": len(raw_values),
             "dropped_columns": list(DROPPED),
-            "note": "process = schema + aggregates, budget reservations, no rows (403 permission_denied on "
-            "preview/download); download = the de-identified version only; a tenant without a grant: 404. "
+            "note": "process = schema + safe statistics (no extremes, counts below k suppressed), no rows "
+            "(403 permission_denied on preview/download), no budget reservations through the API (403: the "
+            "platform reserves within the grant's allotment); download = the de-identified version only; "
+            "a tenant without a grant: 404. "
             "Training outputs (per-site model heads, union/intersection rules) do not exist yet.",
         },
         not violations,
@@ -290,13 +295,132 @@ def test_iso8_process_and_download_grants(
 
 # --- ISO-9 ---------------------------------------------------------------------------------------
 
-QUEUED_TASKS = 25
+QUEUED_TASKS = 25  # queued units of work that check the gate when they start
+QUEUED_JOBS = 3  # queued training jobs of B, started by a worker after the revocation
+SOCKET_CLOSE_BAR_S = 5.0
+# Long enough to still be training when the grant is revoked; the revocation stops it.
+RUNNING_SPEC = {
+    "model": {"name": "logistic_regression", "params": {}},
+    "optimizer": {"name": "adamw", "lr": 0.01},
+    "epochs": 20_000,
+    "batch_size": 8,
+    "seed": 3,
+    "checkpoint_every_steps": 1_000_000,
+    "log_every_steps": 10,
+}
+
+
+class _LiveServer:
+    """The ASGI application (config.asgi) served by uvicorn on a loopback port, in a thread of this
+    process: a real socket for real websocket clients, with the Redis channel layer of the settings."""
+
+    def __init__(self) -> None:
+        import socket
+
+        import uvicorn
+        from channels.layers import channel_layers
+
+        channel_layers.backends.clear()  # the settings' (Redis) layer, not one an earlier test cached
+        from config.asgi import application
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        config = uvicorn.Config(application, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="iso9-uvicorn", daemon=True)
+
+    def __enter__(self) -> _LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        from channels.layers import channel_layers
+
+        channel_layers.backends.clear()
+
+
+class _StreamWatcher:
+    """A websocket client on the job stream, reading in a thread until the server closes it."""
+
+    def __init__(self, url: str, cookie: str, origin: str) -> None:
+        from websockets.sync.client import connect
+
+        self.ws = connect(url, additional_headers={"Cookie": cookie, "Origin": origin}, open_timeout=10)
+        self.ws.__enter__()  # the client's own context (websockets warns on a connection used without it)
+        self.messages: list[dict[str, Any]] = []
+        self.closed_at: float | None = None
+        self.close_code: int | None = None
+        self.thread = threading.Thread(target=self._read, name="iso9-ws", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            while True:
+                self.messages.append(json.loads(self.ws.recv()))
+        except ConnectionClosed as exc:
+            self.closed_at = time.perf_counter()
+            self.close_code = exc.rcvd.code if exc.rcvd is not None else None
+
+    def wait_closed(self, timeout: float) -> bool:
+        self.thread.join(timeout=timeout)
+        return self.closed_at is not None
+
+    def close(self) -> None:
+        self.ws.close()
+        self.thread.join(timeout=5)
+
+
+def _session_cookie(user: Any) -> str:
+    from django.test import Client
+
+    c = Client()
+    c.force_login(user)
+    return f"sessionid={c.cookies['sessionid'].value}"
+
+
+def _job_status(tenant_id: int, job_id: int) -> tuple[str, str, int]:
+    from apps.training.models import TrainingJob
+
+    with tenant_scope(tenant_id):
+        job = TrainingJob.objects.get(pk=job_id)
+    return job.status, job.status_reason, int(job.progress.get("step", 0))
+
+
+def _run_job_in_thread(tenant_id: int, job_id: int, outcome: dict[str, Any]) -> threading.Thread:
+    """The worker's task body (``run_job``) in a thread of this process, as a worker runs it."""
+
+    def run() -> None:
+        from django.db import connections
+
+        from apps.training import services as training
+
+        try:
+            outcome["result"] = training.run_job(tenant_id, job_id)
+        except Exception as exc:  # reported, not raised in a thread nobody joins with a result
+            outcome["result"] = f"raised {type(exc).__name__}: {exc}"
+        finally:
+            outcome["ended_at"] = time.perf_counter()
+            connections.close_all()
+
+    thread = threading.Thread(target=run, name=f"iso9-job{job_id}", daemon=True)
+    thread.start()
+    return thread
 
 
 def test_iso9_revocation_propagates_at_once(
     make_tenant: Callable[..., Any], member: Callable[..., Any], api_client_for: Callable[[Any], Any]
 ) -> None:
-    from apps.common.ratelimit import redis_client
+    from apps.training import services as training
+    from apps.training.models import TrainingJob
 
     w = _shared_world(make_tenant, member, api_client_for, rows=12)
     a, b, ds, deid = w["a"], w["b"], w["ds"], w["deid"]
@@ -304,6 +428,10 @@ def test_iso9_revocation_propagates_at_once(
     bs = f"/api/v1/tenants/{b.slug}/"
     problems: list[str] = []
     grant_id = _grant(a_owner, a.slug, ds, b.slug, "download")
+
+    # A labelled version of the same dataset that B trains on (the 12-row one has no label).
+    raw_train = upload_version(a_owner, a.slug, ds, table_csv(200, seed=1), label="outcome")
+    train_version = deidentify(a_owner, a.slug, ds, raw_train["id"])["id"]
 
     # Work queued while the grant is live: each unit checks the gate when it starts.
     queued = [lambda: _gate(b, ds, "process") for _ in range(QUEUED_TASKS)]
@@ -314,45 +442,89 @@ def test_iso9_revocation_propagates_at_once(
     with tenant_scope(b.pk):
         held_version = DatasetVersion.all_tenants.get(pk=deid["id"])
         selectors.version_key(consumer=b, version=held_version)  # allowed while the grant lives
+        # B's training jobs: one running on a worker, QUEUED_JOBS admitted but not started yet.
+        running = training.job_create(
+            tenant=b, created_by=None, name="iso9-running", dataset_version_id=train_version, spec=RUNNING_SPEC
+        )
+        queued_jobs = [
+            training.job_create(
+                tenant=b, created_by=None, name=f"iso9-queued-{i}", dataset_version_id=train_version, spec=RUNNING_SPEC
+            )
+            for i in range(QUEUED_JOBS)
+        ]
+    job_outcome: dict[str, Any] = {}
+    job_thread = _run_job_in_thread(b.pk, running.pk, job_outcome)
+    try:
+        deadline = time.monotonic() + 120
+        while not (_job_status(b.pk, running.pk)[0] == "running" and _job_status(b.pk, running.pk)[2] > 0):
+            assert time.monotonic() < deadline and job_thread.is_alive(), (job_outcome, _job_status(b.pk, running.pk))
+            time.sleep(0.1)
 
-    # Running work listens for the revocation (published after commit).
-    pubsub = redis_client().pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(f"cohort:grants:{b.pk}")
-    time.sleep(0.05)
+        with _LiveServer() as server:
+            origin = f"http://127.0.0.1:{server.port}"
+            url = f"ws://127.0.0.1:{server.port}/ws/v1/tenants/{b.slug}/jobs/{running.pk}/"
+            stream = _StreamWatcher(url, _session_cookie(w["b_analyst_user"]), origin)
+            deadline = time.monotonic() + 10
+            while not stream.messages and time.monotonic() < deadline:
+                time.sleep(0.05)
+            events_before_revoke = len(stream.messages)
+            if not events_before_revoke or stream.closed_at is not None:
+                problems.append(f"the job stream did not stream before the revocation: {stream.close_code}")
 
-    r = a_owner.delete(f"/api/v1/tenants/{a.slug}/datasets/{ds}/grants/{grant_id}/")
-    revoked_at = time.perf_counter()
-    assert r.status_code == 200 and r.json()["status"] == "revoked", r.content
+            revoke_started = time.perf_counter()
+            r = a_owner.delete(f"/api/v1/tenants/{a.slug}/datasets/{ds}/grants/{grant_id}/")
+            revoked_at = time.perf_counter()
+            assert r.status_code == 200 and r.json()["status"] == "revoked", r.content
 
-    # Running work: the next gate check and key fetch after the revoke call returns.
-    polls = 0
-    while _gate(b, ds, "process"):
-        polls += 1
-        if time.perf_counter() - revoked_at > 10:
-            break
-    seconds_until_refused = time.perf_counter() - revoked_at
-    if polls:
-        problems.append(f"the gate still allowed B {polls} times after the revoke call returned")
-    key_refused = False
-    try:  # a running job holds the version object it loaded before the revocation
-        with tenant_scope(b.pk):
-            selectors.version_key(consumer=b, version=held_version)
-    except AccessDenied:
-        key_refused = True
-    if not key_refused:
-        problems.append("the owner's data key was still handed to B after the revocation")
+            # Running work: the next gate check and key fetch after the revoke call returns.
+            polls = 0
+            while _gate(b, ds, "process"):
+                polls += 1
+                if time.perf_counter() - revoked_at > 10:
+                    break
+            seconds_until_refused = time.perf_counter() - revoked_at
+            if polls:
+                problems.append(f"the gate still allowed B {polls} times after the revoke call returned")
+            key_refused = False
+            try:  # a running job holds the version object it loaded before the revocation
+                with tenant_scope(b.pk):
+                    selectors.version_key(consumer=b, version=held_version)
+            except AccessDenied:
+                key_refused = True
+            if not key_refused:
+                problems.append("the owner's data key was still handed to B after the revocation")
 
-    message = None
-    deadline = time.perf_counter() + 5
-    while message is None and time.perf_counter() < deadline:
-        message = pubsub.get_message(timeout=0.2)
-    published_seconds = time.perf_counter() - revoked_at if message else None
-    pubsub.close()
-    if not message or json.loads(message["data"]).get("grant_id") != grant_id:
-        problems.append(f"no revocation message for running work: {message}")
+            # The running job's websocket closes (4403), measured by the client on a real socket.
+            socket_closed = stream.wait_closed(timeout=2 * SOCKET_CLOSE_BAR_S)
+            seconds_to_close = None if stream.closed_at is None else stream.closed_at - revoke_started
+            close_code = stream.close_code
+            if not socket_closed:
+                stream.close()
+                problems.append("the job websocket of B's running job was still open 10 s after the revocation")
+            elif close_code != 4403 or seconds_to_close is None or seconds_to_close > SOCKET_CLOSE_BAR_S:
+                problems.append(f"job websocket closed with {close_code} after {seconds_to_close} s")
 
-    # Queued work starting now.
-    refused = sum(1 for task in queued if not task())
+        # The running job itself stops at its next gate check.
+        job_thread.join(timeout=30)
+        job_status, job_reason, _ = _job_status(b.pk, running.pk)
+        seconds_job_stopped = job_outcome["ended_at"] - revoked_at if "ended_at" in job_outcome else None
+        if job_status != "failed" or job_reason != "grant_revoked":
+            problems.append(f"B's running job ended {job_status!r} ({job_reason!r}), want failed (grant_revoked)")
+    finally:
+        if job_thread.is_alive():  # stop it before the tables are emptied under it
+            with tenant_scope(b.pk):
+                TrainingJob.objects.filter(pk=running.pk).update(cancel_requested=True)
+            job_thread.join(timeout=30)
+
+    # Queued work starting now: the gate units, and B's queued jobs as a worker starts them.
+    refused_units = sum(1 for task in queued if not task())
+    job_results = {j.pk: training.run_job(b.pk, j.pk) for j in queued_jobs}
+    refused_jobs = 0
+    for j in queued_jobs:
+        status, reason, steps = _job_status(b.pk, j.pk)
+        refused_jobs += int(status == "failed" and "dataset not usable" in reason and steps == 0)
+    queued_total = len(queued) + len(queued_jobs)
+    refused = refused_units + refused_jobs
 
     # B's views close at once.
     after: dict[str, int] = {}
@@ -428,27 +600,41 @@ def test_iso9_revocation_propagates_at_once(
     if removed["before"] != 200 or removed["shared_detail"] != 404 or removed["shared_download"] != 404:
         problems.append(f"removed member: {removed}")
 
-    passed = refused == QUEUED_TASKS and not problems
+    refusal_ratio = refused / queued_total
+    passed = refusal_ratio == 1 and not problems
     write_report(
         "ISO-9",
         {
-            "queued_tasks": QUEUED_TASKS,
+            "queued_tasks": queued_total,
             "queued_refused": refused,
+            "queued_refusal_ratio": round(refusal_ratio, 4),
+            "queued_gate_units": len(queued),
+            "queued_gate_units_refused": refused_units,
+            "queued_jobs": len(queued_jobs),
+            "queued_jobs_refused_at_start": refused_jobs,
+            "queued_job_results": job_results,
             "seconds_until_refused": round(seconds_until_refused, 4),
             "gate_allowed_after_revoke_returned": polls,
             "data_key_refused_after_revoke": key_refused,
-            "revocation_published_seconds": None if published_seconds is None else round(published_seconds, 4),
+            "job_socket_events_before_revoke": events_before_revoke,
+            "job_socket_closed": socket_closed,
+            "job_socket_close_code": close_code,
+            "seconds_to_close_job_socket": None if seconds_to_close is None else round(seconds_to_close, 4),
+            "job_socket_close_bar_seconds": SOCKET_CLOSE_BAR_S,
+            "running_job_status": [job_status, job_reason],
+            "seconds_to_stop_running_job": None if seconds_job_stopped is None else round(seconds_job_stopped, 4),
             "views_after_revocation": after,
             "expired_grant": expired,
             "removed_member": removed,
-            "websocket": "not applicable yet: no dataset/job sockets exist (training issue)",
             "problems": problems,
             "model": "queued work = gate calls (apps.datasets.selectors.dataset_access in the grantee's scope, as "
-            "a task runs at start) created while the grant was live and run after the revoke; running work = "
-            "polling the gate and fetching the owner's data key (selectors.version_key) right after the revoke "
-            "call returns, and the Redis message published for it",
+            "a task runs at start) created while the grant was live and run after the revoke, plus B's admitted "
+            "training jobs started after it by the worker's task body (run_job); running work = a training job "
+            "of B running in a worker thread, its job websocket watched by a websockets client over a real "
+            "socket to uvicorn (Redis channel layer), timed from the revoke request; polling the gate and "
+            "fetching the owner's data key right after the revoke call returns",
         },
         passed,
     )
-    assert refused == QUEUED_TASKS, f"{QUEUED_TASKS - refused} queued tasks still allowed after revocation"
+    assert refused == queued_total, f"{queued_total - refused} queued tasks still allowed after revocation"
     assert not problems, "\n".join(problems)

@@ -135,8 +135,9 @@ def test_api7_dataset_and_byte_quotas(
     upload_code = r2.json().get("error", {}).get("code") if r2.status_code == 422 else None
     with tenant_scope(tb.pk):
         versions = DatasetVersion.objects.filter(dataset_id=ds).count()
+        quota_bytes = DatasetQuota.objects.get(tenant=tb).max_bytes  # the quota in force, as stored
     figures["bytes"] = {
-        "max_bytes": 4096,
+        "max_bytes": quota_bytes,
         "session_declaring_5000": [r.status_code, session_code],
         "multipart_bytes": len(big),
         "multipart_upload": [r2.status_code, upload_code],

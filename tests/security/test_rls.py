@@ -34,7 +34,14 @@ from apps.tenancy.scope import TenantScopeMissing, tenant_scope
 from apps.tenancy.services import invitation_create
 from scripts.cohort import APP_ROLE, OWNER_ROLE
 from tests.conftest import write_report
-from tests.security.helpers import admin_connect, app_connect, app_conninfo, seed_datasets, tenant_tables
+from tests.security.helpers import (
+    admin_connect,
+    app_connect,
+    app_conninfo,
+    seed_datasets,
+    set_signed_context,
+    tenant_tables,
+)
 
 # --- ISO-3 ---------------------------------------------------------------------------------------
 
@@ -200,7 +207,7 @@ def _attempt(
     try:
         with conn.transaction():
             if tenant_id is not None:
-                conn.execute("SELECT set_config('app.tenant_id', %s, true)", [str(tenant_id)])
+                set_signed_context(conn, tenant_id=tenant_id)
             cur = conn.execute(sql, params or [])
             outcome = ("ok", cur.rowcount if cur.description is None else len(cur.fetchall()))
             raise psycopg.Rollback()
@@ -453,7 +460,7 @@ def test_iso5_interleaved_traffic_never_crosses(
                     leftover = conn.execute("SELECT current_setting('app.tenant_id', true)").fetchone()[0]
                     if leftover not in (None, ""):
                         local["carried_settings"] += 1
-                    conn.execute("SELECT set_config('app.tenant_id', %s, true)", [str(tid)])
+                    set_signed_context(conn, tenant_id=tid)
                     rows = conn.execute(union).fetchall()
                     local["cross_rows"] += sum(1 for (x,) in rows if x != tid)
                     local["transactions"] += 1

@@ -6,10 +6,12 @@ Pure tests: no database, no Django. Everything runs single-threaded on CPU."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import io
 import json
 import math
+import re
 import zipfile
 from typing import Any
 
@@ -524,6 +526,60 @@ def test_should_stop_stops_within_one_step(small: Prepared, full_run: tuple[Trai
     assert sink.states[-1].step == 7  # a checkpoint at the stop point ...
     resumed = train(_resume_spec(), small, NullSink(), resume=roundtrip(sink.states[-1]))
     assert states_equal(resumed.model_state, full_run[0].model_state)  # ... that resumes exactly
+
+
+def test_n_train_is_the_number_of_training_rows(small: Prepared, full_run: tuple[TrainResult, Recorder]) -> None:
+    assert full_run[0].n_train == len(small.x_train) == len(small.train_index) > 0
+    assert full_run[0].n_train < len(small.x_train) + len(small.x_val)  # the validation rows are not counted
+
+
+def test_warm_start_loads_init_weights_before_the_first_step(
+    small: Prepared, full_run: tuple[TrainResult, Recorder]
+) -> None:
+    trained = full_run[0].model_state
+    originals = {k: v.clone() for k, v in trained.items()}
+
+    def at_once() -> bool:
+        return True
+
+    cold = train(_resume_spec(), small, NullSink(), should_stop=at_once)
+    warm = train(_resume_spec(), small, NullSink(), init_weights=trained, should_stop=at_once)
+    assert cold.steps == warm.steps == 0 and warm.status == "stopped"
+    assert states_equal(warm.model_state, trained)  # exactly the given weights, before any step
+    assert not states_equal(cold.model_state, trained)
+    assert states_equal(trained, originals)  # the caller's tensors are copied, never trained in place
+    # Training on from the warm start moves away from it, deterministically.
+    one = train(dataclasses.replace(_resume_spec(), epochs=1), small, NullSink(), init_weights=trained)
+    again = train(dataclasses.replace(_resume_spec(), epochs=1), small, NullSink(), init_weights=trained)
+    assert states_equal(one.model_state, again.model_state) and not states_equal(one.model_state, trained)
+    assert one.n_train == full_run[0].n_train
+
+
+def test_resume_wins_over_init_weights(small: Prepared, full_run: tuple[TrainResult, Recorder]) -> None:
+    result, sink = full_run
+    mid = next(s for s in sink.states if s.epoch == 1 and s.batch_in_epoch != 0)
+    other = {k: torch.zeros_like(v) for k, v in result.model_state.items()}
+    resumed = train(_resume_spec(), small, NullSink(), resume=roundtrip(mid), init_weights=other)
+    assert states_equal(resumed.model_state, result.model_state)
+
+
+def test_init_weights_that_do_not_fit_are_a_clear_value_error(
+    small: Prepared, full_run: tuple[TrainResult, Recorder]
+) -> None:
+    good = full_run[0].model_state
+    first = next(iter(good))
+    floating = next(k for k, v in good.items() if v.is_floating_point())
+    cases: list[tuple[Any, str]] = [
+        ({k: v for k, v in good.items() if k != first}, f"missing keys: {first}"),
+        ({**good, "head.extra": torch.zeros(1)}, "unexpected keys: head.extra"),
+        ({**good, first: torch.zeros(*good[first].shape, 2)}, f"{first}: shape"),
+        ({**good, floating: torch.full_like(good[floating], float("nan"))}, f"{floating}: not finite"),
+        ({**good, first: good[first].tolist()}, f"{first}: not a tensor"),
+        ([1, 2], "must be a mapping"),
+    ]
+    for weights, message in cases:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            train(dataclasses.replace(_resume_spec(), epochs=1), small, NullSink(), init_weights=weights)
 
 
 def test_early_stopping(small: Prepared) -> None:

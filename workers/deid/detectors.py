@@ -250,7 +250,6 @@ _DATE = (
     r"(?:\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}|"
     rf"\d{{1,2}}(?:st|nd|rd|th)?\s+{_MONTH},?\s+\d{{4}}|{_MONTH}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}})"
 )
-_DATE_RE = re.compile(rf"(?<![\w/.-]){_DATE}(?![\w/-])", re.IGNORECASE)
 _DOB_CONTEXT_RE = re.compile(
     rf"\b(?:d\.?o\.?b\.?|date\s+of\s+birth|birth\s*date|birthday|born(?:\s+on)?|b\.)\s*[:=,-]?\s*(?:on\s+)?(?P<date>{_DATE})(?![\w/-])",
     re.IGNORECASE,
@@ -274,11 +273,6 @@ def find_dates_of_birth(text: str, *, hinted: bool = False) -> list[Span]:
     if not _has_digit(text):
         return []
     return [(m.start("date"), m.end("date"), "date_of_birth") for m in _DOB_CONTEXT_RE.finditer(text)]
-
-
-def find_dates(text: str) -> list[tuple[int, int]]:
-    """Any date-looking span (used by the scanner for hinted birth columns in free text)."""
-    return [(m.start(), m.end()) for m in _DATE_RE.finditer(text)]
 
 
 # ---------------------------------------------------------------------------------------------

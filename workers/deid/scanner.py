@@ -18,7 +18,6 @@ the surrounding value.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -380,11 +379,3 @@ def _propose(
         seen = ", ".join(sorted(col.detections))
         return _proposal("keep", f"A minority of values look like {seen}; review before publishing."), "feature"
     return _proposal("keep", "No PII detected."), "feature"
-
-
-def scan_batches(batches: Sequence[pa.RecordBatch], sample_rows: int = 20_000) -> PiiReport:
-    """Convenience for tests and small data: scan typed batches and return the report."""
-    scanner = PiiScanner(sample_rows=sample_rows)
-    for b in batches:
-        scanner.observe_typed(b)
-    return scanner.result()

@@ -211,6 +211,8 @@ def _read_labels_file(
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise IngestError("wrong_encoding", f"{LABELS_FILE} is not UTF-8.", {"member": LABELS_FILE})
+    if "\x00" in text:  # labels become metadata (class counts) that PostgreSQL cannot store with a NUL
+        raise IngestError("nul_character", f"{LABELS_FILE} may not contain NUL characters.", {"member": LABELS_FILE})
     reader = csv.reader(io.StringIO(text))
     header = [h.strip().lower() for h in next(reader, [])]
     if "file" not in header or "label" not in header:

@@ -34,6 +34,7 @@ CODES: frozenset[str] = frozenset(
         "zip_no_labels",
         "zip_bad_image",
         "too_large",
+        "nul_character",
     }
 )
 

@@ -203,6 +203,13 @@ class TableSource:
             raise IngestError(
                 "too_large", "The file has too many columns.", {"columns": len(header), "max": limits.max_columns}
             )
+        with_nul = [i + 1 for i, h in enumerate(header) if "\x00" in h]
+        if with_nul:
+            # Column names become metadata (schema, reports) that PostgreSQL cannot store with a
+            # NUL; the names themselves are not echoed (they hold the NUL).
+            raise IngestError(
+                "nul_character", "Column names may not contain NUL characters.", {"column_positions": with_nul}
+            )
         names = [h.strip() or f"column_{i + 1}" for i, h in enumerate(header)]
         stripped = [h.strip() for h in header]
         if len(header) > 1 and all(_looks_numeric(h) for h in stripped if h) and any(stripped):
@@ -274,7 +281,9 @@ class TableSource:
             yield from self._iter_jsonl()
         else:
             for lines, batch in self._iter_parquet():
-                yield Chunk(_stringify(batch), lines)
+                strings = _stringify(batch)
+                self._check_nul(strings, lines)
+                yield Chunk(strings, lines)
 
     def iter_native_batches(self) -> Iterator[tuple[np.ndarray, pa.RecordBatch]]:
         """Parquet only: ``(record_numbers, batch)`` in the file's own types, for a cast-free convert."""
@@ -285,6 +294,7 @@ class TableSource:
     def _clean(self, batch: pa.RecordBatch, lines: np.ndarray) -> tuple[pa.RecordBatch, np.ndarray]:
         """Check field sizes and drop the all-empty rows (counted in ``empty_rows``)."""
         self._check_field_sizes(batch, lines)
+        self._check_nul(batch, lines)
         empty = _all_empty_mask(batch)
         if empty is not None:
             keep = ~empty
@@ -297,6 +307,21 @@ class TableSource:
         batch, lines = self._clean(batch, lines)
         for start in range(0, batch.num_rows, self.batch_rows):
             yield Chunk(batch.slice(start, self.batch_rows), lines[start : start + self.batch_rows])
+
+    def _check_nul(self, batch: pa.RecordBatch, lines: np.ndarray) -> None:
+        """Refuse NUL characters in cells: values become metadata (label classes, PII report
+        examples, category counts) in PostgreSQL text/jsonb, which cannot hold U+0000."""
+        for name, col in zip(batch.schema.names, batch.columns, strict=True):
+            if col.null_count == len(col) or not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+                continue
+            hits = pc.match_substring(col, "\x00").fill_null(False)
+            if pc.any(hits).as_py():
+                row = int(np.flatnonzero(hits.to_numpy(zero_copy_only=False))[0])
+                raise IngestError(
+                    "nul_character",
+                    "Values may not contain NUL characters.",
+                    {"column": name, self.position: int(lines[row])},
+                )
 
     def _check_field_sizes(self, batch: pa.RecordBatch, lines: np.ndarray) -> None:
         for name, col in zip(batch.schema.names, batch.columns, strict=True):

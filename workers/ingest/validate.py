@@ -124,11 +124,6 @@ def _try_cast(arr: pa.Array, target: pa.DataType) -> pa.Array | None:
         return None
 
 
-def _ok_mask(arr: pa.Array, pattern: str) -> pa.Array:
-    """True where the value matches, True for nulls (a null is never a parse error)."""
-    return pc.fill_null(pc.match_substring_regex(arr, pattern), True)
-
-
 def _bad(arr: pa.Array, parsed: pa.Array) -> pa.Array:
     """Cells that held a value but did not parse."""
     if parsed.null_count == arr.null_count:  # parsing only ever adds nulls: none were added

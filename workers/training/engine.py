@@ -15,6 +15,11 @@ Why it is built the way it is:
 * **Loss is a sum over the optimizer step's samples divided by their count** (times the world
   size under DDP, which averages), so gradient accumulation and data parallelism compute the same
   gradient as one big batch, including a short last batch.
+* **A warm start is not a resume.** ``init_weights`` (a state dict, e.g. the global model of a
+  federated round) is loaded into the freshly built model before the first step, after its keys,
+  shapes and dtypes were checked against the model (a clear ``ValueError`` otherwise); optimizer,
+  schedule, RNG and position start fresh. A ``resume`` checkpoint, when given, wins: it already
+  holds the weights that grew from the warm start.
 * **Cancellation is cooperative**: ``should_stop()`` is asked before each optimizer step, so a
   revoked grant stops the run after at most the step in flight.
 * **The step path does only what training needs** (measured by ``bench/training_throughput.py``
@@ -39,7 +44,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
@@ -149,6 +154,7 @@ class TrainResult:
     spec_hash: str
     model_state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
     eval_seconds: float = 0.0  # part of ``seconds`` spent evaluating the validation split
+    n_train: int = 0  # training examples (rows of the train split; the weight of this run in an average)
 
 
 # --- device, precision, RNG ------------------------------------------------------------------------
@@ -321,6 +327,44 @@ def evaluate(
     return result
 
 
+# --- warm start ------------------------------------------------------------------------------------
+def check_init_weights(model: nn.Module, weights: Mapping[str, Any]) -> None:
+    """``ValueError`` unless ``weights`` is a full state dict of ``model``: the same keys, tensors of
+    the same shapes, floating where the model is floating, finite."""
+    if not isinstance(weights, Mapping):
+        raise ValueError(f"init_weights must be a mapping of parameter names to tensors, not {type(weights).__name__}.")
+    expected = model.state_dict()
+    problems: list[str] = []
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected[:5])}{' …' if len(unexpected) > 5 else ''}")
+    for key, ref in expected.items():
+        value = weights.get(key)
+        if value is None or key in missing:
+            continue
+        if not isinstance(value, torch.Tensor):
+            problems.append(f"{key}: not a tensor ({type(value).__name__})")
+        elif tuple(value.shape) != tuple(ref.shape):
+            problems.append(f"{key}: shape {tuple(value.shape)}, the model has {tuple(ref.shape)}")
+        elif ref.is_floating_point() != value.is_floating_point():
+            problems.append(f"{key}: dtype {value.dtype}, the model has {ref.dtype}")
+        elif value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            problems.append(f"{key}: not finite (NaN or inf)")
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise ValueError(f"init_weights do not fit the model {type(model).__name__}: {shown}.")
+
+
+def load_init_weights(model: nn.Module, weights: Mapping[str, Any]) -> None:
+    """Check ``weights`` (:func:`check_init_weights`), then copy them into ``model`` in place."""
+    check_init_weights(model, weights)
+    with torch.no_grad():
+        model.load_state_dict({k: v.detach() for k, v in weights.items()}, strict=True)
+
+
 # --- the loop ----------------------------------------------------------------------------------------
 def train(
     spec: TrainSpec,
@@ -328,15 +372,18 @@ def train(
     sink: ProgressSink,
     *,
     resume: TrainState | None = None,
+    init_weights: Mapping[str, torch.Tensor] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train ``spec.model`` on ``prepared``; report through ``sink``; return the outcome.
 
     ``resume`` continues a checkpoint of the same spec (same :meth:`TrainSpec.spec_hash`).
+    ``init_weights`` warm-starts a fresh run from a state dict of the same model (every key, same
+    shapes; checked, ``ValueError`` naming the mismatches otherwise); ignored when ``resume`` is given.
     ``should_stop`` is polled before every optimizer step; when it returns true the run emits a
     checkpoint and returns with status ``"stopped"``.
     """
-    return _train(spec, prepared, sink, resume=resume, should_stop=should_stop)
+    return _train(spec, prepared, sink, resume=resume, init_weights=init_weights, should_stop=should_stop)
 
 
 def _train(
@@ -345,6 +392,7 @@ def _train(
     sink: ProgressSink,
     *,
     resume: TrainState | None = None,
+    init_weights: Mapping[str, torch.Tensor] | None = None,
     should_stop: Callable[[], bool] | None = None,
     rank: int = 0,
     world: int = 1,
@@ -358,7 +406,7 @@ def _train(
     if len(prepared.x_train) == 0:
         raise SpecError("No training rows.", {"data": ["The train split is empty."]})
     with _run_context(spec, device):
-        return _loop(spec, prepared, sink, names, device, resume, should_stop, rank, world)
+        return _loop(spec, prepared, sink, names, device, resume, should_stop, rank, world, init_weights)
 
 
 def _loop(
@@ -371,10 +419,13 @@ def _loop(
     should_stop: Callable[[], bool] | None,
     rank: int,
     world: int,
+    init_weights: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     started = time.perf_counter()
     seed_everything(spec.seed)
     core = build(spec.model.name, spec.model.params, prepared.input_info).to(device)
+    if init_weights is not None and resume is None:
+        load_init_weights(core, init_weights)
     model: nn.Module = core
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -478,6 +529,7 @@ def _loop(
             spec_hash=spec.spec_hash(),
             model_state={k: v.detach().cpu().clone() for k, v in core.state_dict().items()},
             eval_seconds=eval_seconds,
+            n_train=n,
         )
 
     def forward_backward(xb: torch.Tensor, yb: torch.Tensor, scale: float) -> torch.Tensor:

@@ -24,9 +24,10 @@ from rest_framework.response import Response
 
 from apps.audit.services import audit_record
 from apps.common.api import StrictSerializer, error_responses, paginated
-from apps.common.errors import AccessDenied, Conflict
+from apps.common.errors import AccessDenied, Conflict, RangeNotSatisfiable
 from apps.common.idempotency import idempotent
 from apps.common.pagination import CursorPagination
+from apps.common.parsers import MultiPartParser
 from apps.datasets import selectors, services
 from apps.datasets.access import access_dataset, access_grant, access_reservation, access_upload, access_version
 from apps.datasets.models import BudgetReservation, Dataset, DatasetGrant, DatasetVersion, PrivacyBudget
@@ -70,6 +71,10 @@ class DatasetOutput(serializers.ModelSerializer):
 class VersionOutput(serializers.ModelSerializer):
     source_version = serializers.IntegerField(source="source_version_id", allow_null=True)
     created_by = serializers.EmailField(source="created_by.email", allow_null=True, default=None)
+    grantee_view = serializers.SerializerMethodField(
+        help_text="De-identified ready versions: exactly what a grantee sees of this version on "
+        "shared-datasets (schema, rows, rounded null fractions, class counts below k suppressed); null otherwise"
+    )
 
     class Meta:
         model = DatasetVersion
@@ -96,7 +101,13 @@ class VersionOutput(serializers.ModelSerializer):
             "created_by",
             "created_at",
             "ready_at",
+            "grantee_view",
         ]
+
+    def get_grantee_view(self, obj: DatasetVersion) -> dict[str, Any] | None:
+        if obj.kind != DatasetVersion.Kind.DEIDENTIFIED or obj.status != DatasetVersion.Status.READY:
+            return None
+        return selectors.grantee_view(obj)
 
 
 class UploadOutput(serializers.Serializer):
@@ -142,6 +153,8 @@ class GrantOutput(serializers.ModelSerializer):
             "note",
             "expires_at",
             "revoked_at",
+            "epsilon_allotment",
+            "delta_allotment",
             "created_at",
         ]
 
@@ -199,8 +212,21 @@ class SharedDatasetOutput(serializers.Serializer):
     owner = serializers.SlugField()
     permissions = serializers.ListField(child=serializers.CharField())
     version = serializers.DictField(
-        allow_null=True, help_text="The newest de-identified version: schema and aggregate statistics only"
+        allow_null=True,
+        help_text="The newest de-identified version: id, number, rows, schema (name, type, role), content_sha256, "
+        "and statistics safe by construction (rounded null fractions, class counts below k suppressed; "
+        "never minimum, maximum, mean or std)",
     )
+
+
+def _schema_for_grantee(schema: dict[str, Any] | None) -> dict[str, Any]:
+    schema = schema or {}
+    cols = [
+        {k: c.get(k) for k in ("name", "type", "role", "nullable")}
+        for c in schema.get("columns") or []
+        if isinstance(c, dict)
+    ]
+    return {"columns": cols, "label": schema.get("label"), "task": schema.get("task")}
 
 
 def shared_data(ds: Dataset, perms: set[str], version: DatasetVersion | None) -> dict[str, Any]:
@@ -216,8 +242,8 @@ def shared_data(ds: Dataset, perms: set[str], version: DatasetVersion | None) ->
             "id": version.pk,
             "number": version.number,
             "rows": version.rows,
-            "schema": version.schema,
-            "statistics": version.validation,
+            "schema": _schema_for_grantee(version.schema),
+            "statistics": selectors.grantee_view(version),
             "content_sha256": version.content_sha256,
         },
     }
@@ -478,7 +504,7 @@ def _form_options(data: Any) -> dict[str, Any]:
 class VersionListApi(TenantApi):
     pagination_class = CursorPagination
     permission_actions = {"GET": "dataset.list", "POST": "dataset.create"}
-    parser_classes = [parsers.MultiPartParser]  # type: ignore[misc]
+    parser_classes = [MultiPartParser]  # type: ignore[misc]
 
     @extend_schema(
         operation_id="dataset_versions_list",
@@ -750,7 +776,7 @@ class UploadDetailApi(TenantApi):
         summary="Store one chunk at a byte offset (?offset=N or Content-Range); retrying a chunk is safe",
         parameters=[OpenApiParameter("offset", int, description="Byte offset (or send Content-Range)")],
         request={"application/octet-stream": OpenApiTypes.BINARY},
-        responses={200: UploadOutput, **error_responses(409, 413, 415, 422)},
+        responses={200: UploadOutput, **error_responses(409, 413, 415, 416, 422)},
         tags=["uploads"],
     )
     def put(self, request: Request, tenant_slug: str, upload_id: int) -> Response:
@@ -764,6 +790,10 @@ class UploadDetailApi(TenantApi):
             m = _RANGE_RE.match(crange.strip())
             if not m or int(m[2]) - int(m[1]) + 1 != length:
                 raise ValidationError({"Content-Range": ["Use 'bytes first-last/total' matching Content-Length."]})
+            if m[3] != "*" and int(m[3]) != session.size:
+                raise RangeNotSatisfiable(
+                    f"Content-Range total {m[3]} is not the declared size ({session.size} bytes).", size=session.size
+                )
             offset = int(m[1])
         else:
             raw = request.query_params.get("offset", "")
@@ -821,6 +851,26 @@ class GrantListApi(TenantApi):
         permission = serializers.ChoiceField(choices=DatasetGrant.Permission.choices)
         expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
         note = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+        epsilon_allotment = serializers.DecimalField(
+            max_digits=12,
+            decimal_places=6,
+            min_value=Decimal(0),
+            max_value=Decimal(1000),
+            required=False,
+            allow_null=True,
+            default=None,
+            help_text="Process grants: the grantee's share of the dataset's ε budget (null: none)",
+        )
+        delta_allotment = serializers.DecimalField(
+            max_digits=14,
+            decimal_places=12,
+            min_value=Decimal(0),
+            max_value=Decimal("0.01"),
+            required=False,
+            allow_null=True,
+            default=None,
+            help_text="Process grants: the grantee's share of the dataset's δ budget (null: none)",
+        )
 
     @extend_schema(
         operation_id="dataset_grants_list",
@@ -854,6 +904,8 @@ class GrantListApi(TenantApi):
                 permission=data.validated_data["permission"],
                 expires_at=data.validated_data["expires_at"],
                 note=data.validated_data["note"],
+                epsilon_allotment=data.validated_data["epsilon_allotment"],
+                delta_allotment=data.validated_data["delta_allotment"],
                 created_by=request.user,
             )
             return Response(GrantOutput(grant).data, status=status.HTTP_201_CREATED)
@@ -887,7 +939,8 @@ class GrantDetailApi(TenantApi):
 
 
 def _budget_dataset(view: TenantApi, dataset_id: int) -> tuple[Dataset, PrivacyBudget]:
-    """The owner's dataset, or one granted to this tenant with ``process`` (grantees reserve too)."""
+    """The owner's dataset, or one granted to this tenant with ``process`` (grantees see the budget
+    and their own reservations; only the owner reserves through the API)."""
     ds = Dataset.objects.filter(pk=dataset_id, status=Dataset.Status.ACTIVE).first()
     if ds is None:
         shared, perms = selectors.shared_dataset_get(tenant=view.tenant, dataset_id=dataset_id)
@@ -966,13 +1019,25 @@ class ReservationListApi(TenantApi):
 
     @extend_schema(
         operation_id="dataset_budget_reserve",
-        summary="Reserve (ε, δ) before a DP use; refused (422 budget_exceeded) past the budget",
+        summary="Owner only: reserve (ε, δ) before a DP use; refused (422 budget_exceeded) past the budget. "
+        "Grantees' reservations are made by the platform when a job or federation starts (403 here)",
         request=Input,
         responses={201: ReservationOutput, **error_responses(415, 422)},
         tags=["privacy-budget"],
     )
     def post(self, request: Request, tenant_slug: str, dataset_id: int) -> Response:
-        _ds, budget = _budget_dataset(self, dataset_id)
+        ds, budget = _budget_dataset(self, dataset_id)
+        if ds.tenant_id != self.tenant.pk:
+            from apps.common.errors import Forbidden
+
+            raise Forbidden(
+                "Reservations on a shared dataset are made by the platform when a job or federation starts, "
+                "within the allotment of your grant.",
+                reason="grantee_reservation",
+                tenant_id=self.tenant.pk,
+                action="budget.reserve",
+                code="platform_reservation_only",
+            )
 
         def create() -> Response:
             data = self.Input(data=request.data)

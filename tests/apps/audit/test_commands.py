@@ -5,12 +5,10 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -21,7 +19,9 @@ from django.core.management.base import CommandError
 from django.db import connections, transaction
 
 from apps.audit.models import AuditCheckpoint, AuditEvent
-from apps.tenancy.scope import platform_scope, set_db_context
+from apps.audit.tasks import audit_checkpoint_task
+from apps.audit.verification import KeyMissing
+from apps.tenancy.scope import platform_scope
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -141,11 +141,12 @@ def test_bad_checkpoint_files_are_rejected(tenant: Any, tmp_path: Path, variant:
 def tamper(sql: str, params: list[Any]) -> None:
     """Commit a change to the audit table as its owner with the append-only triggers off (tests only)."""
     with transaction.atomic(using="owner"), connections["owner"].cursor() as cur:
-        set_db_context(using="owner", platform=True)
+        cur.execute("ALTER TABLE audit_auditevent NO FORCE ROW LEVEL SECURITY")  # the owner sees every row
         cur.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER USER")
         cur.execute(sql, params)
         assert cur.rowcount == 1
         cur.execute("ALTER TABLE audit_auditevent ENABLE TRIGGER USER")
+        cur.execute("ALTER TABLE audit_auditevent FORCE ROW LEVEL SECURITY")
 
 
 @pytest.mark.django_db(transaction=True, databases=["default", "owner"])
@@ -172,15 +173,86 @@ def test_tampering_exits_1_and_names_the_first_broken_event(make_tenant: Any, me
     assert run("audit_verify", "--tenant", other.slug)[0] == 0  # the other tenant's chain is intact
 
 
+def public_key_of(doc: dict[str, Any]) -> str:
+    return str(doc["public_key"])
+
+
+@pytest.mark.django_db
+def test_checkpoint_without_the_signing_key_is_a_clear_error(tenant: Any, settings: Any) -> None:
+    settings.COHORT_AUDIT_SIGNING_KEY = ""  # the web process: it holds no signing key
+    code, out = run("audit_checkpoint")
+    assert code == 2 and "COHORT_AUDIT_SIGNING_KEY is not set in this process" in out, out
+    with pytest.raises(KeyMissing, match="COHORT_AUDIT_SIGNING_KEY is not set"):
+        audit_checkpoint_task()
+    with platform_scope():
+        assert AuditCheckpoint.objects.count() == 0
+        assert not AuditEvent.all_tenants.filter(action="audit.checkpoint_created").exists()
+    assert run("audit_verify")[0] == 0  # verifying the chains needs no key at all
+
+
+@pytest.mark.django_db
+def test_public_key_precedence(tenant: Any, tmp_path: Path, settings: Any) -> None:
+    signing_key = settings.COHORT_AUDIT_SIGNING_KEY
+    path = write_checkpoint(tmp_path)
+    doc = json.loads(path.read_text())
+    right = public_key_of(doc)
+    wrong = public_key_of(signed_by_other_key(doc))
+    key_file = tmp_path / "auditor.pub"
+    key_file.write_text(right + "\n")
+    settings.COHORT_AUDIT_SIGNING_KEY = ""  # a process without the private key
+    settings.COHORT_AUDIT_PUBLIC_KEY = ""
+
+    code, out = run("audit_verify", "--checkpoint", str(path))
+    assert code == 2 and "no public key to verify the checkpoint with" in out and "--public-key" in out, out
+    # --public-key: the auditor's own copy, as base64 or as a file
+    for given in (right, str(key_file)):
+        code, out = run("audit_verify", "--checkpoint", str(path), "--public-key", given, "--json")
+        assert code == 0, out
+        assert json.loads(out)["checkpoint"]["key_id"] == doc["key_id"]
+    code, out = run("audit_verify", "--checkpoint", str(path), "--public-key", wrong)
+    assert code == 2 and "signature does not verify with the trusted key" in out, out
+    # COHORT_AUDIT_PUBLIC_KEY next; --public-key wins over it
+    settings.COHORT_AUDIT_PUBLIC_KEY = right
+    assert run("audit_verify", "--checkpoint", str(path))[0] == 0
+    code, out = run("audit_verify", "--checkpoint", str(path), "--public-key", wrong)
+    assert code == 2 and "signature does not verify" in out
+    settings.COHORT_AUDIT_PUBLIC_KEY = wrong
+    assert run("audit_verify", "--checkpoint", str(path), "--public-key", right)[0] == 0
+    assert run("audit_verify", "--checkpoint", str(path))[0] == 2
+    # last: derived from the private key where this process holds it (an explicit key still wins)
+    settings.COHORT_AUDIT_PUBLIC_KEY = ""
+    settings.COHORT_AUDIT_SIGNING_KEY = signing_key
+    assert run("audit_verify", "--checkpoint", str(path))[0] == 0
+    assert run("audit_verify", "--checkpoint", str(path), "--public-key", wrong)[0] == 2
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("not base64!", "is not base64 of a 32-byte Ed25519 public key"),
+        (base64.b64encode(b"short").decode(), "must be base64 of 32 bytes"),
+        ("", "--public-key is empty"),
+    ],
+)
+def test_bad_public_keys_are_bad_input(tenant: Any, tmp_path: Path, value: str, message: str) -> None:
+    path = write_checkpoint(tmp_path)
+    code, out = run("audit_verify", "--checkpoint", str(path), "--public-key", value)
+    assert code == 2 and message in out, out
+
+
+@pytest.mark.django_db
+def test_public_key_needs_a_checkpoint(tenant: Any, tmp_path: Path) -> None:
+    doc = json.loads(write_checkpoint(tmp_path).read_text())
+    code, out = run("audit_verify", "--public-key", public_key_of(doc))
+    assert code == 2 and "give --checkpoint FILE too" in out
+
+
 def _subprocess_env() -> dict[str, str]:
     """The environment for a real ``manage.py`` process against this test database."""
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="config.settings.test")
-    for alias, var in (("default", "DATABASE_URL"), ("owner", "DATABASE_OWNER_URL")):
-        db = settings.DATABASES[alias]
-        env[var] = (
-            f"postgresql://{quote(db['USER'], safe='')}:{quote(db['PASSWORD'] or '', safe='')}"
-            f"@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-        )
+    from tests.processes import child_env  # every alias, socket folder included (embedded mode)
+
+    env = child_env(settings)
     env["COHORT_AUDIT_SIGNING_KEY"] = settings.COHORT_AUDIT_SIGNING_KEY
     return env
 
@@ -211,3 +283,14 @@ def test_real_process_exit_codes(tenant: Any, tmp_path: Path) -> None:
     bad = manage("audit_verify", "--checkpoint", str(forged))
     assert bad.returncode == 2 and "signature does not verify" in bad.stderr
     assert manage("audit_verify", "--tenant", "nobody").returncode == 2
+    # A process without the signing key (web, an auditor's shell) boots and verifies with the public key.
+    public = json.loads(cp.read_text())["public_key"]
+    env["COHORT_AUDIT_SIGNING_KEY"] = ""  # empty, not absent: config.settings.test would default it
+    assert manage("check").returncode == 0
+    unsigned = manage("audit_checkpoint")
+    assert unsigned.returncode == 2 and "COHORT_AUDIT_SIGNING_KEY is not set" in unsigned.stderr
+    no_key = manage("audit_verify", "--checkpoint", str(cp))
+    assert no_key.returncode == 2 and "no public key to verify the checkpoint with" in no_key.stderr
+    assert manage("audit_verify", "--checkpoint", str(cp), "--public-key", public).returncode == 0
+    env["COHORT_AUDIT_PUBLIC_KEY"] = public
+    assert manage("audit_verify", "--checkpoint", str(cp)).returncode == 0

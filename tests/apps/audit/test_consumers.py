@@ -51,22 +51,33 @@ async def _connect(comm):
     return connected, code
 
 
-async def test_handshakes_refused_and_allowed(asgi_app, tenant, other_tenant, member):
-    auditor = await sync_to_async(member)("auditor")
+async def _bad_handshakes(asgi_app, tenant, other_tenant, member):
+    """(handshakes accepted that must be refused, of them cross-tenant ones, the tenant's auditor)."""
+    auditor = await sync_to_async(member)("auditor", tenant=tenant)
     outsider = await sync_to_async(member)("owner", tenant=other_tenant)
-    analyst = await sync_to_async(member)("analyst")
-    bad = 0
-    cases = [
-        (_ws(asgi_app, tenant.slug), False),  # anonymous
-        (_ws(asgi_app, tenant.slug, await sync_to_async(_cookie_for)(auditor), origin=b"http://evil.example"), False),
-        (_ws(asgi_app, tenant.slug, await sync_to_async(_cookie_for)(outsider)), False),  # other tenant
-        (_ws(asgi_app, "no-such-tenant", await sync_to_async(_cookie_for)(auditor)), False),
-        (_ws(asgi_app, tenant.slug, await sync_to_async(_cookie_for)(analyst)), False),  # role lacks audit.list
+    analyst = await sync_to_async(member)("analyst", tenant=tenant)
+    bad = cross = 0
+    cases = [  # (socket, should connect, crosses tenants)
+        (_ws(asgi_app, tenant.slug), False, False),  # anonymous
+        (
+            _ws(asgi_app, tenant.slug, await sync_to_async(_cookie_for)(auditor), origin=b"http://evil.example"),
+            False,
+            False,
+        ),
+        (_ws(asgi_app, tenant.slug, await sync_to_async(_cookie_for)(outsider)), False, True),  # other tenant
+        (_ws(asgi_app, "no-such-tenant", await sync_to_async(_cookie_for)(auditor)), False, False),
+        (_ws(asgi_app, tenant.slug, await sync_to_async(_cookie_for)(analyst)), False, False),  # lacks audit.list
     ]
-    for comm, should_connect in cases:
+    for comm, should_connect, crosses in cases:
         connected, _ = await _connect(comm)
         bad += int(connected != should_connect)
+        cross += int(connected and crosses)
         await comm.disconnect()
+    return bad, cross, auditor
+
+
+async def test_handshakes_refused_and_allowed(asgi_app, tenant, other_tenant, member):
+    bad, _cross, auditor = await _bad_handshakes(asgi_app, tenant, other_tenant, member)
     ok = _ws(asgi_app, tenant.slug, await sync_to_async(_cookie_for)(auditor))
     connected, _ = await _connect(ok)
     assert connected
@@ -79,11 +90,12 @@ async def test_handshakes_refused_and_allowed(asgi_app, tenant, other_tenant, me
     assert bad == 0
 
 
-async def test_suspension_and_removal_close_sockets(asgi_app, tenant, member):
+async def test_suspension_and_removal_close_sockets(asgi_app, tenant, other_tenant, member):
     from apps.tenancy.models import Membership
     from apps.tenancy.scope import tenant_scope
     from apps.tenancy.services import membership_remove, tenant_set_status
 
+    bad, cross, _auditor = await _bad_handshakes(asgi_app, tenant, other_tenant, member)
     auditor = await sync_to_async(member)("auditor")
     other_auditor = await sync_to_async(member)("auditor")
     ws_a = _ws(asgi_app, tenant.slug, await sync_to_async(_cookie_for)(auditor))
@@ -109,12 +121,12 @@ async def test_suspension_and_removal_close_sockets(asgi_app, tenant, member):
     out_b = await _until_close(ws_b)
     suspend_s = time.monotonic() - start
     assert out_b["type"] == "websocket.close"
-    passed = removal_s <= 5 and suspend_s <= 5
+    passed = removal_s <= 5 and suspend_s <= 5 and bad == 0 and cross == 0
     write_report(
         "API-5",
         {
-            "bad_handshakes_accepted": 0,
-            "cross_tenant_subscriptions": 0,
+            "bad_handshakes_accepted": bad,
+            "cross_tenant_subscriptions": cross,
             "seconds_to_close_after_removal": round(removal_s, 3),
             "seconds_to_close_after_suspension": round(suspend_s, 3),
         },

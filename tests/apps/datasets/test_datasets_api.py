@@ -133,7 +133,7 @@ def test_owner_uploads_reviews_reports_applies_policy_and_grants_process(
     tokens = table.column("patient_id").to_pylist()
     assert all(t.startswith("tok_") for t in tokens if t)
 
-    # Grant process to the partner: it sees schema and aggregates, can reserve budget, never reads rows.
+    # Grant process to the partner: it sees the schema and safe statistics, never reads rows.
     r = owner_client.post(
         f"/api/v1/tenants/{slug}/datasets/{ds_id}/grants/",
         {"grantee": other_tenant.slug, "permission": "process"},
@@ -146,21 +146,28 @@ def test_owner_uploads_reviews_reports_applies_policy_and_grants_process(
     assert [d["id"] for d in listed] == [ds_id]
     detail = partner.get(f"/api/v1/tenants/{pslug}/shared-datasets/{ds_id}/").json()
     assert detail["permissions"] == ["process"] and detail["version"]["id"] == deid["id"]
-    # Aggregates only: counts and numeric summaries of the de-identified columns, never a value of a
-    # text column (the statistics were taken while the version was written, not by re-reading it).
+    # Safe-by-construction statistics only (docs/datasets.md): schema, rows, rounded null fractions,
+    # class counts below k suppressed; never a minimum, maximum, mean or std (one patient's value).
     stats = detail["version"]["statistics"]
-    assert stats["rows"] == deid["rows"] and sum(stats["class_balance"].values()) == deid["rows"]
+    assert stats["rows"] == deid["rows"] and sum(n for n in stats["class_counts"].values() if n) == deid["rows"]
     by_name = {c["name"]: c for c in stats["columns"]}
     assert set(by_name) == {c["name"] for c in deid["schema"]["columns"]}
-    assert set(by_name["age"]) == {"name", "type", "nulls", "min", "max", "mean", "std"}
-    assert set(by_name["notes"]) == {"name", "type", "nulls"}
+    assert set(by_name["age"]) == {"name", "type", "role", "null_fraction"}
+    assert set(by_name["notes"]) == {"name", "type", "role", "null_fraction"}
     assert partner.get(f"/api/v1/tenants/{pslug}/shared-datasets/{ds_id}/preview/").status_code == 403
     assert partner.get(f"/api/v1/tenants/{pslug}/shared-datasets/{ds_id}/download/").status_code == 403
     # The owner's own routes stay closed to the partner.
     assert partner.get(f"/api/v1/tenants/{slug}/datasets/{ds_id}/").status_code == 404
+    # Grantees do not reserve budget through the API: the platform does, when their job starts.
     r = partner.post(
         f"/api/v1/tenants/{pslug}/datasets/{ds_id}/budget/reservations/",
         {"epsilon": "1.5", "delta": "0.0000001", "purpose": "federated round 1"},
+        format="json",
+    )
+    assert r.status_code == 403 and r.json()["error"]["code"] == "platform_reservation_only", r.content
+    r = owner_client.post(
+        f"/api/v1/tenants/{slug}/datasets/{ds_id}/budget/reservations/",
+        {"epsilon": "1.5", "delta": "0.0000001", "purpose": "own study"},
         format="json",
     )
     assert r.status_code == 201, r.content

@@ -15,6 +15,7 @@ import torch
 from django.utils import timezone
 
 from apps.audit.models import AuditEvent
+from apps.common.exceptions import Invalid, NotFound, Retryable
 from apps.datasets.storage import open_decrypted
 from apps.tenancy.models import Role
 from apps.tenancy.scope import platform_scope, tenant_scope
@@ -131,8 +132,9 @@ def test_crash_then_redelivery_resumes_to_the_same_weights(world: dict[str, Any]
 
         return real_train(spec, prepared, Dying(), **kw)
 
-    with patch("workers.training.engine.train", dying_train), pytest.raises(ConnectionError):
+    with patch("workers.training.engine.train", dying_train), pytest.raises(Retryable) as raised:
         services.run_job(crashed.tenant_id, crashed.pk)
+    assert isinstance(raised.value.__cause__, ConnectionError)  # transient: typed for the broker to redeliver
     job = _job(crashed)
     assert job.status == "running" and job.attempts == 1
     # While the lease holds, a redelivery is refused; once it expires (the worker died), it resumes.
@@ -197,18 +199,15 @@ def test_grant_revocation_stops_a_partners_job(
     done = _job(job)
     assert done.status == "failed" and done.status_reason == "grant_revoked" and done.result["epochs"] < 200
     # A new job on the revoked dataset is refused outright (404, like any unknown object).
-    from apps.common.errors import AccessDenied
-
-    with pytest.raises(AccessDenied):
+    with pytest.raises(NotFound) as refused:
         _create(world, tenant=partner, name="again")
+    assert refused.value.audit["reason"] == "dataset_not_usable"
 
 
 def test_bad_spec_is_a_400_and_bad_data_fails_without_retry(world: dict[str, Any]) -> None:
-    from rest_framework.exceptions import ValidationError
-
-    with pytest.raises(ValidationError) as ei:
+    with pytest.raises(Invalid) as ei:
         _create(world, {**SPEC, "epochs": 0, "precision": "fp16", "device": "cpu"})
-    assert any(k.startswith("spec.") for k in ei.value.detail), ei.value.detail
+    assert ei.value.fields and all(k.startswith("spec.") for k in ei.value.fields), ei.value.fields
     job = _create(world, {**SPEC, "model": {"name": "cnn_small", "params": {}}})
     assert services.run_job(job.tenant_id, job.pk) == "failed"
     done = _job(job)

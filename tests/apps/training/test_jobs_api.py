@@ -31,10 +31,17 @@ def test_jobs_and_models_over_http(
 
     bad = owner.post(base + "jobs/", {"name": "x", "dataset_version": raw["id"], "spec": SPEC}, format="json")
     assert bad.status_code == 404  # a raw version is never trainable
+    assert bad.json() == {"error": {"code": "not_found", "message": "Not found."}}
+    with platform_scope():
+        denied = AuditEvent.all_tenants.filter(action="access.denied", tenant_id=tenant.pk).order_by("-seq").first()
+    assert denied is not None and denied.details_dict["reason"] == "dataset_not_usable"
+    assert denied.target_type == "datasets.datasetversion" and denied.target_id == str(raw["id"])
     bad = owner.post(
         base + "jobs/", {"name": "x", "dataset_version": deid["id"], "spec": {"epochs": -1}}, format="json"
     )
     assert bad.status_code == 400 and any(k.startswith("spec.") for k in bad.json()["error"]["fields"])
+    assert bad.json()["error"]["code"] == "validation_error"
+    assert bad.json()["error"]["message"] == "The request is invalid; see fields."
 
     r = owner.post(base + "jobs/", {"name": "bc-logreg", "dataset_version": deid["id"], "spec": SPEC}, format="json")
     assert r.status_code == 201 and r.json()["status"] == "queued", r.content
@@ -49,7 +56,9 @@ def test_jobs_and_models_over_http(
     assert later and later[0]["seq"] == 4
     metrics = owner.get(base + f"jobs/{job_id}/events/", {"kind": "metrics"}).json()["results"]
     assert metrics and all(e["kind"] == "metrics" for e in metrics)
-    assert owner.delete(base + f"jobs/{job_id}/").status_code == 409  # already finished
+    finished = owner.delete(base + f"jobs/{job_id}/")
+    assert finished.status_code == 409  # already finished
+    assert finished.json() == {"error": {"code": "conflict", "message": "This job is already succeeded."}}
 
     models = owner.get(base + "models/").json()["results"]
     assert [m["id"] for m in models] == [job["model_version"]]

@@ -6,6 +6,11 @@ Each builder takes the spec's ``params`` (JSON) and the data's ``input_info`` (w
 text) so a tenant can only choose hyper-parameters, never shapes. Unknown params raise
 ``ValueError`` rather than being silently ignored.
 
+Each model declares its parameters when it registers (``params=``: name -> type, bounds, default;
+see :mod:`workers.training.models.params`). That one schema is what :meth:`TrainSpec.validate`
+checks at job creation (``model.params.hidden[0]``-style field paths) and what :func:`build`
+resolves before calling the builder, so a spec accepted by the API is one the engine can build.
+
 A model may also declare, when it registers:
 
 * ``check(spec) -> {field path: [messages]}``: spec-level checks of its params (and of the data
@@ -23,6 +28,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
+
+from workers.training.models.params import ParamError, Schema, errors_for, resolve
 
 if TYPE_CHECKING:
     from workers.training.spec import TrainSpec
@@ -46,19 +53,26 @@ class TextTokenizer(Protocol):
 
 
 _REGISTRY: dict[str, Builder] = {}
+_PARAMS: dict[str, Schema] = {}
 _CHECKS: dict[str, Checker] = {}
 _TOKENIZERS: dict[str, Callable[[], TextTokenizer]] = {}
 
 
 def register(
-    name: str, *, check: Checker | None = None, tokenizer: Callable[[], TextTokenizer] | None = None
+    name: str,
+    *,
+    params: Schema,
+    check: Checker | None = None,
+    tokenizer: Callable[[], TextTokenizer] | None = None,
 ) -> Callable[[Builder], Builder]:
-    """Decorator: make ``fn(params, input_info) -> nn.Module`` buildable as ``name``."""
+    """Decorator: make ``fn(params, input_info) -> nn.Module`` buildable as ``name``. The builder
+    receives ``params`` already checked against the declared schema and merged over its defaults."""
 
     def deco(fn: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"Model {name!r} is already registered.")
         _REGISTRY[name] = fn
+        _PARAMS[name] = params
         if check is not None:
             _CHECKS[name] = check
         if tokenizer is not None:
@@ -68,8 +82,20 @@ def register(
     return deco
 
 
+def param_schema(name: str) -> Schema:
+    """The declared parameters of model ``name`` (KeyError when unknown)."""
+    return _PARAMS[name]
+
+
 def check_spec(spec: TrainSpec) -> dict[str, list[str]]:
-    """The model's own spec checks (empty when it declares none or the name is unknown)."""
+    """The spec's ``model.params`` against the model's declared schema, then the model's own spec
+    checks (cross-field, environment); empty when valid or the name is unknown."""
+    schema = _PARAMS.get(spec.model.name)
+    if schema is None:
+        return {}
+    errors = errors_for(schema, spec.model.params)
+    if errors:
+        return errors
     checker = _CHECKS.get(spec.model.name)
     return checker(spec) if checker is not None else {}
 
@@ -83,7 +109,7 @@ def text_tokenizer(name: str) -> TextTokenizer | None:
 def build(name: str, params: dict[str, Any], input_info: dict[str, Any]) -> nn.Module:
     if name not in _REGISTRY:
         raise KeyError(f"Unknown model {name!r}; one of {', '.join(available())}.")
-    return _REGISTRY[name](dict(params), dict(input_info))
+    return _REGISTRY[name](resolve(_PARAMS[name], dict(params)), dict(input_info))
 
 
 def available() -> list[str]:
@@ -91,7 +117,8 @@ def available() -> list[str]:
 
 
 def take(params: dict[str, Any], allowed: dict[str, Any]) -> dict[str, Any]:
-    """Return ``allowed`` defaults overridden by ``params``; unknown keys are an error."""
+    """Return ``allowed`` defaults overridden by ``params``; unknown keys are an error. (Builders
+    get resolved params from :func:`build`; kept for callers that merge by hand.)"""
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ValueError(f"Unknown model parameter(s): {', '.join(unknown)}.")
@@ -109,6 +136,7 @@ from workers.training.models import (  # noqa: E402
 )
 
 __all__ = [
+    "ParamError",
     "TextTokenizer",
     "available",
     "build",
@@ -117,6 +145,7 @@ __all__ = [
     "logistic_regression",
     "minilm",
     "mlp",
+    "param_schema",
     "register",
     "take",
     "text_bag",

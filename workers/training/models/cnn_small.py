@@ -11,7 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from workers.training.models import register, take
+from workers.training.models import register
+from workers.training.models.params import Float, Int
+
+PARAMS = {"width": Int(16, 1, 512), "dropout": Float(0.0, 0.0, 1.0)}
 
 
 class CnnSmall(nn.Module):
@@ -32,9 +35,9 @@ class CnnSmall(nn.Module):
         return self.head(self.features(x))
 
 
-@register("cnn_small")
+@register("cnn_small", params=PARAMS)
 def build(params: dict[str, Any], info: dict[str, Any]) -> nn.Module:
-    p = take(params, {"width": 16, "dropout": 0.0})
+    p = params  # resolved against PARAMS by ``build``
     size = int(info["image_size"])
     if size < 4:
         raise ValueError("cnn_small needs images of at least 4x4.")

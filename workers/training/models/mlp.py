@@ -6,18 +6,17 @@ from typing import Any
 
 from torch import nn
 
-from workers.training.models import register, take
+from workers.training.models import register
+from workers.training.models.params import Float, IntList
+
+PARAMS = {"hidden": IntList((64, 32), 1, 8192, 16), "dropout": Float(0.0, 0.0, 1.0)}
 
 
-@register("mlp")
+@register("mlp", params=PARAMS)
 def build(params: dict[str, Any], info: dict[str, Any]) -> nn.Module:
-    p = take(params, {"hidden": [64, 32], "dropout": 0.0})
-    hidden = [int(h) for h in p["hidden"]]
-    if any(h < 1 or h > 8192 for h in hidden) or len(hidden) > 16:
-        raise ValueError("hidden: up to 16 layers of 1..8192 units.")
-    dropout = float(p["dropout"])
-    if not 0 <= dropout < 1:
-        raise ValueError("dropout must be in [0, 1).")
+    # ``params`` is resolved against PARAMS by ``build``: types and bounds already hold.
+    hidden = [int(h) for h in params["hidden"]]
+    dropout = float(params["dropout"])
     layers: list[nn.Module] = []
     width = int(info["n_features"])
     for h in hidden:

@@ -10,7 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from workers.training.models import register, take
+from workers.training.models import register
+from workers.training.models.params import Float, Int
+
+PARAMS = {"dim": Int(64, 1, 4096), "dropout": Float(0.0, 0.0, 1.0)}
 
 
 class TextBag(nn.Module):
@@ -28,9 +31,9 @@ class TextBag(nn.Module):
         return self.head(self.drop(mean))
 
 
-@register("text_bag")
+@register("text_bag", params=PARAMS)
 def build(params: dict[str, Any], info: dict[str, Any]) -> nn.Module:
-    p = take(params, {"dim": 64, "dropout": 0.0})
+    p = params  # resolved against PARAMS by ``build``
     return TextBag(
         int(info["vocab_size"]), int(p["dim"]), int(info["n_outputs"]), int(info["pad_id"]), float(p["dropout"])
     )

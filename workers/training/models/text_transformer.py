@@ -4,12 +4,23 @@ downloaded; expect it to need more epochs than ``text_bag``."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from workers.training.models import register, take
+from workers.training.models import register
+from workers.training.models.params import Float, Int
+
+if TYPE_CHECKING:
+    from workers.training.spec import TrainSpec
+
+PARAMS = {
+    "dim": Int(64, 1, 2048),
+    "heads": Int(4, 1, 64),
+    "layers": Int(2, 1, 24),
+    "dropout": Float(0.1, 0.0, 1.0),
+}
 
 
 class TextTransformer(nn.Module):
@@ -43,9 +54,17 @@ class TextTransformer(nn.Module):
         return self.head(self.norm(pooled))
 
 
-@register("text_transformer")
+def check(spec: TrainSpec) -> dict[str, list[str]]:
+    """Cross-field: attention splits ``dim`` evenly over ``heads`` (types and bounds: PARAMS)."""
+    p = {**{k: v.default for k, v in PARAMS.items()}, **spec.model.params}
+    if p["dim"] % p["heads"]:
+        return {"model.params.dim": ["dim must be a multiple of heads."]}
+    return {}
+
+
+@register("text_transformer", params=PARAMS, check=check)
 def build(params: dict[str, Any], info: dict[str, Any]) -> nn.Module:
-    p = take(params, {"dim": 64, "heads": 4, "layers": 2, "dropout": 0.1})
+    p = params  # resolved against PARAMS by ``build``
     dim, heads = int(p["dim"]), int(p["heads"])
     if dim % heads:
         raise ValueError("dim must be a multiple of heads.")

@@ -1,4 +1,5 @@
-"""``manage.py audit_verify [--tenant SLUG] [--checkpoint FILE] [--json]``: check the audit hash chains."""
+"""``manage.py audit_verify [--tenant SLUG] [--checkpoint FILE [--public-key B64|FILE]] [--json]``:
+check the audit hash chains."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.audit.chain import VerifyResult
 from apps.audit.models import AuditEvent
-from apps.audit.verification import CheckpointError, audit_verify, checkpoint_load
+from apps.audit.verification import CheckpointError, audit_verify, checkpoint_load, key_id, trusted_public_key
 from apps.tenancy.models import Tenant
 from apps.tenancy.scope import platform_scope
 
@@ -19,11 +20,37 @@ EXIT_TAMPERED = 1
 EXIT_BAD_INPUT = 2
 
 
-def load_checkpoint_file(path: str) -> dict[str, Any]:
-    """Read a checkpoint document and check its signature with the configured key.
+def read_public_key(value: str) -> str:
+    """``--public-key``: a file holding the base64 key, or the base64 key itself; checked here."""
+    path = Path(value)
+    text = value
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CommandError(f"cannot read public key file {value}: {exc}", returncode=EXIT_BAD_INPUT)
+    if not text.strip():
+        raise CommandError("--public-key is empty", returncode=EXIT_BAD_INPUT)
+    try:
+        return trusted_public_key(text)
+    except CheckpointError as exc:
+        where = f"file {value}" if path.is_file() else "value"
+        raise CommandError(
+            f"--public-key {where} is not base64 of a 32-byte Ed25519 public key ({exc})", returncode=EXIT_BAD_INPUT
+        )
 
-    Raises CommandError (exit 2) for an unreadable, malformed, forged or foreign-key file.
+
+def load_checkpoint_file(path: str, *, public_key: str | None = None) -> dict[str, Any]:
+    """Read a checkpoint document and check its signature with the trusted key (``public_key``,
+    else COHORT_AUDIT_PUBLIC_KEY, else the one derived from the signing key).
+
+    Raises CommandError (exit 2) for an unreadable, malformed, forged or foreign-key file, and when
+    no key to verify it with is available.
     """
+    try:
+        trusted = trusted_public_key(public_key)
+    except CheckpointError as exc:
+        raise CommandError(str(exc), returncode=EXIT_BAD_INPUT)
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
@@ -33,16 +60,18 @@ def load_checkpoint_file(path: str) -> dict[str, Any]:
     if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) for k in ("payload", "signature")):
         raise CommandError(f"checkpoint file {path} is not a checkpoint document", returncode=EXIT_BAD_INPUT)
     try:
-        return checkpoint_load(doc)
+        data = checkpoint_load(doc, trusted_public_key_b64=trusted)
     except CheckpointError as exc:
         raise CommandError(f"checkpoint file {path} rejected: {exc}", returncode=EXIT_BAD_INPUT)
+    return {**data, "key_id": key_id(trusted)}
 
 
 class Command(BaseCommand):
     help = (
         "Verify the audit hash chains (every chain, or one tenant's), optionally against a signed "
         "checkpoint file, and print the first broken event of each chain. Exit status: 0 intact, "
-        "1 tampering found, 2 bad input (unknown tenant, unreadable or forged checkpoint)."
+        "1 tampering found, 2 bad input (unknown tenant, unreadable or forged checkpoint, no key to verify "
+        "the checkpoint with)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -53,18 +82,41 @@ class Command(BaseCommand):
             default=None,
             help="A checkpoint written by audit_checkpoint; catches truncation and wholesale rewrites.",
         )
+        parser.add_argument(
+            "--public-key",
+            metavar="B64|FILE",
+            default=None,
+            help="The Ed25519 public key (base64, or a file holding it) to check the checkpoint's signature "
+            "with: a key the auditor holds, not the server's configuration. Default: COHORT_AUDIT_PUBLIC_KEY, "
+            "else the one derived from COHORT_AUDIT_SIGNING_KEY.",
+        )
         parser.add_argument("--json", action="store_true", dest="as_json", help="Print the result as JSON.")
 
-    def handle(self, *args: Any, tenant: str | None, checkpoint: str | None, as_json: bool, **options: Any) -> None:
+    def handle(
+        self,
+        *args: Any,
+        tenant: str | None,
+        checkpoint: str | None,
+        public_key: str | None = None,
+        as_json: bool,
+        **options: Any,
+    ) -> None:
+        if public_key is not None and not checkpoint:
+            raise CommandError(
+                "--public-key verifies a checkpoint: give --checkpoint FILE too", returncode=EXIT_BAD_INPUT
+            )
         # Read the file first: a forged checkpoint is refused before the database is touched.
-        cp = load_checkpoint_file(checkpoint) if checkpoint else None
+        key = read_public_key(public_key) if public_key is not None else None
+        cp = load_checkpoint_file(checkpoint, public_key=key) if checkpoint else None
         tenant_id = self._tenant_id(tenant) if tenant else None
         result = audit_verify(tenant_id=tenant_id, checkpoint=cp)
         slugs, event_ids = self._describe(result)
         report = {
             **result.as_dict(),
             "scope": f"tenant {tenant}" if tenant else "all chains",
-            "checkpoint": {"file": checkpoint, "created_at": cp.get("created_at")} if cp else None,
+            "checkpoint": {"file": checkpoint, "created_at": cp.get("created_at"), "key_id": cp["key_id"]}
+            if cp
+            else None,
             "problems": [
                 {**p.as_dict(), "event_id": p.event_id or event_ids.get((p.chain, p.seq)), "tenant": slugs.get(p.chain)}
                 for p in result.problems

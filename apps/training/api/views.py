@@ -1,93 +1,45 @@
-"""Training REST API: jobs (create, list, get, cancel, event stream) and model versions (list,
-get, audited weights download)."""
+"""Training REST API: jobs (create, list, get, cancel, event stream, quota) and model versions
+(list, get, audited weights download, export, batch predict). Views parse and answer; the
+services and selectors do the work (and every audit write)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 from django.http import HttpResponse, StreamingHttpResponse
-from django.urls import path
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import serializers, status
+from rest_framework import status
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from apps.audit.services import audit_record
-from apps.common.api import StrictSerializer, error_responses, paginated
+from apps.common.api import error_responses, paginated
 from apps.common.idempotency import idempotent
 from apps.common.pagination import CursorPagination
-from apps.datasets.storage import open_decrypted
 from apps.tenancy.api.base import TenantApi
 from apps.training import selectors, services
 from apps.training.access import access_job, access_model
-from apps.training.models import JobEvent, ModelVersion, TrainingJob
-
-
-class JobOutput(serializers.ModelSerializer):
-    dataset_version = serializers.IntegerField(source="dataset_version_id")
-    model_version = serializers.SerializerMethodField()
-
-    class Meta:
-        model = TrainingJob
-        fields = [
-            "id",
-            "name",
-            "dataset_version",
-            "spec",
-            "spec_hash",
-            "queue",
-            "priority",
-            "status",
-            "status_reason",
-            "wait_reason",
-            "admitted_at",
-            "slots",
-            "cancel_requested",
-            "attempts",
-            "max_restarts",
-            "progress",
-            "result",
-            "error",
-            "model_version",
-            "created_at",
-            "started_at",
-            "finished_at",
-        ]
-
-    def get_model_version(self, obj: TrainingJob) -> int | None:
-        return ModelVersion.objects.filter(job=obj).values_list("pk", flat=True).first()
-
-
-class EventOutput(serializers.ModelSerializer):
-    class Meta:
-        model = JobEvent
-        fields = ["seq", "kind", "step", "epoch", "payload", "created_at"]
-
-
-class ModelOutput(serializers.ModelSerializer):
-    job = serializers.IntegerField(source="job_id")
-
-    class Meta:
-        model = ModelVersion
-        fields = [
-            "id", "name", "version", "job", "spec", "metrics", "lineage", "input_info", "sha256", "size_bytes",
-            "created_at",
-        ]  # fmt: skip
+from apps.training.api.serializers import (
+    EventOutput,
+    JobInput,
+    JobOutput,
+    ModelOutput,
+    PredictInput,
+    PredictOutput,
+    QuotaOutput,
+)
+from apps.training.models import JobEvent, TrainingJob
 
 
 class JobListApi(TenantApi):
     pagination_class = CursorPagination
     permission_actions = {"GET": "job.list", "POST": "job.create"}
 
-    class Input(StrictSerializer):
-        name = serializers.CharField(max_length=200, min_length=1)
-        dataset_version = serializers.IntegerField(
-            min_value=1, help_text="A ready de-identified version, own or granted with process"
-        )
-        spec = serializers.DictField(help_text="TrainSpec: model, optimizer, schedule, epochs, batch_size, …")
-        priority = serializers.IntegerField(min_value=-10, max_value=10, required=False, default=0)
+    class Input(JobInput):
+        pass
 
     @extend_schema(
         operation_id="jobs_list",
@@ -169,30 +121,6 @@ class JobEventsApi(TenantApi):
         return paginated(self, request, qs, EventOutput, ordering="seq")
 
 
-class QuotaOutput(serializers.Serializer):
-    class Quota(serializers.Serializer):
-        max_concurrent_jobs = serializers.IntegerField()
-        max_cpu_jobs = serializers.IntegerField()
-        gpu_hours_per_month = serializers.FloatField()
-
-    class Overrides(serializers.Serializer):
-        max_concurrent_jobs = serializers.IntegerField(allow_null=True)
-        max_cpu_jobs = serializers.IntegerField(allow_null=True)
-        gpu_hours_per_month = serializers.FloatField(allow_null=True)
-
-    class Usage(serializers.Serializer):
-        month = serializers.CharField()
-        running_jobs = serializers.IntegerField()
-        running_cpu_jobs = serializers.IntegerField()
-        gpu_hours = serializers.FloatField()
-        cpu_hours = serializers.FloatField()
-
-    quota = Quota(help_text="In force: the tenant's overrides, else the platform defaults")
-    overrides = Overrides(help_text="Set by operators (`manage.py training_quota`, audited); null = default")
-    usage = Usage()
-    waiting_jobs = serializers.IntegerField(help_text="Queued jobs not yet admitted (see each job's wait_reason)")
-
-
 class QuotaApi(TenantApi):
     permission_actions = {"GET": "job.list"}
 
@@ -203,9 +131,7 @@ class QuotaApi(TenantApi):
         tags=["training"],
     )
     def get(self, request: Request, tenant_slug: str) -> Response:
-        from apps.training.selectors import tenant_overview
-
-        return Response(QuotaOutput(tenant_overview(self.tenant.pk)).data)
+        return Response(QuotaOutput(selectors.tenant_overview(self.tenant.pk)).data)
 
 
 class ModelListApi(TenantApi):
@@ -242,8 +168,7 @@ class ModelDownloadApi(TenantApi):
     )
     def get(self, request: Request, tenant_slug: str, model_id: int) -> Any:
         mv = access_model(tenant=self.tenant, model_id=model_id)
-        audit_record(action="model.downloaded", tenant=self.tenant, target=mv, details={"sha256": mv.sha256})
-        reader = open_decrypted(mv.tenant_id, "model_version", f"job{mv.job_id}", mv.storage_name, mv.data_key)
+        reader = services.model_download(tenant=self.tenant, model=mv)
 
         def chunks() -> Any:
             with reader:
@@ -283,32 +208,11 @@ class ModelExportApi(TenantApi):
 class ModelPredictApi(TenantApi):
     permission_actions = {"POST": "model.predict"}
 
-    class Input(StrictSerializer):
-        rows = serializers.ListField(
-            child=serializers.JSONField(),
-            required=False,
-            max_length=services.PREDICT_MAX_ROWS,
-            help_text="Tabular: objects keyed by feature column; text: strings (or objects keyed by text column)",
-        )
-        images = serializers.ListField(
-            child=serializers.CharField(max_length=2_000_000),
-            required=False,
-            max_length=services.PREDICT_MAX_ROWS,
-            help_text="Image models: base64-encoded PNG/JPEG files",
-        )
+    class Input(PredictInput):
+        pass
 
-        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-            if ("rows" in attrs) == ("images" in attrs):
-                raise ValidationError({"rows": ["Give exactly one of rows or images."]})
-            if not (attrs.get("rows") or attrs.get("images")):
-                raise ValidationError({"rows": ["At least one row."]})
-            return attrs
-
-    class Output(serializers.Serializer):
-        model = serializers.IntegerField()
-        predictions = serializers.ListField(
-            child=serializers.DictField(), help_text="{label, probabilities} per row, or {value} for regression"
-        )
+    class Output(PredictOutput):
+        pass
 
     @extend_schema(
         operation_id="models_predict",
@@ -322,9 +226,6 @@ class ModelPredictApi(TenantApi):
         data.is_valid(raise_exception=True)
         mv = access_model(tenant=self.tenant, model_id=model_id)
         if "images" in data.validated_data:
-            import base64
-            import binascii
-
             try:
                 rows: list[Any] = [base64.b64decode(s, validate=True) for s in data.validated_data["images"]]
             except (binascii.Error, ValueError) as exc:
@@ -333,17 +234,3 @@ class ModelPredictApi(TenantApi):
             rows = data.validated_data["rows"]
         predictions = services.model_predict(tenant=self.tenant, model=mv, rows=rows)
         return Response({"model": mv.pk, "predictions": predictions})
-
-
-T = "tenants/<slug:tenant_slug>/"
-urlpatterns = [
-    path(T + "jobs/", JobListApi.as_view(), name="job-list"),
-    path(T + "jobs/<pk:job_id>/", JobDetailApi.as_view(), name="job-detail"),
-    path(T + "jobs/<pk:job_id>/events/", JobEventsApi.as_view(), name="job-events"),
-    path(T + "training/quota/", QuotaApi.as_view(), name="training-quota"),
-    path(T + "models/", ModelListApi.as_view(), name="model-list"),
-    path(T + "models/<pk:model_id>/", ModelDetailApi.as_view(), name="model-detail"),
-    path(T + "models/<pk:model_id>/download/", ModelDownloadApi.as_view(), name="model-download"),
-    path(T + "models/<pk:model_id>/export/", ModelExportApi.as_view(), name="model-export"),
-    path(T + "models/<pk:model_id>/predict/", ModelPredictApi.as_view(), name="model-predict"),
-]

@@ -1,0 +1,152 @@
+"""The base of every tenant websocket stream (``/ws/v1/tenants/<slug>/…``): authenticate, check
+membership and role at the handshake, join the stream's channel groups and the tenant's control
+group, replay persisted events after ``?after=N``, and number what it sends.
+
+A subclass names the role ``permission`` it needs and may override:
+
+* :meth:`TenantStreamConsumer.authorize_target` (sync, in the tenant's scope): the object the
+  stream is about exists for the tenant (else 4404) — it may remember what it read on ``self``;
+* :meth:`TenantStreamConsumer.stream_groups`: the channel groups to join (besides the control group);
+* :meth:`TenantStreamConsumer.replay` (sync): persisted events after ``after``, oldest first;
+* :meth:`TenantStreamConsumer.on_open` / :meth:`TenantStreamConsumer.on_close`.
+
+Close codes: 4401 unauthenticated; 4404 unknown tenant, non-member or unknown object (alike, so a
+socket is no oracle); 4403 suspended tenant, a role without the permission, or — later — a
+``tenant.control`` close (membership ended, tenant suspended).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.db import transaction
+
+from apps.audit.live import control_group
+from apps.tenancy import policy
+from apps.tenancy.models import Tenant
+from apps.tenancy.scope import tenant_scope
+from apps.tenancy.selectors import membership_for
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+
+
+def authorize_member(user: Any, slug: str, action: str) -> tuple[int | None, int]:
+    """The handshake check of every tenant stream: (tenant_id, close code). An unknown tenant and
+    a non-member answer alike (4404); a suspended tenant or a role without ``action``: 4403."""
+    with transaction.atomic():
+        tenant = Tenant.objects.filter(slug=slug).first()
+        if tenant is None:
+            return None, CLOSE_NOT_FOUND
+        m = membership_for(tenant_id=tenant.pk, user_id=user.pk)
+        if m is None or not user.is_active:
+            return None, CLOSE_NOT_FOUND
+        if not tenant.is_active or not policy.role_allows(m.role, action):
+            return None, CLOSE_FORBIDDEN
+        return tenant.pk, 0
+
+
+class TenantStreamConsumer(AsyncJsonWebsocketConsumer):
+    """Read-only tenant stream; see the module docstring for the hooks."""
+
+    permission = ""  # the role permission (apps.tenancy.policy) a member needs
+    replays = False  # whether ``?after=N`` replays persisted events
+    tenant_id: int | None = None
+    user_id: Any = None
+    last_seq = 0
+    groups_joined: tuple[str, ...] = ()
+
+    # --- hooks -----------------------------------------------------------------------------------
+    def parse_route(self, kwargs: dict[str, Any]) -> None:
+        """Read the route's own arguments onto ``self``; ``ValueError``/``KeyError``: 4404."""
+
+    def authorize_target(self, tenant_id: int) -> bool:
+        """In the tenant's scope: does the stream's object exist for this tenant?"""
+        return True
+
+    def stream_groups(self, tenant_id: int) -> list[str]:
+        return []
+
+    def replay(self, tenant_id: int, after: int) -> list[dict[str, Any]]:
+        return []
+
+    async def on_open(self) -> None:
+        return None
+
+    async def on_close(self) -> None:
+        return None
+
+    # --- the handshake ---------------------------------------------------------------------------
+    def _authorize(self, user: Any, slug: str) -> tuple[int | None, int]:
+        tenant_id, code = authorize_member(user, slug, self.permission)
+        if tenant_id is None:
+            return None, code
+        with tenant_scope(tenant_id):
+            if not self.authorize_target(tenant_id):
+                return None, CLOSE_NOT_FOUND
+        return tenant_id, 0
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        kwargs = self.scope["url_route"]["kwargs"]
+        try:
+            self.parse_route(kwargs)
+            after = 0
+            if self.replays:
+                after = int(parse_qs(self.scope.get("query_string", b"").decode()).get("after", ["0"])[0])
+        except (KeyError, ValueError):
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        tenant_id, code = await database_sync_to_async(self._authorize)(user, kwargs["tenant_slug"])
+        if tenant_id is None:
+            await self.close(code=code)
+            return
+        self.tenant_id, self.user_id = tenant_id, user.pk
+        self.groups_joined = (*self.stream_groups(tenant_id), control_group(tenant_id))
+        for group in self.groups_joined:
+            await self.channel_layer.group_add(group, self.channel_name)
+        await self.accept()
+        await self.on_open()
+        if self.replays:
+            self.last_seq = max(0, after)
+            for event in await database_sync_to_async(self._replay_scoped)(tenant_id, self.last_seq):
+                await self.send_event(event["seq"], event)
+
+    def _replay_scoped(self, tenant_id: int, after: int) -> list[dict[str, Any]]:
+        with tenant_scope(tenant_id):
+            return self.replay(tenant_id, after)
+
+    async def disconnect(self, code: int) -> None:
+        if self.tenant_id is not None:
+            await self.on_close()
+            for group in self.groups_joined:
+                await self.channel_layer.group_discard(group, self.channel_name)
+
+    # --- messages --------------------------------------------------------------------------------
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        # Read-only stream: clients send nothing (commands go through the REST API).
+        await self.send_json({"type": "error", "message": "this stream is read-only"})
+
+    message_type = "event"  # the ``type`` of what :meth:`send_event` sends
+
+    async def send_event(self, seq: int | None, event: dict[str, Any]) -> None:
+        """Send one event numbered ``seq`` (the event's own, gap-free sequence; duplicates of what
+        was sent already — replay and live overlap — are dropped) or, with ``seq=None``, the
+        connection's next number."""
+        if seq is None:
+            seq = self.last_seq + 1
+        elif seq <= self.last_seq:
+            return
+        self.last_seq = seq
+        await self.send_json({"type": self.message_type, "seq": seq, "event": event})
+
+    async def tenant_control(self, message: dict[str, Any]) -> None:
+        if message.get("action") == "close" and message.get("user_id") in (None, self.user_id):
+            await self.close(code=CLOSE_FORBIDDEN)

@@ -1,0 +1,117 @@
+"""Model versions: register a finished job's weights (encrypted, with spec, metrics and lineage),
+and the audited weights download."""
+
+from __future__ import annotations
+
+import functools
+import io
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from apps.audit.services import audit_record, audited_change
+from apps.datasets.models import DatasetVersion
+from apps.datasets.storage import EncryptedUpload, open_decrypted
+from apps.tenancy.models import Tenant
+from apps.tenancy.scope import tenant_scope
+from apps.training.models import ModelVersion, TrainingJob
+from workers.training.spec import TrainSpec
+
+
+def register_model(
+    job: TrainingJob, spec: TrainSpec, prepared: Any, result: Any, version: DatasetVersion
+) -> ModelVersion:
+    """Weights as safetensors, encrypted in object storage, with spec, metrics and lineage."""
+    from workers.training.weights import save_weights
+
+    buf = io.BytesIO()
+    sha = save_weights(result.model_state, buf, {"job": str(job.pk), "spec_hash": job.spec_hash})
+    data = buf.getvalue()
+    with tenant_scope(job.tenant_id), audited_change():
+        last = ModelVersion.objects.filter(name=job.name).order_by("-version").values_list("version", flat=True).first()
+        model = ModelVersion(
+            tenant_id=job.tenant_id,
+            name=job.name,
+            version=(last or 0) + 1,
+            job=job,
+            spec=job.spec,
+            metrics=result.final_metrics,
+            lineage={
+                "dataset_version_id": version.pk,
+                "dataset_id": version.dataset_id,
+                "dataset_owner_tenant_id": version.tenant_id,
+                "dataset_content_sha256": version.content_sha256,
+                "job_id": job.pk,
+                "spec_hash": job.spec_hash,
+                "code_version": code_version(),
+                "torch_version": torch_version(),
+            },
+            encoders=getattr(prepared, "encoders", {}) or {},
+            input_info={**prepared.input_info, "kind": prepared.kind, "problem": prepared.problem},
+            sha256=sha,
+            size_bytes=len(data),
+            storage_name="",
+        )
+        up = EncryptedUpload(job.tenant_id, "model_version", f"job{job.pk}", size_hint=len(data))
+        up.write(data)
+        stored = up.finish()
+        model.storage_name, model.data_key = stored.name, stored.key
+        model.save()
+        audit_record(
+            action="model.registered",
+            tenant=job.tenant_id,
+            target=model,
+            details={"job_id": job.pk, "version": model.version, "sha256": sha},
+        )
+    return model
+
+
+def open_weights(model: ModelVersion) -> Any:
+    """A reader of the model's safetensors, decrypted on the fly (a context manager)."""
+    return open_decrypted(model.tenant_id, "model_version", f"job{model.job_id}", model.storage_name, model.data_key)
+
+
+def weights_bytes(model: ModelVersion) -> bytes:
+    with open_weights(model) as r:
+        return bytes(r.read())
+
+
+def model_download(*, tenant: Tenant, model: ModelVersion) -> Any:
+    """The weights for download: audited (with their hash), then a decrypting reader."""
+    audit_record(action="model.downloaded", tenant=tenant, target=model, details={"sha256": model.sha256})
+    return open_weights(model)
+
+
+def code_version() -> str:
+    """The platform's code version: ``COHORT_CODE_VERSION`` (set by the image build), else the git
+    commit of the checkout, else the package version."""
+    return _code_version()
+
+
+@functools.cache
+def _code_version() -> str:
+    if settings.COHORT_CODE_VERSION:
+        return str(settings.COHORT_CODE_VERSION)
+    git = Path(settings.BASE_DIR) / ".git"
+    try:
+        head = (git / "HEAD").read_text().strip()
+        if head.startswith("ref: "):
+            ref = head[5:]
+            ref_file = git / ref
+            if ref_file.exists():
+                return "git:" + ref_file.read_text().strip()
+            for line in (git / "packed-refs").read_text().splitlines():
+                if line.endswith(" " + ref):
+                    return "git:" + line.split(" ", 1)[0]
+        elif len(head) == 40:
+            return "git:" + head
+    except OSError:
+        pass
+    return "cohort " + str(settings.SPECTACULAR_SETTINGS.get("VERSION", "unknown"))
+
+
+def torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)

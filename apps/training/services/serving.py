@@ -1,0 +1,77 @@
+"""Serving: batch predict with a model version rebuilt in this process (cached), and export as
+TorchScript or ONNX. Both audited (row counts and artifact hashes, never values)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Any
+
+from django.conf import settings
+
+from apps.audit.services import audit_record
+from apps.common.exceptions import Invalid, Unprocessable
+from apps.tenancy.models import Tenant
+from apps.training.models import ModelVersion
+from apps.training.services.registry import weights_bytes
+
+PREDICT_MAX_ROWS = 256
+EXPORT_FORMATS = {"torchscript": "pt", "onnx": "onnx"}
+
+_SERVING_CACHE: OrderedDict[tuple[int, str], Any] = OrderedDict()
+SERVING_CACHE_SIZE = 8
+
+
+def load_for_serving(model: ModelVersion) -> Any:
+    """The model rebuilt for serving, cached per process by (id, weights hash)."""
+    if model.size_bytes > settings.COHORT_PREDICT_MAX_MODEL_BYTES:
+        raise Unprocessable(
+            f"Online prediction serves models up to {settings.COHORT_PREDICT_MAX_MODEL_BYTES} bytes; export this one "
+            "(TorchScript or ONNX) and run it where the data is.",
+            code="model_too_large",
+            details={"size_bytes": model.size_bytes, "limit": settings.COHORT_PREDICT_MAX_MODEL_BYTES},
+        )
+    if not model.input_info:
+        raise Unprocessable("This model version predates serving metadata; retrain it.", code="model_not_servable")
+    from workers.training.inference import load_model
+
+    key = (model.pk, model.sha256)
+    loaded = _SERVING_CACHE.get(key)
+    if loaded is None:
+        loaded = load_model(model.spec, model.encoders, model.input_info, weights_bytes(model))
+        _SERVING_CACHE[key] = loaded
+        while len(_SERVING_CACHE) > SERVING_CACHE_SIZE:
+            _SERVING_CACHE.popitem(last=False)
+    _SERVING_CACHE.move_to_end(key)
+    return loaded
+
+
+def model_predict(*, tenant: Tenant, model: ModelVersion, rows: list[Any]) -> list[dict[str, Any]]:
+    """Predictions for raw rows, encoded as at training time. Audited (row count, never values)."""
+    from workers.training.data import DataError
+    from workers.training.inference import predict
+
+    loaded = load_for_serving(model)
+    try:
+        out = predict(loaded, rows)
+    except DataError as exc:
+        raise Invalid(fields={"rows": [str(exc)[:300]]}) from exc
+    audit_record(action="model.predicted", tenant=tenant, target=model, details={"rows": len(rows)})
+    return out
+
+
+def model_export(*, tenant: Tenant, model: ModelVersion, fmt: str) -> bytes:
+    """TorchScript or ONNX bytes; audited with the artifact's hash."""
+    from workers.training.inference import export
+
+    if fmt not in EXPORT_FORMATS:
+        raise Invalid(fields={"file_format": [f"One of {', '.join(EXPORT_FORMATS)}."]})
+    loaded = load_for_serving(model)
+    data = export(loaded, fmt)
+    audit_record(
+        action="model.exported",
+        tenant=tenant,
+        target=model,
+        details={"format": fmt, "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)},
+    )
+    return data
