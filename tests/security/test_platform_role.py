@@ -24,7 +24,7 @@ from apps.tenancy.scope import context_mac
 from tests.conftest import write_report
 from tests.processes import database_url, serving_login
 from tests.security.helpers import admin_connect, app_connect, set_signed_context, tenant_tables
-from tests.security.test_rls import _seed_two_tenants
+from tests.security.test_rls import _attempt, _seed_two_tenants
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -53,19 +53,7 @@ def _forgeries(pid: int, b: Any, b_user_id: int, b_prefix: str) -> dict[str, dic
 
 def _run(conn: psycopg.Connection, gucs: dict[str, str], sql: str, params: list[Any], signed_a: int | None) -> Any:
     """One statement in a transaction that is always rolled back: ('ok', rows) or (SQLSTATE, None)."""
-    outcome: tuple[str, int | None] = ("ok", None)
-    try:
-        with conn.transaction():
-            if signed_a is not None:
-                set_signed_context(conn, tenant_id=signed_a)
-            for name, value in gucs.items():
-                conn.execute("SELECT set_config(%s, %s, true)", [name, value])
-            cur = conn.execute(sql, params)
-            outcome = ("ok", cur.rowcount if cur.description is None else len(cur.fetchall()))
-            raise psycopg.Rollback()
-    except psycopg.Error as exc:
-        outcome = (exc.sqlstate or "?", None)
-    return outcome
+    return _attempt(conn, signed_a, sql, params, raw_settings=gucs)
 
 
 def test_iso12_no_setting_widens_the_app_role(

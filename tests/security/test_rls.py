@@ -199,15 +199,22 @@ MOVE_FILTER = {"datasets_datasetversion": "status = 'processing'"}
 
 
 def _attempt(
-    conn: psycopg.Connection, tenant_id: int | None, sql: str, params: list[Any] | None = None
+    conn: psycopg.Connection,
+    tenant_id: int | None,
+    sql: str,
+    params: list[Any] | None = None,
+    raw_settings: dict[str, str] | None = None,
 ) -> tuple[str, int | None]:
-    """Run one statement as the app role inside a transaction that is always rolled back.
+    """Run one statement as the app role inside a transaction that is always rolled back, with
+    ``tenant_id`` signed in scope and ``raw_settings`` set as is (no MAC: what SQL could write).
     Returns ("ok", rowcount) or (SQLSTATE, None)."""
     outcome: tuple[str, int | None] = ("ok", None)
     try:
         with conn.transaction():
             if tenant_id is not None:
                 set_signed_context(conn, tenant_id=tenant_id)
+            for name, value in (raw_settings or {}).items():
+                conn.execute("SELECT set_config(%s, %s, true)", [name, value])
             cur = conn.execute(sql, params or [])
             outcome = ("ok", cur.rowcount if cur.description is None else len(cur.fetchall()))
             raise psycopg.Rollback()
