@@ -384,7 +384,7 @@ keeps the others as the page had them, so rows can come from different runs (and
 - Date: {date}, commit {git} (plus the working tree)
 - Machine: {cpu}, {nproc} CPUs (`nproc`), {memory}, Linux {kernel}; Python {python}; {postgres}
   and Redis on the same machine; load average at start {load_at_start}
-- Everything (PostgreSQL, Redis, the uvicorn workers and the load generator) shares these CPUs, so
+- Everything (PostgreSQL, Redis, the web server workers and the load generator) shares these CPUs, so
   absolute throughput is a floor, and figures move with whatever else the machine is doing.
 
 ## How each figure is measured
@@ -413,6 +413,17 @@ requests): under the saturating 8-connection load, latency is mostly queueing (m
 connections / throughput), which the table also shows. Latencies are client-side, nearest-rank
 percentiles. A successful read is not itself audited (denials are), so no audit write is in this
 path.
+
+**`api_list_servers`**: the same two endpoints (the RLS members list and the bare DRF list) under
+three server topologies started side by side against the same scratch database, each with the same
+number of worker processes: `uvicorn config.asgi` (what `make run` served REST through before),
+`gunicorn config.wsgi` with gthread workers on a TCP port (`deploy/`: behind nginx), and `make run`'s
+port as it is now (`scripts/router.py` in front of gunicorn on a Unix socket, PROXY protocol, with
+uvicorn behind `/ws/` only; the commands come from `scripts.cohort.web_commands`). Rounds rotate
+which topology goes first. For each: req/s with 8 keep-alive connections, the ratio to the bare list
+on the same server, and p50/p99 one request at a time. The headline ratio is the router's req/s over
+uvicorn's; the target (issue 10 §5) is ≥ 3× uvicorn, p99 ≤ 25 ms and ≥ 0.8 × bare for both gunicorn
+topologies.
 
 **`audit_write_overhead`**: in process, N iterations alternate (a) the real service
 `membership_change_role` (row lock, checks, UPDATE, `audited_change` + `audit_record`, i.e. the

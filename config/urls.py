@@ -20,6 +20,7 @@ urlpatterns = [
     path("api/v1/", include("apps.audit.api.urls")),
     path("api/v1/", include("apps.datasets.api.urls")),
     path("api/v1/", include("apps.training.api")),
+    path("api/v1/", include("apps.federation.api")),
     path("admin/", cohort_admin_site.urls),
 ]
 

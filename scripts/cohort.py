@@ -391,7 +391,7 @@ def serve(env: dict[str, str], host: str, port: int) -> int:
                 "config",
                 "worker",
                 "-Q",
-                "cpu,gpu",
+                "cpu,gpu,fl",
                 "--pool",
                 "solo",
                 "-n",

@@ -1,12 +1,9 @@
-"""Access helper for API keys."""
+"""Access helper for API keys (missing and foreign answer the same 404)."""
 
 from apps.accounts.models import ApiKey
-from apps.common.errors import AccessDenied
+from apps.common.access import get_or_deny
 from apps.tenancy.models import Tenant
 
 
 def access_api_key(*, tenant: Tenant, key_id: int) -> ApiKey:
-    key = ApiKey.objects.filter(pk=key_id).first()
-    if key is None:
-        raise AccessDenied(reason="not_found", tenant_id=tenant.pk, target_type="accounts.apikey", target_id=key_id)
-    return key
+    return get_or_deny(ApiKey.objects.all(), key_id, tenant=tenant)

@@ -17,7 +17,7 @@ from apps.accounts.models import ApiKey, User
 from apps.audit.services import audit_record, audited_change
 from apps.common import ratelimit
 from apps.common.context import Actor, get_context
-from apps.common.errors import Conflict
+from apps.common.exceptions import Conflict, Invalid
 from apps.tenancy.models import Tenant
 
 
@@ -100,10 +100,10 @@ def api_key_create(
 ) -> CreatedKey:
     """Create a key; the full secret is returned once and only its HMAC is stored."""
     if expires_at is not None and expires_at <= timezone.now():
-        raise exceptions.ValidationError({"expires_at": ["Must be in the future."]})
+        raise Invalid("Must be in the future.", field="expires_at")
     bad = sorted(set(scopes) - set(ApiKey.Scope.values))
     if bad or not scopes:
-        raise exceptions.ValidationError({"scopes": [f"Choose from {ApiKey.Scope.values}."]})
+        raise Invalid(f"Choose from {ApiKey.Scope.values}.", field="scopes")
     secret, prefix = keys.generate()
     with audited_change():
         key = ApiKey.objects.create(

@@ -112,6 +112,38 @@ def audit_record(
     return seq
 
 
+def audit_record_both(
+    *,
+    actions: tuple[str, str],
+    tenants: tuple[object, object],
+    target: object = None,
+    target_type: str | None = None,
+    target_id: object = None,
+    details: Mapping[str, Any] | None = None,
+    counterparts: tuple[Mapping[str, Any], Mapping[str, Any]] = ({}, {}),
+    outcome: str = "success",
+) -> tuple[int, int]:
+    """One event between two tenants, recorded on both tenants' chains in the caller's transaction
+    (a grant given and received, a shared read and the owner's view of it, a federation round).
+
+    ``actions[i]`` goes to ``tenants[i]``'s chain with ``details`` plus ``counterparts[i]`` (what
+    that side is told about the other, e.g. ``{"owner": slug}``). Both appends succeed or the
+    caller's change fails: neither tenant can hold a record the other lacks."""
+    seqs = tuple(
+        audit_record(
+            action=action,
+            tenant=tenant,
+            target=target,
+            target_type=target_type,
+            target_id=target_id,
+            outcome=outcome,
+            details={**(details or {}), **extra},
+        )
+        for action, tenant, extra in zip(actions, tenants, counterparts, strict=True)
+    )
+    return seqs[0], seqs[1]
+
+
 def _publish_after_commit(
     tenant_id: int, action: str, actor: Actor, target_type: str | None, target_id: str | None, using: str
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
+from django.http import QueryDict
 from drf_spectacular.utils import OpenApiResponse, extend_schema_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -15,8 +16,36 @@ from apps.common.errors import ErrorSerializer
 from apps.common.pagination import CursorPagination
 
 
+def _json_type_error(field: serializers.Field, value: Any) -> str | None:
+    """What is wrong with a JSON value for ``field`` that DRF's coercion would let through, if anything.
+
+    DRF turns ``5`` into ``"5"`` for a CharField, ``"5"`` into ``5`` for an IntegerField and ``"yes"``
+    into ``True``, and trims a string before measuring it; the OpenAPI document promises a string, an
+    integer, a boolean and ``maxLength`` as sent. A JSON body is held to the document.
+    """
+    if value is None:
+        return None  # allow_null is the field's own check
+    if isinstance(field, serializers.BooleanField):
+        return None if isinstance(value, bool) else "Must be a boolean."
+    if isinstance(field, serializers.IntegerField):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "Must be an integer."
+    if isinstance(field, serializers.FloatField):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return None if ok else "Must be a number."
+    if isinstance(field, serializers.CharField):
+        if not isinstance(value, str):
+            return "Not a valid string."
+        if field.max_length is not None and len(value) > field.max_length:
+            return f"Ensure this field has no more than {field.max_length} characters."
+    return None
+
+
 class StrictSerializer(serializers.Serializer):
-    """Rejects unknown fields (typos and mass assignment: ``tenant_id``, ``is_staff``…) with 400."""
+    """Rejects unknown fields (typos and mass assignment: ``tenant_id``, ``is_staff``…) with 400.
+
+    A JSON body is also held to the types its OpenAPI schema states (see ``_json_type_error``);
+    form data (a ``QueryDict``, where every value is a string) keeps DRF's coercion.
+    """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -29,6 +58,21 @@ class StrictSerializer(serializers.Serializer):
             unknown = sorted(set(data) - set(self.fields))
             if unknown:
                 raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+            if not isinstance(data, QueryDict):
+                wrong = {
+                    name: [message]
+                    for name, field in self.fields.items()
+                    if name in data and not field.read_only
+                    for message in [_json_type_error(field, data[name])]
+                    if message
+                }
+                if wrong:  # reported with every other field's errors, the type message first
+                    try:
+                        super().to_internal_value(data)
+                    except serializers.ValidationError as exc:
+                        detail = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+                        raise serializers.ValidationError({**detail, **wrong}) from None
+                    raise serializers.ValidationError(wrong)
         return super().to_internal_value(data)
 
 

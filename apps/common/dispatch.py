@@ -16,16 +16,23 @@ from celery import current_app
 from django.db import transaction
 
 
-def send(name: str, *, args: Sequence[Any] = (), queue: str | None = None, **kwargs: Any) -> Any:
-    """Publish now (the caller already waits for commit, e.g. inside an ``on_commit`` hook)."""
+def send(
+    name: str, *, args: Sequence[Any] = (), queue: str | None = None, countdown: float | None = None, **kwargs: Any
+) -> Any:
+    """Publish now (the caller already waits for commit, e.g. inside an ``on_commit`` hook).
+    ``countdown``: deliver no earlier than this many seconds from now (a round's deadline)."""
     options: dict[str, Any] = {"queue": queue} if queue is not None else {}
+    if countdown is not None:
+        options["countdown"] = countdown
     return current_app.send_task(name, args=tuple(args), kwargs=kwargs or None, **options)
 
 
-def enqueue(name: str, *, args: Sequence[Any] = (), queue: str | None = None, **kwargs: Any) -> None:
+def enqueue(
+    name: str, *, args: Sequence[Any] = (), queue: str | None = None, countdown: float | None = None, **kwargs: Any
+) -> None:
     """Publish task ``name`` with ``args``/``kwargs`` once the current transaction commits."""
     frozen = tuple(args)
-    transaction.on_commit(lambda: send(name, args=frozen, queue=queue, **kwargs))
+    transaction.on_commit(lambda: send(name, args=frozen, queue=queue, countdown=countdown, **kwargs))
 
 
 class TaskRef:

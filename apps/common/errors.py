@@ -192,13 +192,15 @@ def from_domain(exc: domain.DomainError) -> exceptions.APIException:
     if isinstance(exc, domain.NotFound):
         out: exceptions.APIException = AccessDenied(**exc.audit)
     elif isinstance(exc, domain.PermissionDenied):
-        out = Forbidden(exc.message, reason=exc.code, code=exc.code)
+        out = Forbidden(exc.message, code=exc.code, **exc.audit)
     elif isinstance(exc, domain.Conflict):
         out = Conflict(exc.message, code=exc.code)
     elif isinstance(exc, domain.Invalid):
         out = exceptions.ValidationError(exc.fields)
     elif isinstance(exc, domain.Unprocessable):
         out = RejectedInput(exc.code, exc.message, details=exc.details, http_status=exc.http_status)
+    elif isinstance(exc, domain.RangeNotSatisfiable):
+        out = RangeNotSatisfiable(exc.message, size=exc.size)
     else:
         out = exceptions.APIException(exc.message, code=exc.code)
         out.status_code = exc.http_status

@@ -6,14 +6,19 @@ maps each to the project's one error shape, ``{"error": {"code", "message", "fie
 :class:`RunFailed` to decide whether a failed run is tried again.
 
 * :class:`NotFound` (404) — missing, or not the caller's: both answer alike. ``audit`` (reason,
-  tenant_id, target_type, target_id) makes it an audited access denial.
-* :class:`PermissionDenied` (403) — the caller may know the object exists but may not do this.
+  tenant_id, action, target_type, target_id) makes it an audited access denial.
+* :class:`PermissionDenied` (403) — the caller may know the object exists but may not do this;
+  an audited access denial too (``audit``: reason, tenant_id, action).
 * :class:`Conflict` (409) — the object's state does not allow it (already finished, a race lost).
 * :class:`Invalid` (400) — bad input; ``fields`` maps a dotted field path to its messages.
-* :class:`Unprocessable` (422) and its kinds :class:`QuotaExceeded`, :class:`BudgetExceeded` —
-  well-formed input that cannot be accepted; ``details`` is a JSON-safe, machine-readable reason
-  (never the caller's data). The request's transaction commits (the service has undone its partial
-  work and may have recorded the refusal as an audit event).
+* :class:`Unprocessable` (422) and its kinds :class:`QuotaExceeded`, :class:`BudgetExceeded`,
+  :class:`PayloadTooLarge` (413) — well-formed input that cannot be accepted; ``details`` is a
+  JSON-safe, machine-readable reason (never the caller's data). The request's transaction commits
+  (the service has undone its partial work and may have recorded the refusal as an audit event).
+  ``http_status`` answers a refusal with the status its API has always used (a 400
+  ``length_mismatch``, a 409 ``upload_incomplete`` with the missing ranges).
+* :class:`RangeNotSatisfiable` (416) — a byte range outside the resource (``size``: its length,
+  answered as ``Content-Range: bytes */size``); nothing is stored.
 * :class:`Retryable` — a transient failure (broker, network, a lost worker): try again.
 * :class:`RunFailed` — a run that cannot succeed on retry (bad spec, bad data, out of memory).
 """
@@ -62,6 +67,7 @@ class NotFound(DomainError):
         *,
         reason: str = "not_found",
         tenant_id: int | None = None,
+        action: str | None = None,
         target_type: str | None = None,
         target_id: object = None,
     ) -> None:
@@ -69,15 +75,31 @@ class NotFound(DomainError):
         self.audit: dict[str, Any] = {
             "reason": reason,
             "tenant_id": tenant_id,
+            "action": action,
             "target_type": target_type,
             "target_id": target_id,
         }
 
 
 class PermissionDenied(DomainError):
+    """Not allowed. ``reason`` (default: the code), ``tenant_id`` and ``action`` (the permission
+    checked; default: the view's) go into the audited access denial."""
+
     code = "permission_denied"
     http_status = 403
     default_message = "You do not have permission to perform this action."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        code: str | None = None,
+        reason: str | None = None,
+        tenant_id: int | None = None,
+        action: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.audit: dict[str, Any] = {"reason": reason or self.code, "tenant_id": tenant_id, "action": action}
 
 
 class Conflict(DomainError):
@@ -113,6 +135,19 @@ class Unprocessable(DomainError):
     http_status = 422
     commit = True
 
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        code: str | None = None,
+        field: str | None = None,
+        details: dict[str, Any] | None = None,
+        http_status: int | None = None,
+    ) -> None:
+        super().__init__(message, code=code, field=field, details=details)
+        if http_status is not None:
+            self.http_status = http_status
+
 
 class QuotaExceeded(Unprocessable):
     code = "quota_exceeded"
@@ -122,6 +157,24 @@ class QuotaExceeded(Unprocessable):
 class BudgetExceeded(Unprocessable):
     code = "budget_exceeded"
     default_message = "The privacy budget would be exceeded."
+
+
+class PayloadTooLarge(Unprocessable):
+    code = "too_large"
+    http_status = 413
+    default_message = "Too large."
+
+
+class RangeNotSatisfiable(DomainError):
+    """A byte range outside the resource (an upload chunk past the declared size)."""
+
+    code = "range_not_satisfiable"
+    http_status = 416
+    default_message = "The byte range lies outside the declared size."
+
+    def __init__(self, message: str | None = None, *, size: int | None = None) -> None:
+        super().__init__(message)
+        self.size = size
 
 
 class Retryable(DomainError):

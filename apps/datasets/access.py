@@ -1,55 +1,33 @@
 """Access helpers for datasets: the only way an API fetches one dataset object. Missing and
-foreign objects raise the same AccessDenied (404)."""
+foreign objects raise the same 404 (:func:`apps.common.access.get_or_deny`)."""
 
 from __future__ import annotations
 
-from apps.common.errors import AccessDenied
+from apps.common.access import get_or_deny
 from apps.datasets.models import BudgetReservation, Dataset, DatasetGrant, DatasetVersion, UploadSession
 from apps.tenancy.models import Tenant
 
 
-def _deny(tenant: Tenant, target_type: str, target_id: int) -> AccessDenied:
-    return AccessDenied(reason="not_found", tenant_id=tenant.pk, target_type=target_type, target_id=target_id)
-
-
 def access_dataset(*, tenant: Tenant, dataset_id: int, include_deleted: bool = False) -> Dataset:
-    qs = Dataset.objects.filter(pk=dataset_id)
+    qs = Dataset.objects.all()
     if not include_deleted:
         qs = qs.filter(status=Dataset.Status.ACTIVE)
-    ds = qs.first()
-    if ds is None:
-        raise _deny(tenant, "datasets.dataset", dataset_id)
-    return ds
+    return get_or_deny(qs, dataset_id, tenant=tenant)
 
 
 def access_version(*, tenant: Tenant, dataset: Dataset, version_id: int) -> DatasetVersion:
-    v = DatasetVersion.objects.filter(pk=version_id, dataset=dataset).select_related("data_key").first()
-    if v is None:
-        raise _deny(tenant, "datasets.datasetversion", version_id)
-    return v
+    return get_or_deny(DatasetVersion.objects.select_related("data_key"), version_id, tenant=tenant, dataset=dataset)
 
 
 def access_upload(*, tenant: Tenant, upload_id: int) -> UploadSession:
-    s = UploadSession.objects.filter(pk=upload_id).select_related("dataset").first()
-    if s is None:
-        raise _deny(tenant, "datasets.uploadsession", upload_id)
-    return s
+    return get_or_deny(UploadSession.objects.select_related("dataset"), upload_id, tenant=tenant)
 
 
 def access_grant(*, tenant: Tenant, dataset: Dataset, grant_id: int) -> DatasetGrant:
-    g = DatasetGrant.objects.filter(pk=grant_id, dataset=dataset).select_related("grantee").first()
-    if g is None:
-        raise _deny(tenant, "datasets.datasetgrant", grant_id)
-    return g
+    return get_or_deny(DatasetGrant.objects.select_related("grantee"), grant_id, tenant=tenant, dataset=dataset)
 
 
 def access_reservation(*, tenant: Tenant, dataset: Dataset, reservation_id: int) -> BudgetReservation:
     """A reservation the tenant in scope may settle: one it made itself (as owner or grantee)."""
-    r = (
-        BudgetReservation.all_tenants.filter(pk=reservation_id, budget__dataset_id=dataset.pk, consumer_id=tenant.pk)
-        .select_related("budget")
-        .first()
-    )
-    if r is None:
-        raise _deny(tenant, "datasets.budgetreservation", reservation_id)
-    return r
+    qs = BudgetReservation.all_tenants.select_related("budget")
+    return get_or_deny(qs, reservation_id, tenant=tenant, budget__dataset_id=dataset.pk, consumer_id=tenant.pk)

@@ -127,11 +127,14 @@ class UploadPart(TenantOwned):
 
 class DatasetGrant(TenantOwned):
     """The owner (``tenant``) lets ``grantee`` process (train on the de-identified version, never
-    read rows) or download a dataset. Revocation takes effect at once."""
+    read rows), download a dataset, or only federate it (use it as a site of the grantee's
+    federations, each approved by the owner; ``process`` and ``download`` imply it). Revocation
+    takes effect at once."""
 
     class Permission(models.TextChoices):
         PROCESS = "process", "Process (train; never read rows)"
         DOWNLOAD = "download", "Download (read the de-identified version)"
+        FEDERATE = "federate", "Federate (a federation participant only: no jobs, no per-site model)"
 
     dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="grants")
     grantee = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")

@@ -9,7 +9,7 @@ from typing import Any
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from apps.common.errors import AccessDenied
+from apps.common.exceptions import NotFound
 from apps.datasets.models import BudgetReservation, Dataset, DatasetGrant, DatasetVersion, PrivacyBudget
 from apps.tenancy.models import Tenant
 from apps.vault.models import DataKey
@@ -31,6 +31,22 @@ def version_list(*, dataset: Dataset, kind: str = "") -> QuerySet[DatasetVersion
     return qs
 
 
+def latest_version(*, dataset: Dataset) -> DatasetVersion | None:
+    """The dataset's newest version of any kind and status (the list's summary column)."""
+    return DatasetVersion.objects.filter(dataset=dataset).order_by("-number").first()
+
+
+def own_active_dataset(*, dataset_id: int) -> Dataset | None:
+    """The tenant in scope's own active dataset, or None (no audited denial: the caller may go on
+    to look for a dataset granted to it)."""
+    return Dataset.objects.filter(pk=dataset_id, status=Dataset.Status.ACTIVE).first()
+
+
+def active_tenant(*, slug: str) -> Tenant | None:
+    """An active tenant by slug (a grant's grantee)."""
+    return Tenant.objects.filter(slug=slug, status=Tenant.Status.ACTIVE).first()
+
+
 def grant_list(*, dataset: Dataset) -> QuerySet[DatasetGrant]:
     return DatasetGrant.objects.filter(dataset=dataset).select_related("grantee")
 
@@ -47,6 +63,11 @@ def live_grants(*, grantee: Tenant, dataset_id: int | None = None) -> QuerySet[D
     return qs
 
 
+def grantee_permissions(*, grantee: Tenant, dataset_id: int) -> set[str]:
+    """The permissions ``grantee`` holds on another tenant's dataset through live grants."""
+    return set(live_grants(grantee=grantee, dataset_id=dataset_id).values_list("permission", flat=True))
+
+
 def shared_dataset_list(*, tenant: Tenant, q: str = "") -> QuerySet[Dataset]:
     ids = live_grants(grantee=tenant).values("dataset_id")
     qs = Dataset.all_tenants.filter(pk__in=ids, status=Dataset.Status.ACTIVE).exclude(tenant=tenant)
@@ -57,13 +78,20 @@ def shared_dataset_list(*, tenant: Tenant, q: str = "") -> QuerySet[Dataset]:
 
 def shared_dataset_get(*, tenant: Tenant, dataset_id: int) -> tuple[Dataset, set[str]]:
     """A dataset another tenant granted to ``tenant``, with the live permissions. 404 otherwise."""
-    perms = set(live_grants(grantee=tenant, dataset_id=dataset_id).values_list("permission", flat=True))
+    perms = grantee_permissions(grantee=tenant, dataset_id=dataset_id)
     ds = Dataset.all_tenants.filter(pk=dataset_id, status=Dataset.Status.ACTIVE).exclude(tenant=tenant).first()
     if ds is None or not perms:
-        raise AccessDenied(
-            reason="not_granted", tenant_id=tenant.pk, target_type="datasets.dataset", target_id=dataset_id
-        )
+        raise NotFound(reason="not_granted", tenant_id=tenant.pk, target_type="datasets.dataset", target_id=dataset_id)
     return ds, perms
+
+
+def dataset_for_federation(*, dataset_id: int) -> Dataset:
+    """An active dataset the tenant in scope owns or holds a live grant on (RLS decides what is
+    visible; callers check ``dataset_access(..., permission="federate")`` first)."""
+    ds = Dataset.all_tenants.filter(pk=dataset_id, status=Dataset.Status.ACTIVE).first()
+    if ds is None:
+        raise NotFound(reason="not_granted", target_type="datasets.dataset", target_id=dataset_id)
+    return ds
 
 
 def latest_deidentified(*, dataset: Dataset, shared: bool = False) -> DatasetVersion | None:
@@ -78,13 +106,16 @@ def latest_deidentified(*, dataset: Dataset, shared: bool = False) -> DatasetVer
 
 def dataset_access(*, consumer: Tenant, dataset_id: int, permission: str = "process") -> bool:
     """The gate every use of a dataset checks, before it starts and at every step: the owner, or
-    a tenant holding a live grant (``download`` implies ``process``). Revocation is seen at once."""
+    a tenant holding a live grant (``download`` implies ``process``; both imply ``federate``).
+    Revocation is seen at once."""
     ds = Dataset.all_tenants.filter(pk=dataset_id, status=Dataset.Status.ACTIVE).first()
     if ds is None:
         return False
     if ds.tenant_id == consumer.pk:
         return True
     perms = set(live_grants(grantee=consumer, dataset_id=dataset_id).values_list("permission", flat=True))
+    if permission == "federate":
+        return bool(perms & {"federate", "process", "download"})
     return permission in perms or (permission == "process" and "download" in perms)
 
 
@@ -100,19 +131,20 @@ def reservation_list(*, tenant: Tenant, budget: PrivacyBudget) -> QuerySet[Budge
     return qs
 
 
-def version_key(*, consumer: Tenant, version: DatasetVersion) -> DataKey:
+def version_key(*, consumer: Tenant, version: DatasetVersion, permission: str = "process") -> DataKey:
     """The data key a version is encrypted under. A grantee may use the owner's key only while it
-    holds a live grant (checked here, again): the key row is read in the owner's scope."""
+    holds a live grant for ``permission`` (checked here, again; a federation site's task asks for
+    ``federate``): the key row is read in the owner's scope."""
     from apps.tenancy.scope import tenant_scope
 
     if version.data_key_id is None:
-        raise AccessDenied(
+        raise NotFound(
             reason="not_ready", tenant_id=consumer.pk, target_type="datasets.datasetversion", target_id=version.pk
         )
     if version.tenant_id == consumer.pk:
         return DataKey.objects.get(pk=version.data_key_id)
-    if not dataset_access(consumer=consumer, dataset_id=version.dataset_id, permission="process"):
-        raise AccessDenied(
+    if not dataset_access(consumer=consumer, dataset_id=version.dataset_id, permission=permission):
+        raise NotFound(
             reason="not_granted", tenant_id=consumer.pk, target_type="datasets.datasetversion", target_id=version.pk
         )
     with tenant_scope(version.tenant_id):

@@ -1,25 +1,15 @@
 """Access helpers: the only way an API fetches one tenant object. Missing and foreign objects
-raise the same AccessDenied (404), so existence never leaks."""
+raise the same 404, so existence never leaks."""
 
 from __future__ import annotations
 
-from apps.common.errors import AccessDenied
+from apps.common.access import get_or_deny
 from apps.tenancy.models import Invitation, Membership, Tenant
 
 
 def access_membership(*, tenant: Tenant, membership_id: int) -> Membership:
-    m = Membership.objects.filter(pk=membership_id).select_related("user").first()
-    if m is None:
-        raise AccessDenied(
-            reason="not_found", tenant_id=tenant.pk, target_type="tenancy.membership", target_id=membership_id
-        )
-    return m
+    return get_or_deny(Membership.objects.select_related("user"), membership_id, tenant=tenant)
 
 
 def access_invitation(*, tenant: Tenant, invitation_id: int) -> Invitation:
-    inv = Invitation.objects.filter(pk=invitation_id).first()
-    if inv is None:
-        raise AccessDenied(
-            reason="not_found", tenant_id=tenant.pk, target_type="tenancy.invitation", target_id=invitation_id
-        )
-    return inv
+    return get_or_deny(Invitation.objects.all(), invitation_id, tenant=tenant)

@@ -8,7 +8,6 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
-from rest_framework.exceptions import APIException
 
 from apps.common.admin_site import (
     ConsoleModelAdmin,
@@ -16,6 +15,7 @@ from apps.common.admin_site import (
     cohort_admin_site,
     staff_actor,
 )
+from apps.common.exceptions import DomainError
 from apps.tenancy.models import Membership, Role, Tenant
 from apps.tenancy.scope import tenant_scope
 from apps.tenancy.services import membership_change_role, membership_remove, tenant_set_status
@@ -112,8 +112,8 @@ class MembershipAdmin(ConsoleModelAdmin):
             try:
                 with tenant_scope(m.tenant_id):
                     done += int(apply(m))
-            except APIException as exc:
-                errors.append(f"{m.user} in {m.tenant}: {exc.detail}")
+            except DomainError as exc:
+                errors.append(f"{m.user} in {m.tenant}: {exc.message}")
         return done, errors
 
     def _report(self, request: HttpRequest, verb: str, done: int, errors: list[str]) -> None:

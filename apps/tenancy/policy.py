@@ -56,6 +56,21 @@ MATRIX: dict[str, tuple[frozenset[str], str | None, str]] = {
         "Download model weights (safetensors) or an export (TorchScript, ONNX); audited",
     ),
     "model.predict": (frozenset({O, A, N, I}), "write", "Batch predictions with a model version (small models)"),
+    "federation.list": (
+        frozenset({O, A, N, I, U}),
+        "read",
+        "List federations the tenant coordinates or takes part in, their rounds, sites and events",
+    ),
+    "federation.create": (
+        frozenset({O, A, N, I}),
+        "write",
+        "Create, simulate, start or cancel a federation over own or federate-granted datasets",
+    ),
+    "federation.approve": (
+        frozenset({O, A}),
+        None,
+        "Approve, reject or revoke an own dataset's place in another tenant's federation",
+    ),
     "shared.download": (
         frozenset({O, A, N, I}),
         "read",

@@ -130,25 +130,42 @@ ALTER TABLE "{table}" DISABLE ROW LEVEL SECURITY;
 # Every tenant table and what, besides its own tenant's rows, the tenant in scope may see/write.
 # {table: (extra_using, extra_check)}. No entry mentions the platform: that is a role (below).
 CURRENT = "(SELECT cohort_tenant_id())"
+SITE_OF_CURRENT = f"WHERE s.tenant_id = {CURRENT}"
 TENANT_POLICIES: dict[str, tuple[str, str]] = {
     "accounts_apikey": (f"prefix = {LOOKUP}", ""),
     "audit_auditevent": ("", ""),
     "common_idempotencyrecord": ("", ""),
     "datasets_datasetgrant": (f"grantee_id = {CURRENT}", ""),
-    "datasets_dataset": ("cohort_dataset_granted(id, ARRAY['process', 'download'])", ""),
+    "datasets_dataset": ("cohort_dataset_granted(id, ARRAY['process', 'download', 'federate'])", ""),
     "datasets_datasetversion": (
         "kind = 'deidentified' AND status = 'ready' "
-        "AND cohort_dataset_granted(dataset_id, ARRAY['process', 'download'])",
+        "AND cohort_dataset_granted(dataset_id, ARRAY['process', 'download', 'federate'])",
         "",
     ),
     "datasets_uploadsession": ("", ""),
     "datasets_uploadpart": ("", ""),
     "datasets_datasetquota": ("", ""),
-    "datasets_privacybudget": ("cohort_dataset_granted(dataset_id, ARRAY['process'])", ""),
+    "datasets_privacybudget": ("cohort_dataset_granted(dataset_id, ARRAY['process', 'federate'])", ""),
     "datasets_budgetreservation": (
         f"consumer_id = {CURRENT}",
         f"consumer_id = {CURRENT} AND EXISTS (SELECT 1 FROM datasets_privacybudget b "
-        "WHERE b.id = budget_id AND cohort_dataset_granted(b.dataset_id, ARRAY['process']))",
+        "WHERE b.id = budget_id AND cohort_dataset_granted(b.dataset_id, ARRAY['process', 'federate']))",
+    ),
+    # Federations (apps.federation.models): the coordinator owns the federation, its rounds, slots
+    # and events; a dataset owner owns its site row. A tenant with a site sees the federation and
+    # its rounds, and its own site's slots and events; the coordinator sees (and creates) the site
+    # rows naming it. Approval columns change only in the owner's scope (trigger, federation 0002).
+    "federation_federation": (f"id IN (SELECT s.federation_id FROM federation_federationsite s {SITE_OF_CURRENT})", ""),
+    "federation_federationsite": (f"coordinator_id = {CURRENT}", f"coordinator_id = {CURRENT}"),
+    "federation_round": (
+        f"federation_id IN (SELECT s.federation_id FROM federation_federationsite s {SITE_OF_CURRENT})",
+        "",
+    ),
+    "federation_siteround": (f"site_id IN (SELECT s.id FROM federation_federationsite s {SITE_OF_CURRENT})", ""),
+    "federation_federationevent": (
+        f"federation_id IN (SELECT s.federation_id FROM federation_federationsite s {SITE_OF_CURRENT}) "
+        f"AND (site_id IS NULL OR site_id IN (SELECT s.id FROM federation_federationsite s {SITE_OF_CURRENT}))",
+        "",
     ),
     "tenancy_membership": (f"user_id = {CURRENT_USER_ID}", ""),
     "tenancy_invitation": (f"token_hash = {LOOKUP}", ""),
@@ -191,10 +208,15 @@ def platform_policy_sql(table: str, role: str = PLATFORM_ROLE) -> str:
     return "\n".join(out)
 
 
-def all_policies_sql(role: str = PLATFORM_ROLE) -> str:
-    """Every tenant table's tenant policy (without any platform switch) and platform policies."""
+def all_policies_sql(role: str = PLATFORM_ROLE, *, exclude_prefixes: tuple[str, ...] = ()) -> str:
+    """Every tenant table's tenant policy (without any platform switch) and platform policies.
+
+    ``exclude_prefixes``: tables a migration must leave alone because a later migration creates
+    them (and applies their policies itself)."""
     parts = []
     for table, (using, check) in TENANT_POLICIES.items():
+        if table.startswith(exclude_prefixes):
+            continue
         parts.append(policy_sql(table, extra_using=using, extra_check=check))
         parts.append(platform_policy_sql(table, role))
     return "\n".join(parts)

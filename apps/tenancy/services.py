@@ -9,11 +9,10 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
-from rest_framework import exceptions
 
 from apps.audit.services import audit_record, audited_change
 from apps.common.context import Actor
-from apps.common.errors import Conflict
+from apps.common.exceptions import Conflict, Invalid, NotFound, PermissionDenied
 from apps.tenancy.models import Invitation, Membership, Role, Tenant
 from apps.tenancy.scope import lookup_scope, tenant_scope
 
@@ -49,7 +48,7 @@ def tenant_update(*, tenant: Tenant, name: str) -> Tenant:
 def tenant_set_status(*, tenant: Tenant, status: str, reason: str, actor: Actor | None = None) -> Tenant:
     """Suspend or reactivate a tenant. Suspension blocks its API keys, sessions and websockets."""
     if status not in Tenant.Status.values:
-        raise exceptions.ValidationError({"status": [f"Must be one of {Tenant.Status.values}."]})
+        raise Invalid(f"Must be one of {Tenant.Status.values}.", field="status")
     with audited_change():
         tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
         tenant.status = status
@@ -80,9 +79,7 @@ def _owner_count(tenant: Tenant) -> int:
 
 def _check_role_change_allowed(*, actor_role: str, old_role: str | None, new_role: str | None) -> None:
     if actor_role != Role.OWNER and Role.OWNER in (old_role, new_role):
-        raise exceptions.PermissionDenied(
-            "Only an owner can grant, change or remove the owner role.", code="owner_required"
-        )
+        raise PermissionDenied("Only an owner can grant, change or remove the owner role.", code="owner_required")
 
 
 def membership_add(*, tenant: Tenant, actor_role: str, user: Any, role: str) -> Membership:
@@ -175,19 +172,17 @@ def invitation_revoke(*, tenant: Tenant, invitation: Invitation) -> Invitation:
 def invitation_accept(*, user: Any, token: str) -> Membership:
     """Accept an invitation addressed to ``user``'s e-mail. Unknown, used, revoked, expired or
     someone else's tokens all answer the same way (404)."""
-    from apps.common.errors import AccessDenied
-
     with lookup_scope(_token_hash(token)):
         inv = Invitation.all_tenants.filter(token_hash=_token_hash(token)).first()
     email = getattr(user, "email", "").lower()
     if inv is None or inv.status != "pending" or inv.email != email:
-        raise AccessDenied(
+        raise NotFound(
             reason="invitation_invalid", tenant_id=inv.tenant_id if inv else None, action="invitation.accept"
         )
     with tenant_scope(inv.tenant_id, user_id=user.pk), audited_change():  # type: ignore[attr-defined]
         inv = Invitation.objects.select_for_update().get(pk=inv.pk)
         if inv.status != "pending":
-            raise AccessDenied(reason="invitation_invalid", tenant_id=inv.tenant_id, action="invitation.accept")
+            raise NotFound(reason="invitation_invalid", tenant_id=inv.tenant_id, action="invitation.accept")
         inv.accepted_at = timezone.now()
         inv.save(update_fields=["accepted_at"])
         try:

@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "apps.vault",
     "apps.datasets",
     "apps.training",
+    "apps.federation",
 ]
 
 MIDDLEWARE = [
@@ -130,6 +131,10 @@ CELERY_TASK_ROUTES = {
     "training.run_job": {"queue": "cpu"},
     "training.run_node": {"queue": "cpu"},
     "training.schedule": {"queue": "default"},
+    # Federations: site work on ``fl`` (an owner's own worker: ``fl.<slug>``, chosen per message).
+    "federation.site_round": {"queue": "fl"},
+    "federation.advance": {"queue": "default"},
+    "federation.sweep": {"queue": "default"},
 }
 # Longer than the longest task (time_limit) plus the longest ETA, so a task is not redelivered
 # while it still runs.
@@ -147,6 +152,11 @@ CELERY_BEAT_SCHEDULE = {
     },
     # Admits waiting jobs and re-enqueues admitted jobs whose worker vanished (lease expired) or
     # whose message was lost between commit and publish.
+    # Federations: closes rounds past their deadline, re-sends site tasks whose worker vanished.
+    "federation-sweep": {
+        "task": "federation.sweep",
+        "schedule": env.float("COHORT_FL_SWEEP_SECONDS", default=2.0),
+    },
     "training-schedule": {
         "task": "training.schedule",
         "schedule": env.float("COHORT_SCHEDULER_INTERVAL", default=10.0),
@@ -222,7 +232,10 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
-    "ENUM_NAME_OVERRIDES": {},
+    "ENUM_NAME_OVERRIDES": {
+        "FederationSiteRoleEnum": "apps.federation.models.FederationSite.Role",
+        "TenantRoleEnum": "apps.tenancy.models.Role",
+    },
 }
 
 # --- Requests -------------------------------------------------------------------------------
@@ -271,6 +284,11 @@ COHORT_DEFAULT_EPSILON = env.float("COHORT_DEFAULT_EPSILON", default=8.0)
 # Training: encrypted checkpoints live here (a folder every worker of a job can reach).
 COHORT_CHECKPOINT_DIR = env.str("COHORT_CHECKPOINT_DIR", default=str(LOCAL_STATE_DIR / "checkpoints"))
 COHORT_JOB_LEASE_SECONDS = env.int("COHORT_JOB_LEASE_SECONDS", default=120)
+# Federations (apps.federation): a site task's lease (renewed while it trains), the largest update
+# accepted, and the tenants (slugs) whose sites run on their own worker (queue ``fl.<slug>``).
+COHORT_FL_LEASE_SECONDS = env.int("COHORT_FL_LEASE_SECONDS", default=60)
+COHORT_FL_MAX_UPDATE_BYTES = env.int("COHORT_FL_MAX_UPDATE_BYTES", default=512 * 1024 * 1024)
+COHORT_FL_OWN_WORKER_TENANTS = env.list("COHORT_FL_OWN_WORKER_TENANTS", default=[])
 COHORT_JOB_MAX_RESTARTS = env.int("COHORT_JOB_MAX_RESTARTS", default=5)
 # Training pool capacity (slots = worker processes) and per-tenant quota defaults (overridable per
 # tenant, audited: `manage.py training_quota`). See docs/training.md "Scheduling".

@@ -34,6 +34,7 @@ APPS_DIR = ROOT / "apps"
 # "path::Qualified.name" -> why that function may read across the tenant scope.
 _LOOKUP = "lookup before the tenant is known (signed lookup-key clause)"
 _GRANTED = "rows of another tenant shared with the tenant in scope (RLS: cohort_dataset_granted / live grant)"
+_FED = "RLS: the coordinator and the sites' owners of the same federation"
 ALL_TENANTS_ALLOWED: dict[str, str] = {
     "apps/accounts/authentication.py::ApiKeyAuthentication.authenticate": "API key by prefix: " + _LOOKUP,
     "apps/tenancy/services.py::invitation_accept": "invitation by token hash: " + _LOOKUP,
@@ -49,24 +50,44 @@ ALL_TENANTS_ALLOWED: dict[str, str] = {
     "apps/datasets/access.py::access_reservation": "a reservation the tenant made on another's dataset (consumer)",
     "apps/datasets/selectors.py::budget_for": "a grantor's budget: " + _GRANTED,
     "apps/datasets/selectors.py::dataset_access": "a grantor's dataset: " + _GRANTED,
+    "apps/datasets/selectors.py::dataset_for_federation": "a grantor's dataset (federate grant): " + _GRANTED,
     "apps/datasets/selectors.py::latest_deidentified": "a grantor's released version: " + _GRANTED,
     "apps/datasets/selectors.py::live_grants": "grants addressed to the tenant in scope (grantee clause)",
     "apps/datasets/selectors.py::reservation_list": "the tenant's reservations on others' budgets (consumer clause)",
     "apps/datasets/selectors.py::shared_dataset_get": "a dataset shared with the tenant: " + _GRANTED,
     "apps/datasets/selectors.py::shared_dataset_list": "datasets shared with the tenant: " + _GRANTED,
-    "apps/datasets/services.py::_check_allotment": "the consumer's own reservations on a grantor's budget",
-    "apps/datasets/services.py::budget_reserve": "a grantee's reservation row in the owner's ledger (WITH CHECK)",
-    "apps/datasets/services.py::budget_settle": "settling a reservation of either side of the grant",
-    "apps/datasets/services.py::expire_uploads": "expired upload sessions of every tenant (platform scope)",
-    "apps/datasets/services.py::purge_expired": "the retention purge's due datasets (platform scope)",
+    "apps/datasets/services/budget.py::_check_allotment": "the consumer's own reservations on a grantor's budget",
+    "apps/datasets/services/budget.py::budget_reserve": "a grantee's reservation row in the owner's ledger (WITH CHECK)",
+    "apps/datasets/services/budget.py::budget_settle": "settling a reservation of either side of the grant",
+    "apps/datasets/services/uploads.py::expire_uploads": "expired upload sessions of every tenant (platform scope)",
+    "apps/datasets/services/datasets.py::purge_expired": "the retention purge's due datasets (platform scope)",
+    # Federations span tenants: a site row belongs to the dataset owner, the federation and its rounds
+    # to the coordinator; RLS lets each side see the other's rows of a shared federation only.
+    "apps/federation/selectors.py::federation_list": "federations coordinated or joined: " + _FED,
+    "apps/federation/selectors.py::federation_sites": "a federation's sites (owners' rows): " + _FED,
+    "apps/federation/selectors.py::round_list": "the coordinator's rounds, read by a site owner: " + _FED,
+    "apps/federation/selectors.py::slots_of": "slots, each side its own (RLS site/coordinator clauses): " + _FED,
+    "apps/federation/selectors.py::event_list": "the coordinator's event stream, read by a site owner: " + _FED,
+    "apps/federation/services/governance.py::federation_create": "site rows created for the owners: " + _FED,
+    "apps/federation/services/governance.py::federation_start": "the sites of the coordinator's federation: " + _FED,
+    "apps/federation/services/governance.py::site_decide": "the owner reads the coordinator's federation: " + _FED,
+    "apps/federation/services/governance.py::site_revoke": "the owner reads the coordinator's federation: " + _FED,
+    "apps/federation/services/rounds.py::_drop_withdrawn": "the coordinator drops owners' sites: " + _FED,
+    "apps/federation/services/rounds.py::_settle_budgets": "reservations on the owners' ledgers: " + _FED,
+    "apps/federation/services/rounds.py::_site_of": "the slot's site (an owner's row): " + _FED,
+    "apps/federation/services/rounds.py::advance": "the round's sites (owners' rows): " + _FED,
+    "apps/federation/services/rounds.py::finish_locked": "the sites of a finishing federation: " + _FED,
+    "apps/federation/services/rounds.py::open_round": "selected sites' last round (owners' rows): " + _FED,
+    "apps/federation/services/rounds.py::sweep": "running federations of every tenant (platform role, read)",
 }
 # Where platform work may start (the platform role's connection): per function, with the reason.
 PLATFORM_SCOPE_ALLOWED: dict[str, str] = {
     "apps/common/admin_site.py::CohortAdminSite.admin_view.scoped": "the compliance console (staff + TOTP)",
     "apps/training/scheduler.py::schedule": "the scheduler pass (admission, re-queue)",
-    "apps/datasets/services.py::expire_uploads": "sweep: expired upload sessions",
-    "apps/datasets/services.py::purge_expired": "sweep: retention purge",
+    "apps/datasets/services/uploads.py::expire_uploads": "sweep: expired upload sessions",
+    "apps/datasets/services/datasets.py::purge_expired": "sweep: retention purge",
     "apps/audit/verification.py::audit_verify": "verification of every chain",
+    "apps/federation/services/rounds.py::sweep": "beat sweep: round deadlines and expired site leases",
     "apps/audit/verification.py::checkpoint_create": "signing every chain's head",
     "apps/audit/monitoring.py::verify_all_chains": "the scheduled verification of every chain",
     "apps/audit/status.py::_status_from_log": "the last verification's platform event, for /readyz",
@@ -82,6 +103,8 @@ HTTP_METHODS = ("get", "post", "put", "patch", "delete")
 CROSS_TENANT_FKS: dict[str, str] = {
     "DatasetGrant.grantee": "the tenant a dataset is shared with (sees its live grants)",
     "BudgetReservation.consumer": "the tenant spending another tenant's privacy budget (sees its own reservations)",
+    "FederationSite.coordinator": "the federation's tenant (sees and creates the site rows naming it; "
+    "approval columns are the owner's: trigger in apps/federation/migrations/0002_rls.py)",
 }
 
 

@@ -96,6 +96,8 @@ class DatasetSeed:
     job_id: int = 0  # a finished (succeeded) training job on the de-identified version
     job_name: str = ""
     model_id: int = 0  # the model version that job registered
+    federation_id: int = 0  # a started federation over the dataset (round 0 open: rounds, slots, events)
+    site_id: int = 0  # its one site
     model_sha256: str = ""
     content_sha256: list[str] = field(default_factory=list)
 
@@ -108,6 +110,8 @@ class DatasetSeed:
             "reservation_id": self.reservation_id,
             "job_id": self.job_id,
             "model_id": self.model_id,
+            "federation_id": self.federation_id,
+            "site_id": self.site_id,
         }
 
 
@@ -165,7 +169,23 @@ def seed_datasets(client: Any, tenant: Any, *, name: str, grantee_slug: str, row
 
     with tenant_scope(tenant.pk):
         model = ModelVersion.objects.get(job_id=job.pk)
+    # A federation over the dataset, approved and started: one row in every federation table.
+    r = client.post(
+        f"{base}federations/",
+        {"name": f"{name} federation", "spec": {"train": {"model": {"name": "logistic_regression", "params": {}},
+         "epochs": 1, "batch_size": 8}, "rounds": 1, "min_participants": 1}, "sites": [{"dataset_id": ds_id}]},
+        format="json",
+    )  # fmt: skip
+    assert r.status_code == 201, r.content
+    federation_id = r.json()["id"]
+    site = next(s for s in client.get(f"{base}federation-sites/").json()["results"] if s["federation"] == federation_id)
+    r = client.post(f"{base}federation-sites/{site['id']}/approve/", {"digest": site["digest"]}, format="json")
+    assert r.status_code == 200, r.content
+    r = client.post(f"{base}federations/{federation_id}/start/")
+    assert r.status_code == 200, r.content
     return DatasetSeed(
+        federation_id=federation_id,
+        site_id=site["id"],
         dataset_id=ds_id,
         name=name,
         raw_version_id=raw["id"],

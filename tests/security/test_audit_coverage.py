@@ -531,6 +531,84 @@ def _model_export(w: World) -> Call:
     return Call(w.client, "GET", path, None, 200, "model.exported", w.tenant.pk)
 
 
+# --- federations ----------------------------------------------------------------------------------
+
+FED_SPEC: dict[str, Any] = {"train": TRAIN_SPEC, "rounds": 1, "min_participants": 1}
+
+
+def _fed_partner(w: World) -> tuple[Tenant, APIClient, int]:
+    """Another tenant whose released, labelled dataset is granted ``federate`` to this tenant."""
+    from tests.apps.datasets.helpers import create_dataset, deidentify, table_csv, upload_version
+
+    if "fed_partner" not in w.cache:
+        other = w.make_tenant()
+        client = w.api_client_for(w.member(Role.OWNER, tenant=other))
+        ds = create_dataset(client, other.slug, "aud1 federated")
+        raw = upload_version(client, other.slug, ds, table_csv(12), label="outcome")
+        deidentify(client, other.slug, ds, raw["id"])
+        r = client.post(
+            f"/api/v1/tenants/{other.slug}/datasets/{ds}/grants/", {"grantee": w.tenant.slug, "permission": "federate"},
+            format="json",
+        )  # fmt: skip
+        assert r.status_code == 201, r.content
+        w.cache["fed_partner"] = (other, client, ds)
+    return w.cache["fed_partner"]
+
+
+def _fed_body(w: World) -> dict[str, Any]:
+    _other, _client, ds = _fed_partner(w)
+    return {"name": f"aud1 federation {next(w.counter)}", "spec": FED_SPEC, "sites": [{"dataset_id": ds}]}
+
+
+def _new_fed(w: World, *, approved: bool = False) -> tuple[int, int]:
+    """(federation id, its site id): a draft over the partner's dataset."""
+    other, client, _ds = _fed_partner(w)
+    r = w.client.post(f"{w.base}/federations/", _fed_body(w), format="json")
+    assert r.status_code == 201, r.content
+    fed = int(r.json()["id"])
+    inbox = client.get(f"/api/v1/tenants/{other.slug}/federation-sites/").json()["results"]
+    site = next(s for s in inbox if s["federation"] == fed)
+    if approved:
+        r = client.post(
+            f"/api/v1/tenants/{other.slug}/federation-sites/{site['id']}/approve/", {"digest": site["digest"]},
+            format="json",
+        )  # fmt: skip
+        assert r.status_code == 200, r.content
+    w.cache["fed_digest"] = site["digest"]
+    return fed, int(site["id"])
+
+
+def _federation_create(w: World) -> Call:
+    other, _client, _ds = _fed_partner(w)
+    return Call(w.client, "POST", f"{w.base}/federations/", _fed_body(w), 201, "federation.created", w.tenant.pk,
+                also=((other.pk, "federation.site_invited"),))  # fmt: skip
+
+
+def _federation_start(w: World) -> Call:
+    other, _client, _ds = _fed_partner(w)
+    fed, _site = _new_fed(w, approved=True)
+    return Call(w.client, "POST", f"{w.base}/federations/{fed}/start/", None, 200, "federation.started",
+                w.tenant.pk, also=((other.pk, "federation.site_started"),))  # fmt: skip
+
+
+def _federation_cancel(w: World) -> Call:
+    other, _client, _ds = _fed_partner(w)
+    fed, _site = _new_fed(w)
+    return Call(w.client, "POST", f"{w.base}/federations/{fed}/cancel/", None, 200, "federation.cancelled",
+                w.tenant.pk, also=((other.pk, "federation.cancelled"),))  # fmt: skip
+
+
+def _site_decision(op: str, action: str) -> Callable[[World], Call]:
+    def build(w: World) -> Call:
+        other, client, _ds = _fed_partner(w)
+        _fed, site = _new_fed(w)
+        body = {"digest": w.cache["fed_digest"]} if op == "approve" else {}
+        path = f"/api/v1/tenants/{other.slug}/federation-sites/{site}/{op}/"
+        return Call(client, "POST", path, body, 200, action, other.pk, also=((w.tenant.pk, action),))
+
+    return build
+
+
 T = "api/v1/tenants/<slug:tenant_slug>"
 D = f"{T}/datasets/<pk:dataset_id>"
 V = f"{D}/versions/<pk:version_id>"
@@ -566,6 +644,12 @@ BUILDERS: dict[str, Callable[[World], Call]] = {
     f"POST {T}/jobs/": _job_create,
     f"POST {T}/models/<pk:model_id>/predict/": _model_predict,
     f"DELETE {T}/jobs/<pk:job_id>/": _job_cancel,
+    f"POST {T}/federations/": _federation_create,
+    f"POST {T}/federations/<pk:federation_id>/start/": _federation_start,
+    f"POST {T}/federations/<pk:federation_id>/cancel/": _federation_cancel,
+    f"POST {T}/federation-sites/<pk:site_id>/approve/": _site_decision("approve", "federation.site_approved"),
+    f"POST {T}/federation-sites/<pk:site_id>/reject/": _site_decision("reject", "federation.site_rejected"),
+    f"POST {T}/federation-sites/<pk:site_id>/revoke/": _site_decision("revoke", "federation.site_revoked"),
 }
 # Sensitive reads (RELIABILITY AUD-1) are held to the same rule.
 SENSITIVE_READS: dict[str, Callable[[World], Call]] = {

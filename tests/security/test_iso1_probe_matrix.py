@@ -93,6 +93,7 @@ class RouteProbe:
 T = "api/v1/tenants/<slug:tenant_slug>/"
 D = T + "datasets/<pk:dataset_id>/"
 V = D + "versions/<pk:version_id>/"
+FED = T + "federations/<pk:federation_id>/"
 PROBES: dict[str, RouteProbe] = {
     "healthz": RouteProbe("public", ("GET",)),
     "readyz": RouteProbe("public", ("GET",)),
@@ -175,6 +176,28 @@ PROBES: dict[str, RouteProbe] = {
     ),
     T + "models/<pk:model_id>/predict/": RouteProbe("tenant", ("POST",), {"POST": {"rows": [{"a": 1.0}]}}),
     T + "training/quota/": RouteProbe("tenant", ("GET",)),
+    # federations
+    T + "federations/": RouteProbe(
+        "tenant",
+        ("GET", "POST"),
+        {
+            "POST": {
+                "name": "probe federation",
+                "spec": {"train": TINY_SPEC, "min_participants": 1},
+                "sites": [{"dataset_id": 1}],
+            }
+        },
+    ),
+    FED: RouteProbe("tenant", ("GET",)),
+    FED + "start/": RouteProbe("tenant", ("POST",)),
+    FED + "cancel/": RouteProbe("tenant", ("POST",)),
+    FED + "rounds/": RouteProbe("tenant", ("GET",)),
+    FED + "sites/": RouteProbe("tenant", ("GET",)),
+    FED + "events/": RouteProbe("tenant", ("GET",), valid_query={"GET": {"after": 0}}),
+    T + "federation-sites/": RouteProbe("tenant", ("GET",)),
+    T + "federation-sites/<pk:site_id>/approve/": RouteProbe("tenant", ("POST",), {"POST": {"digest": "0" * 64}}),
+    T + "federation-sites/<pk:site_id>/reject/": RouteProbe("tenant", ("POST",), {"POST": {}}),
+    T + "federation-sites/<pk:site_id>/revoke/": RouteProbe("tenant", ("POST",), {"POST": {}}),
 }
 
 _PARAM_RE = re.compile(r"<(?:(?P<conv>\w+):)?(?P<name>\w+)>")

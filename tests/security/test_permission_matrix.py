@@ -32,6 +32,7 @@ UPLOAD_CSV = table_csv(8, seed=3)
 UPLOAD_SHA256 = hashlib.sha256(UPLOAD_CSV).hexdigest()
 # A tiny training spec (the de-identified matrix dataset is labelled "outcome").
 TRAIN_SPEC: dict[str, Any] = {"model": {"name": "logistic_regression", "params": {}}, "epochs": 1, "batch_size": 8}
+FED_SPEC: dict[str, Any] = {"train": TRAIN_SPEC, "rounds": 1, "min_participants": 2}
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,44 @@ class Ctx:
             self.cache["shared"] = ds.id
         return int(self.cache["shared"])
 
+    # --- federation targets (this tenant coordinates, over two of its own datasets) ----------------
+
+    def new_federation(self, *, approved: bool = False) -> int:
+        """A fresh draft federation over the read-only dataset and a new one (with ``approved``,
+        both sites approved by this tenant's owner, so it may start)."""
+        client = self.owner_client()
+        body = {
+            "name": self.unique("Matrix federation "),
+            "spec": FED_SPEC,
+            "sites": [{"dataset_id": self.dataset().id}, {"dataset_id": self.new_dataset().id}],
+        }
+        r = client.post(f"{self.base()}federations/", body, format="json")
+        assert r.status_code == 201, r.content
+        fed_id = int(r.json()["id"])
+        if approved:
+            for site in self.inbox(fed_id):
+                r = client.post(
+                    f"{self.base()}federation-sites/{site['id']}/approve/", {"digest": site["digest"]}, format="json"
+                )
+                assert r.status_code == 200, r.content
+        return fed_id
+
+    def federation(self) -> int:
+        if "federation" not in self.cache:
+            self.cache["federation"] = self.new_federation()
+        return int(self.cache["federation"])
+
+    def inbox(self, fed_id: int) -> list[dict[str, Any]]:
+        r = self.owner_client().get(f"{self.base()}federation-sites/")
+        assert r.status_code == 200, r.content
+        return [s for s in r.json()["results"] if s["federation"] == fed_id]
+
+    def new_site(self) -> int:
+        """A pending site of a fresh draft; its digest is kept for the approval body."""
+        site = self.inbox(self.new_federation())[0]
+        self.cache["site_digest"] = site["digest"]
+        return int(site["id"])
+
 
 @dataclass(frozen=True)
 class Req:
@@ -282,6 +321,20 @@ def _predict_body(c: Ctx) -> dict[str, Any]:
     with tenant_scope(c.tenant.pk):
         names = [col["name"] for col in ModelVersion.objects.get(pk=c.finished_job()[1]).encoders["columns"]]
     return {"rows": [dict.fromkeys(names, 1.0), dict.fromkeys(names, 2.0)]}
+
+
+def _fed(suffix: str = "", *, fresh: bool = False, approved: bool = False) -> Callable[[Ctx], str]:
+    """A path under this tenant's read-only federation, or (``fresh``) under a new draft."""
+
+    def path(c: Ctx) -> str:
+        fed_id = c.new_federation(approved=approved) if fresh else c.federation()
+        return f"{c.base()}federations/{fed_id}/{suffix}"
+
+    return path
+
+
+def _site(suffix: str) -> Callable[[Ctx], str]:
+    return lambda c: f"{c.base()}federation-sites/{c.new_site()}/{suffix}"
 
 
 # action -> the requests that exercise it (each must succeed for an allowed principal).
@@ -413,12 +466,39 @@ REQUESTS: dict[str, list[Req]] = {
         Req("GET", _model("export/?file_format=torchscript")),
     ],
     "model.predict": [Req("POST", _model("predict/"), _predict_body)],
+    "federation.list": [
+        Req("GET", _t("federations/")),
+        Req("GET", _fed()),
+        Req("GET", _fed("rounds/")),
+        Req("GET", _fed("sites/")),
+        Req("GET", _fed("events/?after=0")),
+        Req("GET", _t("federation-sites/")),
+    ],
+    "federation.create": [
+        Req(
+            "POST",
+            _t("federations/"),
+            lambda c: {
+                "name": c.unique("Federation "),
+                "spec": FED_SPEC,
+                "sites": [{"dataset_id": c.dataset().id}, {"dataset_id": c.new_dataset().id}],
+            },
+            201,
+        ),
+        Req("POST", _fed("start/", fresh=True, approved=True)),
+        Req("POST", _fed("cancel/", fresh=True)),
+    ],
+    "federation.approve": [
+        Req("POST", _site("approve/"), lambda c: {"digest": c.cache["site_digest"]}),
+        Req("POST", _site("reject/")),
+        Req("POST", _site("revoke/")),
+    ],
 }
 
 # Actions no view declares: their requests are governed by the declared action (the value) and the
 # view additionally checks the action itself. A principal must hold both.
 #   dataset.read_raw: preview/download declare dataset.download; for a RAW version ``_read_check``
-#   (apps/datasets/api/views.py) also requires a membership whose role allows dataset.read_raw
+#   (apps/datasets/api/views/versions.py) also requires a membership whose role allows dataset.read_raw
 #   (API keys never).
 SECONDARY_ACTIONS: dict[str, str] = {"dataset.read_raw": "dataset.download"}
 

@@ -17,7 +17,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from apps.audit.models import AuditEvent
-from apps.common.errors import RejectedInput
+from apps.common.exceptions import Unprocessable
 from apps.datasets import selectors, services
 from apps.datasets.models import BudgetReservation, Dataset, DatasetVersion, UploadPart
 from apps.tenancy.models import Role
@@ -317,11 +317,11 @@ def test_a_grantee_reservation_beyond_its_allotment_is_a_422_naming_the_grant(
     first = _reserve(other_tenant, ds, "1.0", "0.00005")
     assert first.state == BudgetReservation.State.RESERVED
     for eps, delta in (("0.6", "0"), ("1000", "0"), ("0.1", "0.0001")):
-        with pytest.raises(RejectedInput) as info:
+        with pytest.raises(Unprocessable) as info:
             _reserve(other_tenant, ds, eps, delta)
         exc = info.value
-        assert exc.status_code == 422 and exc.get_codes() == "allotment_exceeded"
-        assert exc.details["grant_id"] == grant_id and str(grant_id) in str(exc.detail)
+        assert exc.http_status == 422 and exc.code == "allotment_exceeded"
+        assert exc.details["grant_id"] == grant_id and str(grant_id) in exc.message
         assert exc.details["epsilon_used"] == "1.000000"
     # Committing less than reserved frees the difference for the grantee's next use.
     with tenant_scope(other_tenant.pk):
@@ -334,7 +334,7 @@ def test_a_grantee_reservation_beyond_its_allotment_is_a_422_naming_the_grant(
 
 def test_a_grant_without_allotment_allows_no_dp_use(tenant: Any, other_tenant: Any, owner: APIClient) -> None:
     ds, grant_id = _shared(owner, tenant, other_tenant)
-    with pytest.raises(RejectedInput) as info:
+    with pytest.raises(Unprocessable) as info:
         _reserve(other_tenant, ds, "0.01")
     assert info.value.details["grant_id"] == grant_id and info.value.details["epsilon_allotment"] is None
 

@@ -115,7 +115,8 @@ def _runner(
                 failures[check.__name__][label] += 1
                 if len(details) < 30:
                     titles = "; ".join(f.title for f in group.exceptions)
-                    details.append(f"{label} [{check.__name__}] {response.status_code}: {titles}")
+                    sent = repr(case.body)[:200] if case.body is not None else "-"
+                    details.append(f"{label} [{check.__name__}] {response.status_code}: {titles}; body {sent}")
         if "/auth/logout/" in case.operation.path and response.status_code == 204:
             session.renew()
 

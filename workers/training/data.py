@@ -340,6 +340,65 @@ def prepare_tabular(data: ArrowData, schema: DatasetSchema, spec: TrainSpec) -> 
     return _finish("tabular", problem, x, y, train_idx, val_idx, names, classes, encoders, {"n_features": x.shape[1]})
 
 
+def label_sort_key(v: Any) -> tuple[str, Any]:
+    """A total order over label values of mixed JSON types (numbers numerically, strings as text)."""
+    return (type(v).__name__, v)
+
+
+def site_split(values: list[Any], problem: str, spec: TrainSpec) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """A federation site's seeded train/validation split, stratified by its *own* label values.
+
+    Round 0's statistics and every training round split with this one function, so the shared
+    encoders come from exactly the rows the site trains on and never from its validation rows.
+    """
+    if problem == "classification":
+        index = {v: i for i, v in enumerate(sorted(set(values), key=label_sort_key))}
+        y = np.array([index[v] for v in values], dtype=np.int64)
+        return split_indices(len(values), spec.val_fraction, spec.seed, y)
+    return split_indices(len(values), spec.val_fraction, spec.seed, None)
+
+
+def prepare_with_encoders(
+    data: ArrowData, schema: DatasetSchema, spec: TrainSpec, encoders: dict[str, Any]
+) -> Prepared:
+    """Tabular tensors encoded with *given* encoders (a federation's, merged in round 0).
+
+    Unlike :func:`prepare_tabular` nothing is fitted here: the label classes, means and category
+    vocabularies are the federation's, so a site that holds one class only still gets the shared
+    output layer. A label value the encoders do not know is a :class:`DataError`.
+    """
+    if encoders.get("kind") != "tabular" or "label" not in encoders:
+        raise DataError("Federated training needs tabular encoders with a label encoder.")
+    table = to_table(data)
+    label, _ltype = _label_column(table, schema)
+    table = table.filter(pc.is_valid(table.column(label)))
+    if table.num_rows < 2:
+        raise DataError("At least two labelled rows are needed.")
+    label_values = table.column(label).to_pylist()
+    lab = encoders["label"]
+    classes: list[Any] | None
+    if lab["kind"] == "classes":
+        problem, classes = "classification", list(lab["classes"])
+        index = {c: i for i, c in enumerate(classes)}
+        unknown = sorted({v for v in label_values if v not in index}, key=label_sort_key)
+        if unknown:
+            raise DataError(
+                f"{len(unknown)} label value(s) are not among the federation's classes: "
+                + ", ".join(repr(v) for v in unknown[:5])
+            )
+        y: npt.NDArray[Any] = np.array([index[v] for v in label_values], dtype=np.int64)
+    else:
+        problem, classes = "regression", None
+        raw = np.asarray(label_values, dtype=np.float64)
+        y = ((raw - float(lab["mean"])) / float(lab["std"])).astype(np.float32)
+    train_idx, val_idx = site_split(label_values, problem, spec)
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise DataError("Too few rows for a train/validation split.")
+    x = encode_tabular(table, encoders)
+    names = tabular_feature_names(encoders)
+    return _finish("tabular", problem, x, y, train_idx, val_idx, names, classes, encoders, {"n_features": x.shape[1]})
+
+
 # --- text ------------------------------------------------------------------------------------------
 def tokenize(text: str) -> list[str]:
     """Lower-case words (``\\w+``); deterministic and locale-free so inference matches training."""

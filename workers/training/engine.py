@@ -374,6 +374,7 @@ def train(
     resume: TrainState | None = None,
     init_weights: Mapping[str, torch.Tensor] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    proximal_mu: float = 0.0,
 ) -> TrainResult:
     """Train ``spec.model`` on ``prepared``; report through ``sink``; return the outcome.
 
@@ -382,8 +383,12 @@ def train(
     shapes; checked, ``ValueError`` naming the mismatches otherwise); ignored when ``resume`` is given.
     ``should_stop`` is polled before every optimizer step; when it returns true the run emits a
     checkpoint and returns with status ``"stopped"``.
+    ``proximal_mu`` > 0 adds FedProx's proximal term ``mu/2 * ||w - w_start||^2`` (``w_start``: the
+    weights the run started from, i.e. ``init_weights``) to every optimizer step's gradient.
     """
-    return _train(spec, prepared, sink, resume=resume, init_weights=init_weights, should_stop=should_stop)
+    return _train(
+        spec, prepared, sink, resume=resume, init_weights=init_weights, should_stop=should_stop, proximal_mu=proximal_mu
+    )
 
 
 def _train(
@@ -397,6 +402,7 @@ def _train(
     rank: int = 0,
     world: int = 1,
     device: torch.device | None = None,
+    proximal_mu: float = 0.0,
 ) -> TrainResult:
     spec.validate()
     device = device or resolve_device(spec)
@@ -406,7 +412,7 @@ def _train(
     if len(prepared.x_train) == 0:
         raise SpecError("No training rows.", {"data": ["The train split is empty."]})
     with _run_context(spec, device):
-        return _loop(spec, prepared, sink, names, device, resume, should_stop, rank, world, init_weights)
+        return _loop(spec, prepared, sink, names, device, resume, should_stop, rank, world, init_weights, proximal_mu)
 
 
 def _loop(
@@ -420,12 +426,14 @@ def _loop(
     rank: int,
     world: int,
     init_weights: Mapping[str, torch.Tensor] | None = None,
+    proximal_mu: float = 0.0,
 ) -> TrainResult:
     started = time.perf_counter()
     seed_everything(spec.seed)
     core = build(spec.model.name, spec.model.params, prepared.input_info).to(device)
     if init_weights is not None and resume is None:
         load_init_weights(core, init_weights)
+    anchors = [p.detach().clone() for p in core.parameters()] if proximal_mu > 0 else []
     model: nn.Module = core
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -588,6 +596,13 @@ def _loop(
                 with ctx:
                     pending.append(forward_backward(x_train[local], y_train[local], scale))
                 epoch_samples += len(local)
+            if anchors:  # FedProx: the gradient of mu/2 * ||w - w_start||^2
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                with torch.no_grad():
+                    for param, anchor in zip(core.parameters(), anchors, strict=True):
+                        if param.grad is not None:
+                            param.grad.add_(param.detach() - anchor, alpha=proximal_mu)
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()

@@ -74,7 +74,7 @@ class AuditEventListApi(TenantApi):
         tags=["audit"],
     )
     def get(self, request: Request, tenant_slug: str) -> Response:
-        f = AuditListFilter(data=request.query_params.dict())
+        f = AuditListFilter(data=request.query_params)
         f.is_valid(raise_exception=True)
         qs = audit_event_list(tenant=self.tenant, filters=f.validated_data)
         return paginated(self, request, qs, AuditEventOutput)
@@ -133,7 +133,7 @@ class AuditEventExportApi(TenantApi):
         tags=["audit"],
     )
     def get(self, request: Request, tenant_slug: str) -> HttpResponse:
-        f = AuditExportFilter(data=request.query_params.dict())
+        f = AuditExportFilter(data=request.query_params)
         f.is_valid(raise_exception=True)
         fmt = f.validated_data.pop("file_format")
         events = list(audit_event_list(tenant=self.tenant, filters=f.validated_data).order_by("seq")[:EXPORT_LIMIT])

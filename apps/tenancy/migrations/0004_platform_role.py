@@ -96,7 +96,8 @@ class Migration(migrations.Migration):
     operations = [
         migrations.RunSQL(REQUIRE_ROLE_SQL, migrations.RunSQL.noop),
         migrations.RunSQL(CONTEXT_KEY_SQL, migrations.RunSQL.noop),
-        migrations.RunSQL(all_policies_sql(PLATFORM_ROLE), migrations.RunSQL.noop),
+        # Apps created after this migration apply their own policies (federation: 0002_rls).
+        migrations.RunSQL(all_policies_sql(PLATFORM_ROLE, exclude_prefixes=("federation_",)), migrations.RunSQL.noop),
         migrations.RunSQL(CAPTURE_SQL_V2, migrations.RunSQL.noop),
         migrations.RunSQL(HEADS_SQL_V2, migrations.RunSQL.noop),
         migrations.RunSQL(RESOLVE_SQL, migrations.RunSQL.noop),

@@ -16,6 +16,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from apps.audit.models import AuditEvent
+from apps.common import dispatch
 from apps.datasets.models import BudgetReservation, Dataset, DatasetVersion, UploadPart, UploadSession
 from apps.datasets.services import expire_uploads, purge_expired
 from apps.tenancy.models import Role
@@ -42,7 +43,13 @@ def test_large_upload_is_processed_by_the_worker_task(
     ds = create_dataset(owner, tenant.slug, "big")
     sent: list[tuple[Any, ...]] = []
     with (
-        patch.object(process_version, "delay", side_effect=lambda *a: sent.append(a)),
+        patch.object(
+            dispatch,
+            "send",
+            side_effect=lambda name, args=(), **kw: (
+                sent.append(tuple(args)) if name == "datasets.process_version" else None
+            ),
+        ),
         override_settings(COHORT_DATASET_INLINE_MAX_BYTES=10),
         django_capture_on_commit_callbacks(execute=True),
     ):
@@ -239,7 +246,13 @@ def test_large_deidentification_runs_on_the_worker(
     raw = upload_version(owner, tenant.slug, ds, table_csv(40), label="outcome")
     sent: list[tuple[Any, ...]] = []
     with (
-        patch.object(deidentify_version, "delay", side_effect=lambda *a: sent.append(a)),
+        patch.object(
+            dispatch,
+            "send",
+            side_effect=lambda name, args=(), **kw: (
+                sent.append(tuple(args)) if name == "datasets.deidentify_version" else None
+            ),
+        ),
         override_settings(COHORT_DATASET_INLINE_MAX_BYTES=10),
         django_capture_on_commit_callbacks(execute=True),
     ):

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from workers.training.models import register
-from workers.training.models.params import Float, Int
+from workers.training.models.params import Float, Int, Schema
 
-PARAMS = {"width": Int(16, 1, 512), "dropout": Float(0.0, 0.0, 1.0)}
+PARAMS: Schema = {"width": Int(16, 1, 512), "dropout": Float(0.0, 0.0, 1.0)}
 
 
 class CnnSmall(nn.Module):

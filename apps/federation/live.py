@@ -1,0 +1,41 @@
+"""Publishes a federation's events to its channel group, after they are committed."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+from apps.federation.models import FederationEvent
+
+logger = logging.getLogger(__name__)
+
+
+def federation_group(tenant_id: int, federation_id: int) -> str:
+    return f"t{int(tenant_id)}.fed{int(federation_id)}"
+
+
+def event_dict(e: FederationEvent) -> dict[str, Any]:
+    return {
+        "seq": e.seq,
+        "kind": e.kind,
+        "round": e.round_number,
+        "site": e.site_id,
+        "data": e.data,
+        "created_at": e.created_at.isoformat(),
+    }
+
+
+def publish_federation_event(event: FederationEvent) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(
+            federation_group(event.tenant_id, event.federation_id),
+            {"type": "federation.event", "event": event_dict(event)},
+        )
+    except Exception:  # best effort: the event is persisted; clients resync by sequence number
+        logger.warning("could not publish a federation event to the live channel", exc_info=True)

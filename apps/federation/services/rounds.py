@@ -1,0 +1,807 @@
+"""Rounds, with all state in PostgreSQL and no long-lived coordinator.
+
+* :func:`open_round` selects the round's sites (seeded, recorded), creates one slot per site and
+  enqueues ``federation.site_round`` for each, plus ``federation.advance`` at the deadline.
+* :func:`run_site_round` (the site task) claims its slot with a lease, decrypts the site's pinned
+  version under the coordinator's federate grant, and either reports round-0 statistics or
+  evaluates the round's base model and trains from it with the secret per-(federation, site,
+  round) seed; the update is validated, stored encrypted, and recorded once (fenced by the lease
+  and the round still being open: a late update gets "round closed").
+* :func:`advance` closes the open round under the federation's row lock when every slot is done,
+  or the deadline passed with a quorum of updates: it merges statistics (round 0), aggregates in
+  participant order (training rounds) or reports (the final evaluation), then opens the next.
+* :func:`sweep` (beat) advances past deadlines and re-enqueues slots whose worker vanished.
+
+A killed worker leaves its slot ``training`` with a lease that expires; the sweep sends it again;
+the retry reproduces the update bit for bit (same seed, same base model), and a duplicate delivery
+finds the slot taken or done. Aggregation reads stored updates only, so re-running it gives the
+same model hash.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from django.conf import settings
+from django.db.models import F, Q
+from django.utils import timezone
+
+from apps.audit.services import audit_record, audited_change
+from apps.common.dispatch import enqueue, send
+from apps.datasets import selectors as dataset_selectors
+from apps.datasets.services import VERSION_KIND
+from apps.datasets.storage import open_decrypted
+from apps.federation.models import Federation, FederationSite, Round, SiteRound
+from apps.federation.services import storage
+from apps.federation.services.events import append_event
+from apps.tenancy.models import Tenant
+from apps.tenancy.scope import platform_scope, tenant_scope
+from workers.federated.spec import FederationSpec
+
+logger = logging.getLogger(__name__)
+
+SITE_TASK = "federation.site_round"
+ADVANCE_TASK = "federation.advance"
+
+
+def lease_seconds() -> int:
+    return int(getattr(settings, "COHORT_FL_LEASE_SECONDS", 60))
+
+
+def queue_for(site: FederationSite, tenant_slug: str | None = None) -> str:
+    """``fl``, or ``fl.<owner slug>`` for an owner that runs its own worker
+    (``COHORT_FL_OWN_WORKER_TENANTS``)."""
+    own = set(getattr(settings, "COHORT_FL_OWN_WORKER_TENANTS", []) or [])
+    if tenant_slug is None and own:
+        tenant_slug = Tenant.objects.filter(pk=site.tenant_id).values_list("slug", flat=True).first()
+    return f"fl.{tenant_slug}" if tenant_slug and tenant_slug in own else "fl"
+
+
+# --- opening a round -------------------------------------------------------------------------------
+
+
+def open_round_after_start(tenant_id: int, federation_id: int) -> None:
+    with tenant_scope(tenant_id):
+        fed = Federation.objects.get(pk=federation_id)
+        open_round(fed, 0, "statistics")
+
+
+def _still_allowed(site: FederationSite, fed: Federation) -> str:
+    """Why ``site`` may no longer take part ("" when it may)."""
+    if site.approval != FederationSite.Approval.APPROVED:
+        return f"approval {site.approval}"
+    if site.approval_expires_at is not None and site.approval_expires_at <= timezone.now():
+        return "approval expired"
+    if not dataset_selectors.dataset_access(
+        consumer=Tenant(pk=fed.tenant_id), dataset_id=site.dataset_id, permission="federate"
+    ):
+        return "grant revoked or expired"
+    return ""
+
+
+def _drop_withdrawn(fed: Federation) -> list[FederationSite]:
+    """Mark sites whose approval or grant went away as dropped; the active sites that remain."""
+    active = []
+    for site in FederationSite.all_tenants.filter(federation=fed, active=True).order_by("id"):
+        reason = _still_allowed(site, fed)
+        if reason:
+            site.active, site.dropped_reason = False, reason[:200]
+            site.save(update_fields=["active", "dropped_reason"])
+            audit_record(
+                action="federation.site_dropped",
+                tenant=fed.tenant_id,
+                target=site,
+                details={"site": site.label, "reason": reason},
+            )
+            append_event(fed, "site", {"state": "dropped", "reason": reason}, site_id=site.pk)
+        else:
+            active.append(site)
+    return active
+
+
+def open_round(fed: Federation, number: int, kind: str) -> Round | None:
+    """Create round ``number`` with its slots and send its tasks (in the coordinator's scope)."""
+    from workers.federated.rounds import select_sites
+
+    fspec = FederationSpec.from_dict(fed.spec)
+    with audited_change():
+        active = _drop_withdrawn(fed)
+        trainers = [s for s in active if s.role == FederationSite.Role.TRAIN]
+        evaluators = [s for s in active if s.role == FederationSite.Role.EVALUATE]
+        if len(trainers) < max(1, min(fspec.min_participants, fed.min_sites)):
+            audit_record(action="federation.round_refused", tenant=fed.tenant_id, target=fed,
+                         details={"round": number, "trainers": len(trainers)})  # fmt: skip
+            finish_locked(fed, Federation.Status.FAILED, f"only {len(trainers)} training sites remain")
+            return None
+        seed = (fspec.seed * 1_000_003 + number) % (2**62)
+        if kind == "train":
+            per_round = fspec.participants_per_round(len(trainers))
+            chosen = select_sites(
+                [s.pk for s in trainers],
+                round_number=number,
+                per_round=per_round,
+                seed=fspec.seed,
+                last_selected={s.pk: s.last_selected_round for s in trainers},
+            )
+            selected = sorted(chosen) + [s.pk for s in evaluators]
+        else:
+            selected = [s.pk for s in active]
+        deadline = timezone.now() + timedelta(seconds=fspec.round_deadline_seconds)
+        base = Round.objects.filter(federation=fed, number=number - 1).first() if number > 0 else None
+        rnd = Round.objects.create(
+            tenant_id=fed.tenant_id,
+            federation=fed,
+            number=number,
+            kind=kind,
+            seed=seed,
+            selected=selected,
+            deadline=deadline,
+            base_digest=base.model_digest if base else "",
+        )
+        sites = {s.pk: s for s in active}
+        slots = [
+            SiteRound.objects.create(tenant_id=fed.tenant_id, round=rnd, site_id=pk, enqueued_at=timezone.now())
+            for pk in selected
+        ]
+        FederationSite.all_tenants.filter(pk__in=[pk for pk in selected if sites[pk].role == "train"]).update(
+            last_selected_round=number
+        )
+        Federation.objects.filter(pk=fed.pk).update(current_round=number)
+        audit_record(
+            action="federation.round_opened",
+            tenant=fed.tenant_id,
+            target=rnd,
+            details={
+                "federation": fed.pk,
+                "round": number,
+                "kind": kind,
+                "selected": [sites[p].label for p in selected],
+            },
+        )
+        for slot in slots:
+            enqueue(SITE_TASK, args=(fed.tenant_id, slot.pk), queue=queue_for(sites[slot.site_id]))
+        enqueue(ADVANCE_TASK, args=(fed.tenant_id, fed.pk), countdown=fspec.round_deadline_seconds + 0.2)
+    append_event(
+        fed,
+        "round",
+        {
+            "status": "open",
+            "kind": kind,
+            "selected": [sites[p].label for p in selected],
+            "deadline": deadline.isoformat(),
+        },
+        round_number=number,
+    )
+    for slot in slots:
+        append_event(fed, "site", {"state": "selected"}, round_number=number, site_id=slot.site_id)
+    return rnd
+
+
+# --- the site task ---------------------------------------------------------------------------------
+
+
+class _LeaseKeeper:
+    """Renews a slot's lease from a thread while the site trains; stops on loss."""
+
+    def __init__(self, tenant_id: int, slot_id: int, owner: str) -> None:
+        self.tenant_id, self.slot_id, self.owner = tenant_id, slot_id, owner
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self._stop.wait(max(0.5, lease_seconds() / 3)):
+                if not self.renew():
+                    self.lost.set()
+                    return
+        finally:
+            connection.close()
+
+    def renew(self) -> bool:
+        with tenant_scope(self.tenant_id):
+            return bool(
+                SiteRound.objects.filter(
+                    pk=self.slot_id, lease_owner=self.owner, state=SiteRound.State.TRAINING
+                ).update(lease_until=timezone.now() + timedelta(seconds=lease_seconds()))
+            )
+
+
+def claim(tenant_id: int, slot_id: int) -> tuple[SiteRound, str] | None:
+    """Take the slot: selected, or training with an expired lease (its worker died), in an open
+    round of a running federation. None for a duplicate delivery or a closed round."""
+    now = timezone.now()
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    with tenant_scope(tenant_id):
+        n = SiteRound.objects.filter(
+            Q(state=SiteRound.State.SELECTED) | Q(state=SiteRound.State.TRAINING, lease_until__lt=now),
+            pk=slot_id,
+            round__status=Round.Status.OPEN,
+            round__federation__status=Federation.Status.RUNNING,
+        ).update(
+            state=SiteRound.State.TRAINING,
+            attempts=F("attempts") + 1,
+            lease_owner=owner,
+            lease_until=now + timedelta(seconds=lease_seconds()),
+        )
+        slot = SiteRound.objects.select_related("round", "round__federation").filter(pk=slot_id).first()
+    if not n or slot is None:
+        return None
+    return slot, owner
+
+
+def _site_of(slot: SiteRound) -> FederationSite:
+    return FederationSite.all_tenants.select_related("version").get(pk=slot.site_id)
+
+
+def _load_table(fed: Federation, site: FederationSite) -> tuple[pa.Table, Any]:
+    from workers.schema import DatasetSchema
+
+    version = site.version
+    assert version is not None
+    key = dataset_selectors.version_key(consumer=Tenant(pk=fed.tenant_id), version=version, permission="federate")
+    reader = open_decrypted(version.tenant_id, VERSION_KIND, version.pk, version.storage_name, key)
+    with reader:
+        table = pq.read_table(pa.PythonFile(reader, mode="r"), pre_buffer=False)
+    return table, DatasetSchema.from_dict(version.schema)
+
+
+def load_round_model(fed: Federation, rnd: Round) -> dict[str, torch.Tensor]:
+    assert rnd.model_key_id is not None, f"round {rnd.number} has no model"
+    from apps.vault.models import DataKey
+
+    key = DataKey.objects.get(pk=rnd.model_key_id)
+    return storage.load_tensors(fed.tenant_id, fed.pk, f"r{rnd.number}/model", rnd.model_storage_name, key)
+
+
+def _finish_slot(tenant_id: int, slot: SiteRound, owner: str, state: str, **fields: Any) -> bool:
+    """Record the slot's outcome once: only the lease holder, only while the round is open."""
+    with tenant_scope(tenant_id):
+        done = SiteRound.objects.filter(
+            pk=slot.pk, lease_owner=owner, state=SiteRound.State.TRAINING, round__status=Round.Status.OPEN
+        ).update(state=state, finished_at=timezone.now(), lease_until=None, **fields)
+    return bool(done)
+
+
+def run_site_round(tenant_id: int, slot_id: int) -> str:
+    """The site task's body. Returns the slot's new state or why nothing ran."""
+    got = claim(tenant_id, slot_id)
+    if got is None:
+        return "ignored"
+    slot, owner = got
+    rnd = slot.round
+    with tenant_scope(tenant_id):
+        fed = Federation.objects.get(pk=rnd.federation_id)
+        site = _site_of(slot)
+    fspec = FederationSpec.from_dict(fed.spec)
+    with tenant_scope(tenant_id):
+        reason = _still_allowed(site, fed)
+    if reason:
+        _finish_slot(tenant_id, slot, owner, SiteRound.State.EXCLUDED, reason=reason[:300])
+        _after_slot(fed, site, rnd, SiteRound.State.EXCLUDED, {"reason": reason})
+        return SiteRound.State.EXCLUDED
+    started = time.monotonic()
+    append_event(fed, "site", {"state": "training", "attempt": slot.attempts}, round_number=rnd.number, site_id=site.pk)
+    try:
+        with _LeaseKeeper(tenant_id, slot.pk, owner) as keeper:
+            outcome = _work(fed, fspec, rnd, site, slot)
+            if keeper.lost.is_set():
+                return "lease_lost"
+    except Exception as exc:  # the slot keeps the error envelope; the round goes on without it
+        logger.exception("federation %s round %s %s failed", fed.pk, rnd.number, site.label)
+        error = {"code": "site_failed", "message": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        if _finish_slot(tenant_id, slot, owner, SiteRound.State.FAILED, reason=error["message"][:300], error=error):
+            _after_slot(fed, site, rnd, SiteRound.State.FAILED, {"error": error})
+        return SiteRound.State.FAILED
+    outcome["fields"]["seconds"] = round(time.monotonic() - started, 3)
+    state = outcome["state"]
+    with tenant_scope(tenant_id), audited_change():
+        recorded = _finish_slot(tenant_id, slot, owner, state, submitted_at=timezone.now(), **outcome["fields"])
+        if not recorded:
+            audit_record(
+                action="federation.update_late",
+                tenant=fed.tenant_id,
+                target=slot,
+                details={"round": rnd.number, "site": site.label, "reason": "round closed"},
+            )
+        else:
+            details = {"federation": fed.pk, "round": rnd.number, "site": site.label, "state": state,
+                       **{k: outcome["fields"].get(k) for k in ("n_examples", "update_norm", "update_digest", "epsilon")
+                          if outcome["fields"].get(k) is not None}}  # fmt: skip
+            if state == SiteRound.State.REJECTED:
+                details["rejection"] = outcome["fields"]["error"]
+            action = (
+                "federation.update_rejected" if state == SiteRound.State.REJECTED else "federation.update_submitted"
+            )
+            audit_record(action=action, tenant=fed.tenant_id, target=slot, details=details)
+            if site.tenant_id != fed.tenant_id:
+                audit_record(action=action, tenant=site.tenant_id, target=site, details=details)
+    if not recorded:
+        if outcome.get("storage_name"):
+            storage_delete(outcome["storage_name"])
+        append_event(fed, "site", {"state": "late", "reason": "round closed"}, round_number=rnd.number, site_id=site.pk)
+        return "round_closed"
+    public = {
+        k: outcome["fields"].get(k) for k in ("n_examples", "n_eval", "loss", "update_norm", "seconds", "epsilon")
+    }
+    _after_slot(
+        fed,
+        site,
+        rnd,
+        state,
+        {**public, **({"error": outcome["fields"]["error"]} if "error" in outcome["fields"] else {})},
+    )
+    return state
+
+
+def storage_delete(name: str) -> None:
+    from apps.datasets.storage import delete_object
+
+    try:
+        delete_object(name)
+    except Exception:
+        logger.warning("could not delete a discarded update %s", name, exc_info=True)
+
+
+def _after_slot(fed: Federation, site: FederationSite, rnd: Round, state: str, data: dict[str, Any]) -> None:
+    append_event(fed, "site", {"state": state, **data}, round_number=rnd.number, site_id=site.pk)
+    enqueue(ADVANCE_TASK, args=(fed.tenant_id, fed.pk))
+
+
+def _work(fed: Federation, fspec: FederationSpec, rnd: Round, site: FederationSite, slot: SiteRound) -> dict[str, Any]:
+    """What the site computes for its slot (decrypted data stays in this process's memory)."""
+    from workers.federated.stats import site_statistics
+    from workers.training.data import prepare_with_encoders
+
+    with tenant_scope(fed.tenant_id):
+        table, schema = _load_table(fed, site)
+    if rnd.kind == "statistics":
+        stats = site_statistics(table, schema, fspec.train)
+        return {"state": SiteRound.State.SUBMITTED, "fields": {"statistics": stats, "n_examples": stats.get("n_rows")}}
+    prepared = prepare_with_encoders(table, schema, fspec.train, fed.encoders)
+    with tenant_scope(fed.tenant_id):
+        base_round = Round.objects.get(federation=fed, number=rnd.number - 1)
+        base = load_round_model(fed, base_round)
+    from workers.federated.rounds import evaluate_state
+
+    eval_metrics = evaluate_state(fspec, prepared, base)
+    fields: dict[str, Any] = {"eval_metrics": eval_metrics, "n_eval": len(prepared.y_val)}
+    if rnd.kind != "train" or site.role != FederationSite.Role.TRAIN:
+        return {"state": SiteRound.State.SUBMITTED, "fields": fields}
+    return _train_update(fed, fspec, rnd, site, slot, prepared, base, fields)
+
+
+def _train_update(
+    fed: Federation,
+    fspec: FederationSpec,
+    rnd: Round,
+    site: FederationSite,
+    slot: SiteRound,
+    prepared: Any,
+    base: dict[str, torch.Tensor],
+    fields: dict[str, Any],
+) -> dict[str, Any]:
+    from workers.federated.rounds import local_update, site_seed
+    from workers.federated.validate import UpdateRejected, load_update, update_l2_norm, validate_update
+    from workers.training.weights import save_weights
+
+    seed = site_seed(bytes.fromhex(fed.seed_secret), fed.pk, site.pk, rnd.number)
+    upd = local_update(fspec, prepared, base, seed=seed)
+    buf = io.BytesIO()
+    save_weights(upd.delta, buf, {"federation": str(fed.pk), "round": str(rnd.number), "site": site.label})
+    payload = buf.getvalue()
+    nonce = f"{fed.pk}:{rnd.number}:{site.pk}:{uuid.uuid4().hex}"
+    fields.update(
+        n_examples=int(upd.n_train),
+        loss=_finite_or_none(upd.metrics.get("loss", upd.metrics.get("train_loss"))),
+        train_metrics={k: float(v) for k, v in upd.metrics.items() if isinstance(v, int | float)},
+        epsilon=getattr(upd, "epsilon", None),
+        nonce=nonce,
+    )
+    max_bytes = int(getattr(settings, "COHORT_FL_MAX_UPDATE_BYTES", 512 * 1024 * 1024))
+    try:
+        delta = load_update(payload, max_bytes)
+        fields["update_norm"] = float(update_l2_norm(delta))
+        with tenant_scope(fed.tenant_id):
+            seen = set(
+                SiteRound.objects.filter(round__federation=fed).exclude(nonce="").values_list("nonce", flat=True)
+            )
+        validate_update(
+            delta,
+            base,
+            round_id=rnd.number,
+            expected_round_id=rnd.number,
+            nonce=nonce,
+            seen_nonces=seen,
+            site_id=site.pk,
+            selected_sites=rnd.selected,
+            l2_bound=fspec.update_bound,
+            max_bytes=max_bytes,
+            payload_bytes=len(payload),
+        )
+    except UpdateRejected as exc:
+        fields["error"] = {"code": exc.code, "message": str(exc)[:300], "details": dict(getattr(exc, "details", {}))}
+        fields["reason"] = f"rejected: {exc.code}"
+        return {"state": SiteRound.State.REJECTED, "fields": fields}
+    with tenant_scope(fed.tenant_id):
+        name, key, digest, _data = storage.store_tensors(
+            fed.tenant_id, fed.pk, f"r{rnd.number}/s{site.pk}", delta, {"round": str(rnd.number), "site": site.label}
+        )
+    fields.update(update_storage_name=name, update_key=key, update_digest=digest)
+    return {"state": SiteRound.State.SUBMITTED, "fields": fields, "storage_name": name}
+
+
+def fault_point(name: str) -> None:
+    """Fault injection for the crash tests (WRK-1): ``COHORT_FAULT_POINT=<name>:<seconds>`` makes
+    this process pause there, so a test can kill it at a known point. Unset in production."""
+    spec = os.environ.get("COHORT_FAULT_POINT", "")
+    if spec.partition(":")[0] == name:
+        time.sleep(float(spec.partition(":")[2] or 0))
+
+
+def _finite_or_none(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if f == f and abs(f) != float("inf") else None
+
+
+# --- advancing -------------------------------------------------------------------------------------
+
+
+def advance(tenant_id: int, federation_id: int) -> str:
+    """Close the open round if it may close; then open the next. Idempotent (row lock)."""
+    with tenant_scope(tenant_id):
+        fed = Federation.objects.select_for_update().filter(pk=federation_id).first()
+        if fed is None or fed.status != Federation.Status.RUNNING:
+            return "not_running"
+        if fed.cancel_requested:
+            finish_locked(fed, Federation.Status.CANCELLED, "cancelled by the coordinator")
+            return "cancelled"
+        rnd = Round.objects.select_for_update().filter(federation=fed, number=fed.current_round).first()
+        if rnd is None or rnd.status != Round.Status.OPEN:
+            return "no_open_round"
+        fspec = FederationSpec.from_dict(fed.spec)
+        slots = list(SiteRound.objects.select_for_update().filter(round=rnd).order_by("site_id"))
+        sites = {s.pk: s for s in FederationSite.all_tenants.filter(federation=fed)}
+        now = timezone.now()
+        passed = rnd.deadline is not None and now >= rnd.deadline
+        all_in = all(s.state in SiteRound.DONE for s in slots)
+        submitted = [
+            s
+            for s in slots
+            if s.state == SiteRound.State.SUBMITTED and sites[s.site_id].role == FederationSite.Role.TRAIN
+        ]
+        selected_trainers = [s for s in slots if sites[s.site_id].role == FederationSite.Role.TRAIN]
+        quorum = min(fspec.quorum or len(selected_trainers), len(selected_trainers))
+        if not all_in and not passed:  # past the deadline: close with the quorum, or fail without it
+            return "waiting"
+        with audited_change():
+            late = [s for s in slots if s.state not in SiteRound.DONE]
+            for s in late:
+                s.state, s.reason, s.finished_at, s.lease_until = (
+                    SiteRound.State.TIMED_OUT,
+                    "round closed at the deadline",
+                    now,
+                    None,
+                )
+                s.save(update_fields=["state", "reason", "finished_at", "lease_until"])
+            # A site whose approval or grant went away meanwhile: its unaggregated update is discarded.
+            for s in slots:
+                if s.state == SiteRound.State.SUBMITTED and _still_allowed(sites[s.site_id], fed):
+                    s.state, s.reason = SiteRound.State.EXCLUDED, "withdrawn before aggregation: update discarded"
+                    s.save(update_fields=["state", "reason"])
+            submitted = [s for s in submitted if s.state == SiteRound.State.SUBMITTED]
+            audit_record(
+                action="federation.round_closing",
+                tenant=fed.tenant_id,
+                target=rnd,
+                details={"round": rnd.number, "submitted": len(submitted), "timed_out": len(late)},
+            )
+            if rnd.kind != "evaluate" and len(submitted) < max(1, quorum if rnd.kind == "train" else 1):
+                rnd.status, rnd.closed_at = Round.Status.FAILED, now
+                rnd.save(update_fields=["status", "closed_at"])
+                finish_locked(fed, Federation.Status.FAILED, f"round {rnd.number}: quorum not reached "
+                              f"({len(submitted)} of {quorum} updates by the deadline)")  # fmt: skip
+                return "failed"
+        for s in late:
+            append_event(fed, "site", {"state": "timed_out"}, round_number=rnd.number, site_id=s.site_id)
+        if rnd.kind == "statistics":
+            return _close_statistics(fed, fspec, rnd, submitted)
+        if rnd.kind == "train":
+            return _close_train(fed, fspec, rnd, slots, submitted, sites)
+        return _close_evaluation(fed, fspec, rnd, slots, sites)
+
+
+def _store_round_model(fed: Federation, rnd: Round, state: dict[str, torch.Tensor], strategy_state: Any) -> None:
+    name, key, digest, _ = storage.store_tensors(
+        fed.tenant_id, fed.pk, f"r{rnd.number}/model", state, {"federation": str(fed.pk), "round": str(rnd.number)}
+    )
+    rnd.model_storage_name, rnd.model_key, rnd.model_digest = name, key, digest
+    if strategy_state is not None:
+        from apps.datasets.storage import EncryptedUpload
+
+        buf = io.BytesIO()
+        torch.save(strategy_state, buf)
+        up = EncryptedUpload(fed.tenant_id, storage.KIND, storage.object_id(fed.pk, f"r{rnd.number}/strategy"))
+        up.write(buf.getvalue())
+        stored = up.finish()
+        rnd.strategy_storage_name, rnd.strategy_key = stored.name, stored.key
+
+
+def _close_statistics(fed: Federation, fspec: FederationSpec, rnd: Round, submitted: list[SiteRound]) -> str:
+    from workers.federated.rounds import initial_state
+    from workers.federated.stats import merge_statistics
+
+    stats = [s.statistics for s in submitted]
+    encoders = merge_statistics(
+        stats, min_rows=5, min_sites=min(2, len(stats)), max_categories=fspec.train.data.max_categories
+    )
+    state = initial_state(fspec, encoders)
+    with audited_change():
+        _store_round_model(fed, rnd, state, None)
+        rnd.status, rnd.closed_at, rnd.participants = (
+            Round.Status.CLOSED,
+            timezone.now(),
+            [s.site_id for s in submitted],
+        )
+        rnd.save()
+        fed.encoders = encoders
+        fed.save(update_fields=["encoders"])
+        audit_record(
+            action="federation.encoders_merged",
+            tenant=fed.tenant_id,
+            target=fed,
+            details={"round": 0, "sites": len(stats), "model_digest": rnd.model_digest},
+        )
+    append_event(
+        fed, "round", {"status": "closed", "kind": "statistics", "model_digest": rnd.model_digest}, round_number=0
+    )
+    open_round(fed, 1, "train")
+    return "closed"
+
+
+def weighted_metrics(pairs: list[tuple[dict[str, float], int]]) -> dict[str, float]:
+    from workers.federated.rounds import weighted_global
+
+    return weighted_global({i: (m, n) for i, (m, n) in enumerate(pairs) if m and n})
+
+
+def _close_train(
+    fed: Federation,
+    fspec: FederationSpec,
+    rnd: Round,
+    slots: list[SiteRound],
+    submitted: list[SiteRound],
+    sites: dict[int, FederationSite],
+) -> str:
+    from apps.vault.models import DataKey
+    from workers.federated.rounds import aggregate_round
+    from workers.federated.strategies import make_strategy
+
+    started = time.monotonic()
+    base_round = Round.objects.get(federation=fed, number=rnd.number - 1)
+    base = load_round_model(fed, base_round)
+    strategy = make_strategy(fspec.strategy.name, fspec.strategy.params)
+    if base_round.strategy_storage_name and base_round.strategy_key_id:
+        raw = storage.load_bytes(
+            fed.tenant_id, fed.pk, f"r{base_round.number}/strategy", base_round.strategy_storage_name,
+            DataKey.objects.get(pk=base_round.strategy_key_id),
+        )  # fmt: skip
+        strategy.load_state_dict(torch.load(io.BytesIO(raw), weights_only=True))
+    ordered = sorted(submitted, key=lambda s: s.site_id)  # participant order: part of FL-6
+
+    def updates() -> Any:
+        for s in ordered:
+            assert s.update_key_id is not None, f"slot {s.pk} was submitted without a key"
+            key = DataKey.objects.get(pk=s.update_key_id)
+            delta = storage.load_tensors(
+                fed.tenant_id, fed.pk, f"r{rnd.number}/s{s.site_id}", s.update_storage_name, key
+            )
+            yield delta, int(s.n_examples or 0)
+
+    new_state = aggregate_round(fspec, strategy, base, list(updates()))
+    fault_point("aggregate")
+    metrics = weighted_metrics([(s.eval_metrics, int(s.n_eval or 0)) for s in slots if s.eval_metrics])
+    eps = [s.epsilon for s in ordered if s.epsilon is not None]
+    with audited_change():
+        _store_round_model(fed, rnd, new_state, strategy.state_dict())
+        rnd.status, rnd.closed_at = Round.Status.CLOSED, timezone.now()
+        rnd.participants = [s.site_id for s in ordered]
+        rnd.metrics = metrics  # the base model's, over the sites that evaluated it
+        rnd.epsilon = max(eps) if eps else None
+        rnd.seconds = round(time.monotonic() - started, 3)
+        rnd.save()
+        audit_record(
+            action="federation.round_closed",
+            tenant=fed.tenant_id,
+            target=rnd,
+            details={"round": rnd.number, "participants": [sites[s.site_id].label for s in ordered],
+                     "model_digest": rnd.model_digest, "base_digest": rnd.base_digest},
+        )  # fmt: skip
+        for s in ordered:
+            site = sites[s.site_id]
+            if site.tenant_id != fed.tenant_id:
+                audit_record(
+                    action="federation.update_aggregated",
+                    tenant=site.tenant_id,
+                    target=site,
+                    details={"federation": fed.pk, "round": rnd.number, "update_digest": s.update_digest},
+                )
+    append_event(
+        fed,
+        "round",
+        {"status": "closed", "kind": "train", "participants": [sites[s.site_id].label for s in ordered],
+         "metrics": metrics, "model_digest": rnd.model_digest, "epsilon": rnd.epsilon},
+        round_number=rnd.number,
+    )  # fmt: skip
+    next_kind = "train" if rnd.number < fspec.rounds else "evaluate"
+    open_round(fed, rnd.number + 1, next_kind)
+    return "closed"
+
+
+def _close_evaluation(
+    fed: Federation, fspec: FederationSpec, rnd: Round, slots: list[SiteRound], sites: dict[int, FederationSite]
+) -> str:
+    evaluated = [s for s in slots if s.state == SiteRound.State.SUBMITTED and s.eval_metrics]
+    train_sites = [s for s in evaluated if sites[s.site_id].role == FederationSite.Role.TRAIN]
+    eval_only = [s for s in evaluated if sites[s.site_id].role == FederationSite.Role.EVALUATE]
+    final = weighted_metrics([(s.eval_metrics, int(s.n_eval or 0)) for s in train_sites])
+    history = [
+        {"round": r.number, "metrics": r.metrics, "participants": len(r.participants), "seconds": r.seconds,
+         "epsilon": r.epsilon, "model_digest": r.model_digest}
+        for r in Round.objects.filter(federation=fed, kind="train").order_by("number")
+    ]  # fmt: skip
+    base_round = Round.objects.get(federation=fed, number=rnd.number - 1)
+    result = {
+        "final_metrics": final,
+        "per_site": {sites[s.site_id].label: s.eval_metrics for s in train_sites},
+        "evaluation_only": {
+            "metrics": weighted_metrics([(s.eval_metrics, int(s.n_eval or 0)) for s in eval_only]),
+            "per_site": {sites[s.site_id].label: s.eval_metrics for s in eval_only},
+        },
+        "rounds": history,
+        "model_digest": base_round.model_digest,
+        "final_round": base_round.number,
+    }
+    with audited_change():
+        rnd.status, rnd.closed_at, rnd.metrics = Round.Status.CLOSED, timezone.now(), final
+        rnd.participants = [s.site_id for s in evaluated]
+        rnd.save()
+        fed.result = result
+        fed.save(update_fields=["result"])
+        audit_record(action="federation.evaluated", tenant=fed.tenant_id, target=fed,
+                     details={"model_digest": base_round.model_digest, "sites": len(evaluated)})  # fmt: skip
+        finish_locked(fed, Federation.Status.COMPLETED, "all rounds done")
+    return "completed"
+
+
+# --- finishing -------------------------------------------------------------------------------------
+
+
+def finish(tenant_id: int, federation_id: int, status: str, reason: str) -> None:
+    with tenant_scope(tenant_id):
+        fed = Federation.objects.select_for_update().get(pk=federation_id)
+        if fed.status in Federation.TERMINAL:
+            return
+        with audited_change():
+            finish_locked(fed, status, reason)
+
+
+def finish_locked_audited(fed: Federation, status: str, reason: str) -> None:
+    """:func:`finish_locked` in its own audited change (the caller holds the row lock)."""
+    with audited_change():
+        finish_locked(fed, status, reason)
+
+
+def finish_locked(fed: Federation, status: str, reason: str) -> None:
+    """End the federation (caller holds its row, in its scope, inside an audited change): open
+    slots are excluded, and every site's budget reservation is settled: the spend of the updates
+    that left the site is committed, the rest released."""
+    now = timezone.now()
+    Round.objects.filter(federation=fed, status=Round.Status.OPEN).update(
+        status=Round.Status.CLOSED if status == Federation.Status.COMPLETED else Round.Status.FAILED, closed_at=now
+    )
+    SiteRound.objects.filter(round__federation=fed).exclude(state__in=SiteRound.DONE).update(
+        state=SiteRound.State.EXCLUDED, reason=f"federation {status}", finished_at=now, lease_until=None
+    )
+    Federation.objects.filter(pk=fed.pk).update(status=status, status_reason=reason[:300], finished_at=now)
+    fed.status, fed.status_reason = status, reason[:300]
+    settled = _settle_budgets(fed)
+    audit_record(
+        action=f"federation.{status}", tenant=fed.tenant_id, target=fed, details={"reason": reason[:200], **settled}
+    )
+    owners: dict[int, list[FederationSite]] = {}
+    for site in FederationSite.all_tenants.filter(federation=fed).exclude(tenant_id=fed.tenant_id).order_by("id"):
+        owners.setdefault(site.tenant_id, []).append(site)
+    for owner_id, owned in owners.items():  # one event in each other owner's chain
+        audit_record(action=f"federation.{status}", tenant=owner_id, target=owned[0],
+                     details={"federation": fed.pk, "sites": [s.label for s in owned]})  # fmt: skip
+    append_event(fed, "state", {"status": status, "reason": reason[:300]})
+
+
+def _settle_budgets(fed: Federation) -> dict[str, int]:
+    from apps.datasets.models import BudgetReservation
+    from apps.datasets.services import budget_settle
+
+    committed = released = 0
+    coordinator = Tenant(pk=fed.tenant_id)
+    for site in FederationSite.all_tenants.filter(federation=fed, reservation__isnull=False):
+        assert site.reservation_id is not None
+        res = BudgetReservation.all_tenants.filter(pk=site.reservation_id).first()
+        if res is None or res.state != BudgetReservation.State.RESERVED:
+            continue
+        spent = [
+            s.epsilon
+            for s in SiteRound.objects.filter(round__federation=fed, site=site, update_storage_name__gt="")
+            .exclude(state=SiteRound.State.REJECTED)
+            .order_by("round__number")
+        ]
+        if spent:
+            eps = min(Decimal(str(round(max(e or 0.0 for e in spent), 6))), res.epsilon)
+            budget_settle(consumer=coordinator, reservation=res, commit=True, epsilon_spent=eps)
+            committed += 1
+        else:
+            budget_settle(consumer=coordinator, reservation=res, commit=False)
+            released += 1
+    return {"budget_committed": committed, "budget_released": released}
+
+
+# --- the sweep -------------------------------------------------------------------------------------
+
+
+def sweep() -> dict[str, int]:
+    """Beat: advance rounds past their deadline; re-send slots whose worker vanished (lease
+    expired) or whose message was lost (selected for longer than a lease)."""
+    with platform_scope():
+        running = list(Federation.all_tenants.filter(status=Federation.Status.RUNNING).values_list("pk", "tenant_id"))
+    advanced = resent = 0
+    now = timezone.now()
+    stale = now - timedelta(seconds=lease_seconds())
+    for fed_id, tenant_id in running:
+        with tenant_scope(tenant_id):
+            rnd = Round.objects.filter(federation_id=fed_id, status=Round.Status.OPEN).order_by("-number").first()
+            if rnd is None:
+                continue
+            lost = list(
+                SiteRound.objects.filter(round=rnd).filter(
+                    Q(state=SiteRound.State.TRAINING, lease_until__lt=now)
+                    | Q(state=SiteRound.State.SELECTED, enqueued_at__lt=stale)
+                )
+            )
+            for slot in lost:
+                SiteRound.objects.filter(pk=slot.pk).update(enqueued_at=now)
+                site = FederationSite.all_tenants.get(pk=slot.site_id)
+                send(SITE_TASK, args=(tenant_id, slot.pk), queue=queue_for(site))
+                resent += 1
+            # Past the deadline, or every slot done while no advance ran (its message or worker was lost).
+            due = (rnd.deadline is not None and rnd.deadline <= now) or not SiteRound.objects.filter(round=rnd).exclude(
+                state__in=SiteRound.DONE
+            ).exists()
+        if due:
+            send(ADVANCE_TASK, args=(tenant_id, fed_id))
+            advanced += 1
+    return {"running": len(running), "advanced": advanced, "resent": resent}

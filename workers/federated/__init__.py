@@ -1,0 +1,1 @@
+"""Federated learning: the federation spec, update validation and aggregation strategies (no Django)."""

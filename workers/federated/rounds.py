@@ -1,0 +1,180 @@
+"""One federated round's pure parts: who takes part, what a site computes, how the server combines.
+
+The platform (``apps.federation.services.rounds``) keeps all state in PostgreSQL and calls these;
+nothing here touches Django, storage or the network, so the same functions serve the platform's
+Celery workers and, later, the edge agent.
+
+* :func:`select_sites` — the round's participants: seeded, and fair (a site left out of a round is
+  preferred in the next, so every site takes part as often as ``per_round`` allows).
+* :func:`site_seed` — the local training seed of one (federation, site, round): derived with HMAC
+  from the federation's secret, so a site cannot predict another's, yet a retried task reproduces
+  its update bit for bit (the crash-recovery promise of WRK-1).
+* :func:`initial_state` — the round-0 global model, built from the merged encoders.
+* :func:`local_update` — a site's local training from the global state; returns the **delta**
+  ``local - global`` (clipped to ``update_bound`` when one is set) and its weight ``n_train``.
+* :func:`evaluate_state` — a model state's validation metrics on a site's own split.
+* :func:`aggregate_round` — the strategy over the round's deltas, in participant order (FL-6),
+  refusing a non-finite global (FL-1).
+* :func:`weighted_global` — metrics averaged across sites, weighted by their example counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from workers.federated.spec import FederationSpec
+from workers.federated.strategies import make_strategy
+from workers.federated.strategies.base import Strategy
+from workers.federated.validate import check_global_finite, clip_update
+from workers.training.data import Prepared, tabular_feature_names
+from workers.training.engine import NullSink, evaluate, resolve_metrics, seed_everything, train
+from workers.training.models import build
+
+
+class FederatedUnsupported(NotImplementedError):
+    """A federation option this build does not implement yet (named in the message)."""
+
+
+def site_seed(secret: bytes, federation_id: int, site_id: int, round_number: int) -> int:
+    """HMAC-SHA256(secret, "federation:site:round") as a 31-bit integer (TrainSpec.seed is 0..2^31-1)."""
+    msg = f"{federation_id}:{site_id}:{round_number}".encode()
+    return int.from_bytes(hmac.new(secret, msg, hashlib.sha256).digest()[:8], "big") % (2**31)
+
+
+def select_sites(
+    ids: Sequence[int],
+    *,
+    round_number: int,
+    per_round: int,
+    seed: int,
+    last_selected: Mapping[int, int | None] | None = None,
+) -> list[int]:
+    """``per_round`` of ``ids``: the ones selected longest ago first (never selected: first of all),
+    ties in one seeded order per federation.
+
+    With a fixed set of sites this is a seeded rotation: over any run of rounds no site takes part
+    more than once more than any other (a per-round reshuffle of ties would let one site wait two
+    rounds extra). Deterministic in (ids, round_number, per_round, seed, last_selected), so re-opening a round
+    after a crash selects the same sites; when sites drop out, the ones waiting longest still go
+    first. Returned sorted.
+    """
+    unique = sorted(set(ids))
+    if per_round >= len(unique):
+        return unique
+    if per_round <= 0:
+        return []
+    order = list(unique)
+    random.Random(f"cohort-select:{seed}").shuffle(order)
+    start = ((round_number - 1) * per_round) % len(order)
+    position = {site: (k - start) % len(order) for k, site in enumerate(order)}
+    last = last_selected or {}
+    order.sort(key=lambda i: (-1 if (when := last.get(i)) is None else int(when), position[i]))
+    return sorted(order[:per_round])
+
+
+def model_input_info(encoders: Mapping[str, Any]) -> dict[str, Any]:
+    label = encoders["label"]
+    n_outputs = len(label["classes"]) if label["kind"] == "classes" else 1
+    return {"n_features": len(tabular_feature_names(dict(encoders))), "n_outputs": n_outputs}
+
+
+def initial_state(fspec: FederationSpec, encoders: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The round-0 global model: ``fspec.train.model`` initialised from ``fspec.train.seed``."""
+    seed_everything(fspec.train.seed)
+    model = build(fspec.train.model.name, fspec.train.model.params, model_input_info(encoders))
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+@dataclass
+class LocalUpdate:
+    delta: dict[str, torch.Tensor]
+    n_train: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    clipped: bool = False
+    norm_before_clip: float = 0.0
+    epsilon: float | None = None
+
+
+def _proximal_mu(fspec: FederationSpec) -> float:
+    strategy = make_strategy(fspec.strategy.name, fspec.strategy.params)
+    return float(strategy.client_config().get("proximal_mu", 0.0) or 0.0)
+
+
+def local_update(
+    fspec: FederationSpec, prepared: Prepared, base: Mapping[str, torch.Tensor], *, seed: int
+) -> LocalUpdate:
+    """Train from ``base`` on the site's split: ``fspec.train.epochs`` epochs, or exactly
+    ``fspec.local_steps`` optimizer steps when set; FedProx's proximal term when the strategy asks."""
+    from workers.federated.validate import update_l2_norm
+
+    if fspec.dp.mode != "none":
+        raise FederatedUnsupported(f"dp.mode {fspec.dp.mode!r} is not implemented yet.")
+    spec = replace(fspec.train, seed=seed % (2**31), checkpoint_every_steps=0)
+    should_stop = None
+    if fspec.local_steps:
+        steps_per_epoch = max(1, math.ceil(math.ceil(len(prepared.x_train) / spec.batch_size) / spec.grad_accum_steps))
+        spec = replace(spec, epochs=max(1, math.ceil(fspec.local_steps / steps_per_epoch)), early_stopping=None)
+        calls = 0
+
+        def should_stop() -> bool:
+            nonlocal calls
+            calls += 1
+            return calls > int(fspec.local_steps or 0)
+
+    result = train(spec, prepared, NullSink(), init_weights=base, should_stop=should_stop,
+                   proximal_mu=_proximal_mu(fspec))  # fmt: skip
+    delta = {k: result.model_state[k].to(v.dtype) - v for k, v in base.items()}
+    norm = update_l2_norm(delta)
+    clipped = fspec.update_bound is not None and norm > fspec.update_bound
+    if clipped:
+        assert fspec.update_bound is not None
+        delta = clip_update(delta, fspec.update_bound)
+    metrics = {k: float(v) for k, v in result.final_metrics.items()}
+    if "train_loss" in metrics:
+        metrics["loss"] = metrics["train_loss"]
+    return LocalUpdate(delta, int(result.n_train), metrics, result.steps, bool(clipped), norm)
+
+
+def evaluate_state(fspec: FederationSpec, prepared: Prepared, state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Validation loss and metrics of ``state`` on the site's validation split (CPU, fp32)."""
+    model = build(fspec.train.model.name, fspec.train.model.params, prepared.input_info)
+    model.load_state_dict(dict(state), strict=True)
+    names = tuple(m for m in fspec.evaluation.metrics if m != "loss") or resolve_metrics(fspec.train, prepared)
+    return {k: float(v) for k, v in evaluate(model, prepared, names, torch.device("cpu")).items()}
+
+
+def aggregate_round(
+    fspec: FederationSpec,
+    strategy: Strategy,
+    base: Mapping[str, torch.Tensor],
+    updates: Sequence[tuple[Mapping[str, torch.Tensor], int]],
+) -> dict[str, torch.Tensor]:
+    """The next global state from the round's deltas, in the order given."""
+    if fspec.dp.mode == "central":
+        raise FederatedUnsupported("dp.mode 'central' is not implemented yet.")
+    new = strategy.aggregate(dict(base), list(updates), deltas=True)
+    check_global_finite(new)
+    return new
+
+
+def weighted_global(per_site: Mapping[Any, tuple[Mapping[str, float], int]]) -> dict[str, float]:
+    """Each metric's mean over the sites that report it, weighted by their example counts."""
+    sums: dict[str, float] = {}
+    weights: dict[str, int] = {}
+    for _site, (metrics, n) in sorted(per_site.items(), key=lambda kv: str(kv[0])):
+        if n <= 0:
+            continue
+        for k, v in metrics.items():
+            if isinstance(v, int | float) and math.isfinite(float(v)):
+                sums[k] = sums.get(k, 0.0) + float(v) * n
+                weights[k] = weights.get(k, 0) + n
+    return {k: sums[k] / weights[k] for k in sorted(sums)}
