@@ -197,11 +197,7 @@ def test_three_hospitals_on_workers_survive_kill_9_mid_aggregation(
     changed = sum(1 for a, b in zip(slots, after, strict=True) if a != b)
     write_report("WRK-3", {"redeliveries": redelivered, "state_changes": changed}, changed == 0)
     assert recovery <= 60, figures
-    if not all(equal):
-        # Known open problem (issue 11): re-aggregating from the stored inputs reproduces only some
-        # rounds' hashes on the platform (the strategy-level FL-6 test in
-        # tests/workers/federated/test_strategies.py holds). Reported in reports/FL-6-platform.json.
-        pytest.xfail(f"FL-6 on the platform: {sum(equal)} of {ROUNDS} rounds re-aggregate to the stored hash")
+    assert all(equal), f"FL-6: {sum(equal)} of {ROUNDS} rounds re-aggregate to the stored model's hash"
 
 
 def _round_status(tenant_id: int, fed_id: int, number: int) -> str:

@@ -668,3 +668,56 @@ def test_torchscript_export_matches_model() -> None:
         assert torch.allclose(loaded(batch), model(batch))
     with pytest.raises(UnsafeWeights):  # an export is never accepted back as weights
         refuse_pickle(data)
+
+
+_DIGEST_CHILD = """
+import io, json, sys, torch
+from workers.training.weights import save_weights
+torch.manual_seed(0)
+state = {f"layer{i}.{p}": torch.randn(3, 2) for i in range(6) for p in ("weight", "bias")}
+state["step"] = torch.tensor(7)
+meta = {f"key{i}": str(i) for i in range(8)}
+buf = io.BytesIO()
+print(save_weights(state, buf, meta))
+"""
+
+
+def test_weights_digest_is_the_same_in_every_process() -> None:
+    """The library serialises its header maps in per-process hash order; ``save_weights`` rewrites
+    the header canonically, so equal tensors and metadata give one digest across processes (FL-6
+    re-aggregation in another worker depends on it)."""
+    root = Path(__file__).resolve().parents[2]
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", _DIGEST_CHILD], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for _ in range(6)
+    }
+    assert len(digests) == 1, digests
+
+
+def test_canonical_header_loads_with_the_library_and_keeps_the_data() -> None:
+    state = {
+        "b": torch.arange(5, dtype=torch.float32),
+        "a": torch.ones(2, 3, dtype=torch.float64),
+        "c": torch.tensor(1),
+    }
+    buf = io.BytesIO()
+    digest = save_weights(state, buf, {"z": "1", "a": "2"})
+    data = buf.getvalue()
+    assert hashlib.sha256(data).hexdigest() == digest
+    (n,) = struct.unpack_from("<Q", data, 0)
+    assert (8 + n) % 8 == 0
+    header = data[8 : 8 + n].rstrip(b" ")
+    assert header == json.dumps(json.loads(header), sort_keys=True, separators=(",", ":")).encode()
+    loaded = safetensors.torch.load(data)
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    from safetensors import safe_open  # the library's file reader accepts it, metadata intact
+
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"canon-{os.getpid()}.safetensors"
+    path.write_bytes(data)
+    try:
+        with safe_open(str(path), "pt") as f:
+            assert f.metadata() == {"z": "1", "a": "2"}
+    finally:
+        path.unlink()

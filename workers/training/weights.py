@@ -66,6 +66,23 @@ class UnsafeWeights(ValueError):
     """Not a complete safetensors file (pickle, torch.save, TorchScript, truncated...): refused unread."""
 
 
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header in one canonical form.
+
+    The library writes the tensors' bytes in a fixed order (alignment, then name), but serialises
+    the header's maps in hash order, which varies from process to process: equal tensors and
+    metadata gave different file bytes, hence different digests, in two workers. Re-writing the
+    header with sorted keys and no spaces (padded to 8 bytes, as the library pads it) leaves every
+    data offset as it was and makes the file a function of its contents alone, so a digest can be
+    recomputed anywhere (FL-6: re-aggregating a round gives the stored model's hash).
+    """
+    (n,) = _HEADER_LENGTH.unpack_from(data, 0)
+    header = json.loads(data[_HEADER_LENGTH.size : _HEADER_LENGTH.size + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-(len(text) + _HEADER_LENGTH.size) % 8)
+    return _HEADER_LENGTH.pack(len(text)) + text + data[_HEADER_LENGTH.size + n :]
+
+
 def save_weights(
     state_dict: Mapping[str, Tensor],
     path_or_file: str | os.PathLike[str] | BinaryIO,
@@ -74,14 +91,16 @@ def save_weights(
     """Write ``state_dict`` as safetensors with ``metadata``; returns the hex SHA-256 of the file bytes.
 
     Tensors are detached, moved to the CPU and made contiguous; exact aliases are stored once (see
-    the module docstring). A path is written atomically (temp file, fsync, rename; mode 0600); a file
-    object gets the bytes written at its position and is flushed, not closed.
+    the module docstring). The bytes are canonical (``canonical_safetensors``): the same tensors and
+    metadata give the same file, and digest, in any process. A path is written atomically (temp
+    file, fsync, rename; mode 0600); a file object gets the bytes written at its position and is
+    flushed, not closed.
     """
     meta = _check_metadata(metadata)
     tensors, aliases = _prepare(state_dict)
     if aliases:
         meta[ALIASES_KEY] = json.dumps(aliases, sort_keys=True)
-    data = safetensors.torch.save(tensors, metadata=meta)
+    data = canonical_safetensors(safetensors.torch.save(tensors, metadata=meta))
     digest = hashlib.sha256(data).hexdigest()
     if isinstance(path_or_file, str | os.PathLike):
         write_atomic(Path(path_or_file), data)
