@@ -56,6 +56,7 @@ from torch import nn
 from workers.training import metrics as metrics_mod
 from workers.training.data import Prepared
 from workers.training.models import build
+from workers.training.privacy import BudgetExhausted, DPConfig, DPSession
 from workers.training.spec import (
     CLASSIFICATION_METRICS,
     REGRESSION_METRICS,
@@ -126,6 +127,9 @@ class TrainState:
     epoch_loss_sum: float
     epoch_samples: int
     spec_hash: str
+    # DP-SGD: the accountant's steps so far, [(noise_multiplier, sample_rate, steps)], so a resumed
+    # run composes its ε from where it stopped; empty without DP.
+    privacy_history: list[tuple[float, float, int]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a dict for ``torch.save``: shallow, since a state the loop emits already holds
@@ -140,7 +144,7 @@ class TrainState:
 
 @dataclass
 class TrainResult:
-    status: str  # "completed" | "early_stopped" | "stopped"
+    status: str  # "completed" | "early_stopped" | "stopped" | "budget_exhausted" (DP: the next step would pass the cap)
     final_metrics: dict[str, float]
     best_metrics: dict[str, float]
     best_epoch: int
@@ -155,6 +159,8 @@ class TrainResult:
     model_state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
     eval_seconds: float = 0.0  # part of ``seconds`` spent evaluating the validation split
     n_train: int = 0  # training examples (rows of the train split; the weight of this run in an average)
+    epsilon: float | None = None  # DP-SGD: ε at the run's delta after all its steps (resumed ones included)
+    privacy_history: list[tuple[float, float, int]] = field(default_factory=list)
 
 
 # --- device, precision, RNG ------------------------------------------------------------------------
@@ -375,6 +381,7 @@ def train(
     init_weights: Mapping[str, torch.Tensor] | None = None,
     should_stop: Callable[[], bool] | None = None,
     proximal_mu: float = 0.0,
+    privacy: DPConfig | None = None,
 ) -> TrainResult:
     """Train ``spec.model`` on ``prepared``; report through ``sink``; return the outcome.
 
@@ -385,10 +392,15 @@ def train(
     checkpoint and returns with status ``"stopped"``.
     ``proximal_mu`` > 0 adds FedProx's proximal term ``mu/2 * ||w - w_start||^2`` (``w_start``: the
     weights the run started from, i.e. ``init_weights``) to every optimizer step's gradient.
+    ``privacy`` trains with DP-SGD (:mod:`workers.training.privacy`): each step is a seeded Poisson
+    batch (rate ``batch_size / N``), per-sample gradients clipped and noised by Opacus; fp32, one
+    process, no gradient accumulation. The result carries ε and the accountant's history; a step
+    that would pass ``privacy.max_epsilon`` is not taken (status ``"budget_exhausted"``).
     """
     return _train(
-        spec, prepared, sink, resume=resume, init_weights=init_weights, should_stop=should_stop, proximal_mu=proximal_mu
-    )
+        spec, prepared, sink, resume=resume, init_weights=init_weights, should_stop=should_stop,
+        proximal_mu=proximal_mu, privacy=privacy,
+    )  # fmt: skip
 
 
 def _train(
@@ -403,6 +415,7 @@ def _train(
     world: int = 1,
     device: torch.device | None = None,
     proximal_mu: float = 0.0,
+    privacy: DPConfig | None = None,
 ) -> TrainResult:
     spec.validate()
     device = device or resolve_device(spec)
@@ -411,8 +424,18 @@ def _train(
         raise SpecError("The checkpoint belongs to a different spec.", {"resume": ["spec_hash does not match."]})
     if len(prepared.x_train) == 0:
         raise SpecError("No training rows.", {"data": ["The train split is empty."]})
+    if privacy is not None:
+        dp_problems = {
+            "world_size": ["DP-SGD runs in one process (its accountant assumes one Poisson sampler)."] if world > 1 else [],
+            "grad_accum_steps": ["DP-SGD takes one Poisson batch per step; use 1."] if spec.grad_accum_steps != 1 else [],
+            "precision": ["DP-SGD runs in fp32 (per-sample gradients under a GradScaler are not supported)."]
+            if spec.precision == "fp16" else [],
+        }  # fmt: skip
+        if any(dp_problems.values()):
+            raise SpecError("This spec cannot train with DP-SGD.", {k: v for k, v in dp_problems.items() if v})
     with _run_context(spec, device):
-        return _loop(spec, prepared, sink, names, device, resume, should_stop, rank, world, init_weights, proximal_mu)
+        return _loop(spec, prepared, sink, names, device, resume, should_stop, rank, world, init_weights, proximal_mu,
+                     privacy)  # fmt: skip
 
 
 def _loop(
@@ -427,6 +450,7 @@ def _loop(
     world: int,
     init_weights: Mapping[str, torch.Tensor] | None = None,
     proximal_mu: float = 0.0,
+    privacy: DPConfig | None = None,
 ) -> TrainResult:
     started = time.perf_counter()
     seed_everything(spec.seed)
@@ -457,7 +481,7 @@ def _loop(
         x_train, y_train = x_train.to(device), y_train.to(device)
     row_bytes = (x_train[:1].nbytes + y_train[:1].nbytes) or 1
     chunk_rows = max(1, GATHER_BYTES // (row_bytes * bs)) * bs  # whole micro-batches
-    amp = spec.precision != "fp32"
+    amp = spec.precision != "fp32" and privacy is None  # DP-SGD: fp32 per-sample gradients
     log_every, checkpoint_every = spec.log_every_steps, spec.checkpoint_every_steps
 
     epoch, step, batch_pos, samples_seen = 0, 0, 0, 0
@@ -478,6 +502,15 @@ def _loop(
         best_metrics, history = dict(resume.best_metrics), [dict(h) for h in resume.history]
         epoch_loss, epoch_samples = resume.epoch_loss_sum, resume.epoch_samples
         restore_rng(resume.rng)  # last: building the model above consumed RNG
+    dp: DPSession | None = None
+    if privacy is not None:
+        dp_history = resume.privacy_history if resume is not None else ()
+        try:
+            dp = DPSession(core, optimizer, privacy, n_rows=n, batch_size=bs, seed=spec.seed, device=device,
+                           history=dp_history)  # fmt: skip
+        except ValueError as exc:
+            raise SpecError(str(exc), {"model": [str(exc)]}) from exc
+        model = dp.model
     samples_at_start = samples_seen
     eval_seconds = 0.0
     pending: list[torch.Tensor] = []  # detached per-batch loss sums not yet in epoch_loss
@@ -510,6 +543,7 @@ def _loop(
             epoch_loss_sum=epoch_loss,
             epoch_samples=epoch_samples,
             spec_hash=spec.spec_hash(),
+            privacy_history=list(dp.history) if dp is not None else [],
         )
 
     wants_checkpoints = getattr(type(sink), "on_checkpoint", None) is not NullSink.on_checkpoint
@@ -519,6 +553,8 @@ def _loop(
             sink.on_checkpoint(snapshot())
 
     def finish(status: str) -> TrainResult:
+        if dp is not None:
+            dp.close()
         seconds = time.perf_counter() - started
         done = samples_seen - samples_at_start
         final = {k: v for k, v in history[-1].items() if k != "epoch"} if history else {}
@@ -538,6 +574,8 @@ def _loop(
             model_state={k: v.detach().cpu().clone() for k, v in core.state_dict().items()},
             eval_seconds=eval_seconds,
             n_train=n,
+            epsilon=dp.epsilon() if dp is not None else None,
+            privacy_history=list(dp.history) if dp is not None else [],
         )
 
     def forward_backward(xb: torch.Tensor, yb: torch.Tensor, scale: float) -> torch.Tensor:
@@ -575,11 +613,26 @@ def _loop(
                     sink.on_log(f"stop requested at step {step}")
                     checkpoint()
                 return finish("stopped")
-            last = min(batch_pos + accum, n_batches)
-            group_total = min(last * bs, n) - batch_pos * bs
-            scale = world / group_total
-            optimizer.zero_grad(set_to_none=True)
-            for b in range(batch_pos, last):
+            if dp is not None:  # DP-SGD: one seeded Poisson batch per step (its size varies, may be 0)
+                try:
+                    dp.check_budget(step)
+                except BudgetExhausted as exc:
+                    sink.on_log(f"privacy budget: {exc}; stopping")
+                    checkpoint()
+                    return finish("budget_exhausted")
+                dp.zero_grad()
+                rows = dp.batch_rows(step)
+                with dp.backward_hooks():
+                    pending.append(forward_backward(x_train.index_select(0, rows), y_train.index_select(0, rows), 1.0))
+                dp.privatise(step)
+                last, group_total = batch_pos + 1, len(rows)
+                epoch_samples += group_total
+            else:
+                last = min(batch_pos + accum, n_batches)
+                group_total = min(last * bs, n) - batch_pos * bs
+                optimizer.zero_grad(set_to_none=True)
+            scale = world / max(group_total, 1)
+            for b in range(batch_pos, last) if dp is None else ():  # (DP: done above)
                 lo, hi = b * bs, min(b * bs + bs, n)
                 if world == 1:
                     if hi > chunk_hi:
@@ -607,7 +660,9 @@ def _loop(
                 scaler.step(optimizer)
                 scaler.update()
             else:
-                optimizer.step()
+                optimizer.step()  # under DP, the plain optimizer: the DPSession already noised p.grad
+            if dp is not None:
+                dp.record_step()
             scheduler.step()
             step += 1
             batch_pos = last
