@@ -36,6 +36,7 @@ from workers.federated.strategies.base import Strategy
 from workers.federated.validate import check_global_finite, clip_update
 from workers.training.data import Prepared, tabular_feature_names
 from workers.training.engine import NullSink, evaluate, resolve_metrics, seed_everything, train
+from workers.training.privacy import DPConfig
 from workers.training.models import build
 
 
@@ -101,7 +102,10 @@ class LocalUpdate:
     steps: int = 0
     clipped: bool = False
     norm_before_clip: float = 0.0
-    epsilon: float | None = None
+    epsilon: float | None = None  # local DP: the site's ε composed over all its rounds so far, this one included
+    privacy_history: list[tuple[float, float, int]] = field(default_factory=list)
+    dp_steps: int = 0  # local DP: the DP-SGD steps of this round (what the accountant composed)
+    status: str = "completed"  # the engine's status ("budget_exhausted": the cap stopped it)
 
 
 def _proximal_mu(fspec: FederationSpec) -> float:
@@ -109,15 +113,50 @@ def _proximal_mu(fspec: FederationSpec) -> float:
     return float(strategy.client_config().get("proximal_mu", 0.0) or 0.0)
 
 
+def site_privacy(
+    fspec: FederationSpec, n_rows: int, history: Sequence[Sequence[float]] = ()
+) -> tuple[DPConfig, list[tuple[float, float, int]]]:
+    """Local DP for a site of ``n_rows`` rows (its dataset version's): the DP-SGD settings and the
+    accountant history of its earlier rounds. The cap is the whole run's projection, i.e. what its
+    ledger reserved at start: training stops before a step that would pass it."""
+    from workers.federated.spec import dp_noise_multiplier, dp_sample_rate, projected_epsilon
+
+    config = DPConfig(
+        noise_multiplier=dp_noise_multiplier(fspec, n_rows),
+        max_grad_norm=fspec.dp.max_grad_norm,
+        delta=fspec.dp.delta,
+        accountant=fspec.dp.accountant,
+        max_epsilon=projected_epsilon(fspec, n_rows=n_rows),
+        sample_rate=dp_sample_rate(fspec, n_rows),
+    )
+    return config, [(float(s), float(q), int(n)) for s, q, n in history]
+
+
 def local_update(
-    fspec: FederationSpec, prepared: Prepared, base: Mapping[str, torch.Tensor], *, seed: int
+    fspec: FederationSpec,
+    prepared: Prepared,
+    base: Mapping[str, torch.Tensor],
+    *,
+    seed: int,
+    dp_rows: int | None = None,
+    dp_history: Sequence[Sequence[float]] = (),
 ) -> LocalUpdate:
     """Train from ``base`` on the site's split: ``fspec.train.epochs`` epochs, or exactly
-    ``fspec.local_steps`` optimizer steps when set; FedProx's proximal term when the strategy asks."""
+    ``fspec.local_steps`` optimizer steps when set; FedProx's proximal term when the strategy asks.
+
+    Local DP (``dp.mode == "local"``): DP-SGD with the site's settings (:func:`site_privacy`;
+    ``dp_rows`` is its dataset version's row count, ``dp_history`` the accountant history of its
+    earlier rounds), and the update carries the composed ε."""
     from workers.federated.validate import update_l2_norm
 
-    if fspec.dp.mode != "none":
-        raise FederatedUnsupported(f"dp.mode {fspec.dp.mode!r} is not implemented yet.")
+    if fspec.dp.mode == "central":
+        raise FederatedUnsupported("dp.mode 'central' is not implemented yet.")
+    privacy: DPConfig | None = None
+    prior: list[tuple[float, float, int]] = []
+    if fspec.dp.mode == "local":
+        if dp_rows is None:
+            raise ValueError("local DP needs the site's row count (dp_rows)")
+        privacy, prior = site_privacy(fspec, dp_rows, dp_history)
     spec = replace(fspec.train, seed=seed % (2**31), checkpoint_every_steps=0)
     should_stop = None
     if fspec.local_steps:
@@ -131,7 +170,8 @@ def local_update(
             return calls > int(fspec.local_steps or 0)
 
     result = train(spec, prepared, NullSink(), init_weights=base, should_stop=should_stop,
-                   proximal_mu=_proximal_mu(fspec))  # fmt: skip
+                   proximal_mu=_proximal_mu(fspec), privacy=privacy,
+                   prior_privacy_history=prior)  # fmt: skip
     delta = {k: result.model_state[k].to(v.dtype) - v for k, v in base.items()}
     norm = update_l2_norm(delta)
     clipped = fspec.update_bound is not None and norm > fspec.update_bound
@@ -141,7 +181,12 @@ def local_update(
     metrics = {k: float(v) for k, v in result.final_metrics.items()}
     if "train_loss" in metrics:
         metrics["loss"] = metrics["train_loss"]
-    return LocalUpdate(delta, int(result.n_train), metrics, result.steps, bool(clipped), norm)
+    if privacy is None:
+        return LocalUpdate(delta, int(result.n_train), metrics, result.steps, bool(clipped), norm)
+    done = sum(n for _s, _q, n in result.privacy_history) - sum(int(n) for _s, _q, n in prior)
+    return LocalUpdate(delta, int(result.n_train), metrics, result.steps, bool(clipped), norm,
+                       epsilon=result.epsilon, privacy_history=list(result.privacy_history), dp_steps=done,
+                       status=result.status)  # fmt: skip
 
 
 def evaluate_state(fspec: FederationSpec, prepared: Prepared, state: Mapping[str, torch.Tensor]) -> dict[str, float]:

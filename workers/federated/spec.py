@@ -36,6 +36,9 @@ MAX_DEADLINE_SECONDS = 7 * 24 * 3600
 MAX_UPDATE_BOUND = 1e6
 MAX_NOISE_MULTIPLIER = 100.0
 MAX_TARGET_EPSILON = 1000.0
+# FL-4's default cap: a local-DP federation may not plan to spend more than this ε on any dataset
+# (a requested target above it, or a fixed noise multiplier whose projection passes it, is a 400).
+DEFAULT_EPSILON_CAP = 8.0
 MAX_DELTA = 0.01
 MIN_CENTRAL_DP_PARTICIPANTS = 20  # below this, noise calibrated to one site's update swamps the mean
 
@@ -361,6 +364,15 @@ class FederationSpec:
             procs = t.world_size * t.nnodes if _is_int(t.world_size) and _is_int(t.nnodes) else 1
             if procs > 1:
                 bad("dp.mode", "DP needs one training process per site (train.world_size and train.nnodes of 1).")
+        if dp.mode == "local":
+            if _is_number(dp.target_epsilon) and dp.target_epsilon > DEFAULT_EPSILON_CAP:
+                bad("dp.target_epsilon", f"Above the platform's cap of epsilon <= {DEFAULT_EPSILON_CAP:g} (FL-4).")
+            if _is_int(t.grad_accum_steps) and t.grad_accum_steps != 1:
+                bad("train.grad_accum_steps", "DP-SGD takes one Poisson batch per step; use 1.")
+            if t.precision == "fp16":
+                bad("train.precision", "DP-SGD trains in fp32 (per-sample gradients; bf16 is run as fp32); fp16 is refused.")
+            for problem in _dp_model_problems(t):
+                bad("train.model", f"DP-SGD cannot train this model (Opacus ModuleValidator): {problem}")
         if dp.mode == "central":
             if self.update_bound is None and bound_ok:
                 bad("update_bound", "Central DP needs update_bound: it is the sensitivity the noise is scaled to.")
@@ -422,26 +434,81 @@ class FederationSpec:
             e.setdefault("train.batch_size", []).append(
                 f"Poisson sampling rate batch_size/N = {self.train.batch_size}/{n_rows} exceeds 1."
             )
+        if not e:
+            try:
+                eps = projected_epsilon(self, n_rows=n_rows)
+            except ValueError as exc:  # a target the accountant cannot meet with these steps
+                e.setdefault("dp.target_epsilon", []).append(str(exc))
+            else:
+                cap = min(DEFAULT_EPSILON_CAP, self.dp.target_epsilon or DEFAULT_EPSILON_CAP)
+                if eps > cap * 1.0001:
+                    e.setdefault("dp.noise_multiplier", []).append(
+                        f"On a site of {n_rows} rows the run projects epsilon = {eps:.3f}, above "
+                        f"{'the target' if self.dp.target_epsilon else 'the platform cap'} {cap:g}: "
+                        "raise noise_multiplier or lower rounds/steps."
+                    )
         if e:
             raise SpecError("The federation's DP does not fit the site's data.", e)
 
 
-class AccountantUnavailable(NotImplementedError):
-    """The privacy accountant (Opacus RDP/PRV) is not installed, so ε cannot be projected here."""
+# --- local DP: one site's sampling, steps, noise and projected ε ----------------------------------
+# ``n_rows`` is the site's dataset version's row count, known when the federation starts. The
+# Poisson rate is fixed from it (q = batch_size / n_rows; the subsampled-Gaussian bound depends on
+# q, sigma and the steps alone), and a round's steps are counted from it too (``epochs`` mode:
+# epochs * ceil(n_rows / batch_size), an upper bound on what the train split takes), so the ε
+# reserved at start bounds what the site spends, and equals it with ``local_steps``.
+
+
+def dp_sample_rate(spec: FederationSpec, n_rows: int) -> float:
+    return min(1.0, spec.train.batch_size / max(1, n_rows))
+
+
+def dp_steps_per_round(spec: FederationSpec, n_rows: int) -> int:
+    if spec.local_steps:
+        return int(spec.local_steps)
+    return int(spec.train.epochs) * math.ceil(max(1, n_rows) / spec.train.batch_size)
+
+
+def dp_noise_multiplier(spec: FederationSpec, n_rows: int) -> float:
+    """The site's sigma: ``dp.noise_multiplier``, or the smallest that keeps all rounds within
+    ``dp.target_epsilon`` (Opacus' calibration with the spec's accountant).
+
+    Raises:
+        ValueError: the target cannot be met (Opacus' message).
+    """
+    from workers.training.privacy import calibrate
+
+    if spec.dp.noise_multiplier is not None:
+        return float(spec.dp.noise_multiplier)
+    assert spec.dp.target_epsilon is not None, "validate() requires noise_multiplier or target_epsilon"
+    return calibrate(spec.dp.target_epsilon, spec.dp.delta, dp_sample_rate(spec, n_rows),
+                     spec.rounds * dp_steps_per_round(spec, n_rows), spec.dp.accountant)  # fmt: skip
 
 
 def projected_epsilon(spec: FederationSpec, *, n_rows: int) -> float:
-    """TODO(FL-4): ε after ``spec.rounds`` rounds, from Opacus' RDP/PRV accountant.
+    """ε at ``dp.delta`` a site of ``n_rows`` rows spends if it trains in every round (local DP),
+    from Opacus' RDP or PRV accountant; what its dataset's ledger reserves at start."""
+    from workers.training.privacy import epsilon_for
 
-    A hook only: Opacus is not a dependency of this project, and an accountant written here would
-    be exactly the figure FL-4 must recompute independently. Always raises.
+    if spec.dp.mode != "local":
+        raise ValueError(f"projected_epsilon is for dp.mode 'local', not {spec.dp.mode!r}")
+    sigma = dp_noise_multiplier(spec, n_rows)
+    steps = spec.rounds * dp_steps_per_round(spec, n_rows)
+    return epsilon_for([(sigma, dp_sample_rate(spec, n_rows), steps)], spec.dp.delta, spec.dp.accountant)
 
-    Raises:
-        AccountantUnavailable: always, until Opacus (or another audited accountant) is adopted.
-    """
-    raise AccountantUnavailable(
-        f"projected_epsilon needs Opacus' {spec.dp.accountant.upper()} accountant (FL-4), which is not installed"
-    )
+
+def _dp_model_problems(train: TrainSpec) -> list[str]:
+    """Opacus' ModuleValidator on the spec's model, built for a small stand-in tabular input (the
+    layers, not the sizes, decide it). A model that needs other inputs is checked again on the
+    real one by the engine, before its first step."""
+    from workers.training.models import build
+    from workers.training.privacy import model_problems
+
+    try:
+        model = build(train.model.name, train.model.params, {"n_features": 4, "n_outputs": 2})
+    except Exception:  # unknown name or bad params: reported by TrainSpec's own checks
+        return []
+    return model_problems(model)
 
 
 # --- strategy registry ------------------------------------------------------------------------
@@ -514,11 +581,14 @@ __all__ = [
     "EVALUATION_METRICS",
     "SAMPLINGS",
     "SELECTIONS",
-    "AccountantUnavailable",
+    "DEFAULT_EPSILON_CAP",
     "DPSpec",
     "EvaluationSpec",
     "FederationSpec",
     "SpecError",
     "StrategySpec",
+    "dp_noise_multiplier",
+    "dp_sample_rate",
+    "dp_steps_per_round",
     "projected_epsilon",
 ]

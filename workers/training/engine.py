@@ -44,7 +44,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
@@ -382,6 +382,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     proximal_mu: float = 0.0,
     privacy: DPConfig | None = None,
+    prior_privacy_history: Sequence[Sequence[float]] = (),
 ) -> TrainResult:
     """Train ``spec.model`` on ``prepared``; report through ``sink``; return the outcome.
 
@@ -396,10 +397,12 @@ def train(
     batch (rate ``batch_size / N``), per-sample gradients clipped and noised by Opacus; fp32, one
     process, no gradient accumulation. The result carries ε and the accountant's history; a step
     that would pass ``privacy.max_epsilon`` is not taken (status ``"budget_exhausted"``).
+    ``prior_privacy_history`` is the accountant history of earlier runs on the same rows (a
+    federation site's earlier rounds) that this run's ε composes with; a ``resume`` carries its own.
     """
     return _train(
         spec, prepared, sink, resume=resume, init_weights=init_weights, should_stop=should_stop,
-        proximal_mu=proximal_mu, privacy=privacy,
+        proximal_mu=proximal_mu, privacy=privacy, prior_privacy_history=prior_privacy_history,
     )  # fmt: skip
 
 
@@ -416,6 +419,7 @@ def _train(
     device: torch.device | None = None,
     proximal_mu: float = 0.0,
     privacy: DPConfig | None = None,
+    prior_privacy_history: Sequence[Sequence[float]] = (),
 ) -> TrainResult:
     spec.validate()
     device = device or resolve_device(spec)
@@ -435,7 +439,7 @@ def _train(
             raise SpecError("This spec cannot train with DP-SGD.", {k: v for k, v in dp_problems.items() if v})
     with _run_context(spec, device):
         return _loop(spec, prepared, sink, names, device, resume, should_stop, rank, world, init_weights, proximal_mu,
-                     privacy)  # fmt: skip
+                     privacy, prior_privacy_history)  # fmt: skip
 
 
 def _loop(
@@ -451,6 +455,7 @@ def _loop(
     init_weights: Mapping[str, torch.Tensor] | None = None,
     proximal_mu: float = 0.0,
     privacy: DPConfig | None = None,
+    prior_privacy_history: Sequence[Sequence[float]] = (),
 ) -> TrainResult:
     started = time.perf_counter()
     seed_everything(spec.seed)
@@ -504,7 +509,7 @@ def _loop(
         restore_rng(resume.rng)  # last: building the model above consumed RNG
     dp: DPSession | None = None
     if privacy is not None:
-        dp_history = resume.privacy_history if resume is not None else ()
+        dp_history = resume.privacy_history if resume is not None else prior_privacy_history
         try:
             dp = DPSession(core, optimizer, privacy, n_rows=n, batch_size=bs, seed=spec.seed, device=device,
                            history=dp_history)  # fmt: skip

@@ -53,6 +53,9 @@ class DPConfig:
     # Refuse a step that would take ε past this (FL-4: "training must refuse to continue past the
     # budget"); None: no cap beyond the caller's own.
     max_epsilon: float | None = None
+    # Poisson sampling rate; None: batch_size / N of the train split. A federation fixes it from the
+    # dataset version's row count (known at start, so the projection reserved then is exact).
+    sample_rate: float | None = None
 
     def __post_init__(self) -> None:
         if self.accountant not in ACCOUNTANTS:
@@ -63,6 +66,8 @@ class DPConfig:
             raise ValueError(f"max_grad_norm must be finite and > 0, got {self.max_grad_norm!r}")
         if not (0 < self.delta < 1):
             raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
+        if self.sample_rate is not None and not (0 < self.sample_rate <= 1):
+            raise ValueError(f"sample_rate must be in (0, 1], got {self.sample_rate!r}")
 
 
 class BudgetExhausted(RuntimeError):
@@ -196,7 +201,7 @@ class DPSession:
             raise ValueError("DP-SGD cannot train this model: " + "; ".join(problems))
         self.config = config
         self.n_rows, self.batch_size, self.seed, self.device = n_rows, batch_size, seed, device
-        self.q = sample_rate(batch_size, n_rows)
+        self.q = config.sample_rate if config.sample_rate is not None else sample_rate(batch_size, n_rows)
         self.model = GradSampleModule(core, batch_first=True, loss_reduction="sum")
         # The loop's loss is a sum over the batch, so per-sample gradients need no rescaling
         # (GradSampleModule "sum"); the optimizer divides the noised sum by the *expected* batch

@@ -408,7 +408,8 @@ def _train_update(
     from workers.training.weights import save_weights
 
     seed = site_seed(bytes.fromhex(fed.seed_secret), fed.pk, site.pk, rnd.number)
-    upd = local_update(fspec, prepared, base, seed=seed)
+    dp_rows, dp_history = _site_privacy_history(fed, fspec, site, rnd)
+    upd = local_update(fspec, prepared, base, seed=seed, dp_rows=dp_rows, dp_history=dp_history)
     buf = io.BytesIO()
     save_weights(upd.delta, buf, {"federation": str(fed.pk), "round": str(rnd.number), "site": site.label})
     payload = buf.getvalue()
@@ -416,8 +417,10 @@ def _train_update(
     fields.update(
         n_examples=int(upd.n_train),
         loss=_finite_or_none(upd.metrics.get("loss", upd.metrics.get("train_loss"))),
-        train_metrics={k: float(v) for k, v in upd.metrics.items() if isinstance(v, int | float)},
-        epsilon=getattr(upd, "epsilon", None),
+        train_metrics={k: float(v) for k, v in upd.metrics.items() if isinstance(v, int | float)}
+        | ({"dp_steps": float(upd.dp_steps), "dp_noise_multiplier": upd.privacy_history[-1][0],
+            "dp_sample_rate": upd.privacy_history[-1][1]} if upd.privacy_history else {}),
+        epsilon=upd.epsilon,
         nonce=nonce,
     )
     max_bytes = int(getattr(settings, "COHORT_FL_MAX_UPDATE_BYTES", 512 * 1024 * 1024))
@@ -451,6 +454,30 @@ def _train_update(
         )
     fields.update(update_storage_name=name, update_key=key, update_digest=digest)
     return {"state": SiteRound.State.SUBMITTED, "fields": fields, "storage_name": name}
+
+
+def _site_privacy_history(
+    fed: Federation, fspec: FederationSpec, site: FederationSite, rnd: Round
+) -> tuple[int | None, list[tuple[float, float, int]]]:
+    """Local DP: the site's row count (its pinned version's, as the start's reservation used) and
+    the accountant history of its earlier rounds: every earlier update it computed, submitted or
+    rejected (both left the site), as (sigma, q, steps) from its slot."""
+    if fspec.dp.mode != "local":
+        return None, []
+    from workers.training.privacy import compose
+
+    version = site.version
+    assert version is not None, f"site {site.pk} runs without a pinned version"
+    rows = int(version.rows or 0)
+    with tenant_scope(fed.tenant_id):
+        earlier = SiteRound.objects.filter(round__federation=fed, round__kind="train", site=site,
+                                           round__number__lt=rnd.number).order_by("round__number")  # fmt: skip
+        history: list[tuple[float, float, int]] = []
+        for m in earlier.values_list("train_metrics", flat=True):
+            if m and m.get("dp_steps"):
+                history = compose(history, float(m["dp_noise_multiplier"]), float(m["dp_sample_rate"]),
+                                  int(m["dp_steps"]))  # fmt: skip
+    return rows, history
 
 
 def fault_point(name: str) -> None:
@@ -754,12 +781,13 @@ def _settle_budgets(fed: Federation) -> dict[str, int]:
         res = BudgetReservation.all_tenants.filter(pk=site.reservation_id).first()
         if res is None or res.state != BudgetReservation.State.RESERVED:
             continue
-        spent = [
-            s.epsilon
-            for s in SiteRound.objects.filter(round__federation=fed, site=site, update_storage_name__gt="")
-            .exclude(state=SiteRound.State.REJECTED)
+        # Every update the site computed left it (a rejected one was read by the validator too);
+        # each slot's ε is already composed over the site's earlier rounds, so the largest is the spend.
+        spent = list(
+            SiteRound.objects.filter(round__federation=fed, site=site, epsilon__isnull=False)
             .order_by("round__number")
-        ]
+            .values_list("epsilon", flat=True)
+        )
         if spent:
             eps = min(Decimal(str(round(max(e or 0.0 for e in spent), 6))), res.epsilon)
             budget_settle(consumer=coordinator, reservation=res, commit=True, epsilon_spent=eps)

@@ -215,3 +215,46 @@ def test_federation_on_label_skewed_sites_approaches_centralized_training() -> N
     assert fed["accuracy"] >= central["val_accuracy"] - 0.05, (fed, central)
     assert fed["accuracy"] >= max(single) - 0.02, (fed["accuracy"], single)
     assert single[0] < 0.7 and single[2] < 0.7, single  # the one-class sites cannot learn the task alone
+
+
+def test_local_dp_rounds_compose_to_the_projection_and_retries_are_bit_for_bit() -> None:
+    """Local DP (FL-4 at the round level): each site's ε after its last round equals the
+    projection its ledger reserved at start (recomputed here with Opacus' accountant from the
+    logged sigma, q and steps), a retried round reproduces its noised update, and the model learns."""
+    from opacus.accountants import RDPAccountant
+
+    from workers.federated.spec import dp_noise_multiplier, dp_sample_rate, projected_epsilon
+
+    fspec = _fspec(train={**TRAIN, "epochs": 1}, rounds=3, local_steps=10, dp={"mode": "local", "target_epsilon": 3.0, "delta": 1e-5,
+                                                   "max_grad_norm": 1.0})  # fmt: skip
+    fspec.validate(n_sites=3)
+    preps, enc = _prepared(fspec)
+    state = initial_state(fspec, enc)
+    strategy = make_strategy("fedavg", {})
+    rows = [len(p.x_train) + len(p.x_val) for p in preps]  # type: ignore[attr-defined]
+    histories: list[list[tuple[float, float, int]]] = [[] for _ in preps]
+    eps: list[float] = [0.0] * 3
+    for r in range(1, fspec.rounds + 1):
+        ups = []
+        for i, p in enumerate(preps):
+            u = local_update(fspec, p, state, seed=site_seed(b"s" * 32, 1, i, r), dp_rows=rows[i],
+                             dp_history=histories[i])  # fmt: skip
+            if r == 2 and i == 0:  # a retry of the same slot: the same noised delta, the same ε
+                again = local_update(fspec, p, state, seed=site_seed(b"s" * 32, 1, i, r), dp_rows=rows[i],
+                                     dp_history=histories[i])  # fmt: skip
+                assert all(torch.equal(u.delta[k], again.delta[k]) for k in state) and again.epsilon == u.epsilon
+            assert u.dp_steps == 10 and u.epsilon is not None and u.epsilon > eps[i]
+            histories[i], eps[i] = u.privacy_history, u.epsilon
+            ups.append(u)
+        state = aggregate_round(fspec, strategy, state, [(u.delta, u.n_train) for u in ups])
+    for i in range(3):
+        sigma, q = dp_noise_multiplier(fspec, rows[i]), dp_sample_rate(fspec, rows[i])
+        acc = RDPAccountant()
+        for _ in range(fspec.rounds * 10):
+            acc.step(noise_multiplier=sigma, sample_rate=q)
+        recomputed = acc.get_epsilon(delta=1e-5)
+        assert abs(eps[i] - recomputed) / recomputed < 0.01, (eps[i], recomputed)
+        assert eps[i] == pytest.approx(projected_epsilon(fspec, n_rows=rows[i]), rel=1e-9)
+        assert eps[i] <= 3.0
+    fed = weighted_global({i: (evaluate_state(fspec, p, state), len(p.y_val)) for i, p in enumerate(preps)})
+    assert fed["accuracy"] > 0.7, fed

@@ -1,4 +1,8 @@
-"""Multi-layer perceptron for tabular features: Linear-ReLU-Dropout blocks, then a linear head."""
+"""Multi-layer perceptron for tabular features: Linear-(BatchNorm)-ReLU-Dropout blocks, then a linear head.
+
+``batch_norm`` mixes the rows of a batch, so DP-SGD (per-sample gradients) cannot train it: a
+federation or job with DP refuses it by name (Opacus' ModuleValidator).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,13 @@ from typing import Any
 from torch import nn
 
 from workers.training.models import register
-from workers.training.models.params import Float, IntList, Schema
+from workers.training.models.params import Bool, Float, IntList, Schema
 
-PARAMS: Schema = {"hidden": IntList((64, 32), 1, 8192, 16), "dropout": Float(0.0, 0.0, 1.0)}
+PARAMS: Schema = {
+    "hidden": IntList((64, 32), 1, 8192, 16),
+    "dropout": Float(0.0, 0.0, 1.0),
+    "batch_norm": Bool(False),
+}
 
 
 @register("mlp", params=PARAMS)
@@ -20,7 +28,10 @@ def build(params: dict[str, Any], info: dict[str, Any]) -> nn.Module:
     layers: list[nn.Module] = []
     width = int(info["n_features"])
     for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
+        layers.append(nn.Linear(width, h))
+        if params["batch_norm"]:
+            layers.append(nn.BatchNorm1d(h))
+        layers.append(nn.ReLU())
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         width = h
