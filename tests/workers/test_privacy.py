@@ -159,7 +159,7 @@ def test_calibrate_meets_the_target_and_not_much_more() -> None:
     sigma = calibrate(target_epsilon=2.0, delta=1e-5, sample_rate=0.05, steps=400)
     eps = epsilon_for([(sigma, 0.05, 400)], 1e-5)
     assert eps <= 2.0 and eps > 2.0 - 0.05
-    assert epsilon_for(compose([], sigma, 0.05, 200) + [], 1e-5) < eps
+    assert epsilon_for(compose([], sigma, 0.05, 200), 1e-5) < eps
     assert compose([(sigma, 0.05, 200)], sigma, 0.05, 200) == [(sigma, 0.05, 400)]
     with pytest.raises(ValueError):
         calibrate(target_epsilon=2.0, delta=1e-5, sample_rate=0.05, steps=0)

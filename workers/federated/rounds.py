@@ -36,8 +36,8 @@ from workers.federated.strategies.base import Strategy
 from workers.federated.validate import check_global_finite, clip_update
 from workers.training.data import Prepared, tabular_feature_names
 from workers.training.engine import NullSink, evaluate, resolve_metrics, seed_everything, train
-from workers.training.privacy import DPConfig
 from workers.training.models import build
+from workers.training.privacy import DPConfig
 
 
 class FederatedUnsupported(NotImplementedError):

@@ -365,12 +365,19 @@ class FederationSpec:
             if procs > 1:
                 bad("dp.mode", "DP needs one training process per site (train.world_size and train.nnodes of 1).")
         if dp.mode == "local":
-            if _is_number(dp.target_epsilon) and dp.target_epsilon > DEFAULT_EPSILON_CAP:
+            if (
+                dp.target_epsilon is not None
+                and _is_number(dp.target_epsilon)
+                and dp.target_epsilon > DEFAULT_EPSILON_CAP
+            ):
                 bad("dp.target_epsilon", f"Above the platform's cap of epsilon <= {DEFAULT_EPSILON_CAP:g} (FL-4).")
             if _is_int(t.grad_accum_steps) and t.grad_accum_steps != 1:
                 bad("train.grad_accum_steps", "DP-SGD takes one Poisson batch per step; use 1.")
             if t.precision == "fp16":
-                bad("train.precision", "DP-SGD trains in fp32 (per-sample gradients; bf16 is run as fp32); fp16 is refused.")
+                bad(
+                    "train.precision",
+                    "DP-SGD trains in fp32 (bf16 runs as fp32); fp16 is refused.",
+                )
             for problem in _dp_model_problems(t):
                 bad("train.model", f"DP-SGD cannot train this model (Opacus ModuleValidator): {problem}")
         if dp.mode == "central":
@@ -577,11 +584,11 @@ def _join(prefix: str, path: str) -> str:
 
 __all__ = [
     "ACCOUNTANTS",
+    "DEFAULT_EPSILON_CAP",
     "DP_MODES",
     "EVALUATION_METRICS",
     "SAMPLINGS",
     "SELECTIONS",
-    "DEFAULT_EPSILON_CAP",
     "DPSpec",
     "EvaluationSpec",
     "FederationSpec",

@@ -429,14 +429,17 @@ def _train(
     if len(prepared.x_train) == 0:
         raise SpecError("No training rows.", {"data": ["The train split is empty."]})
     if privacy is not None:
-        dp_problems = {
-            "world_size": ["DP-SGD runs in one process (its accountant assumes one Poisson sampler)."] if world > 1 else [],
-            "grad_accum_steps": ["DP-SGD takes one Poisson batch per step; use 1."] if spec.grad_accum_steps != 1 else [],
-            "precision": ["DP-SGD runs in fp32 (per-sample gradients under a GradScaler are not supported)."]
-            if spec.precision == "fp16" else [],
-        }  # fmt: skip
+        dp_problems: dict[str, list[str]] = {}
+        if world > 1:
+            dp_problems["world_size"] = ["DP-SGD runs in one process (its accountant assumes one Poisson sampler)."]
+        if spec.grad_accum_steps != 1:
+            dp_problems["grad_accum_steps"] = ["DP-SGD takes one Poisson batch per step; use 1."]
+        if spec.precision == "fp16":
+            dp_problems["precision"] = [
+                "DP-SGD runs in fp32 (per-sample gradients under a GradScaler are not supported)."
+            ]
         if any(dp_problems.values()):
-            raise SpecError("This spec cannot train with DP-SGD.", {k: v for k, v in dp_problems.items() if v})
+            raise SpecError("This spec cannot train with DP-SGD.", dp_problems)
     with _run_context(spec, device):
         return _loop(spec, prepared, sink, names, device, resume, should_stop, rank, world, init_weights, proximal_mu,
                      privacy, prior_privacy_history)  # fmt: skip

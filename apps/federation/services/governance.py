@@ -345,7 +345,9 @@ def federation_start(*, tenant: Tenant, federation: Federation, started_by: Any)
         try:
             fspec.check_dp_against_rows(max(1, int(versions[s.pk].rows or 0)))
         except SpecError as exc:
-            raise Invalid(f"{s.label}: {exc.message}", fields={_spec_path(k): v for k, v in exc.fields.items()}) from None
+            raise Invalid(
+                f"{s.label}: {exc.message}", fields={_spec_path(k): v for k, v in exc.fields.items()}
+            ) from None
     with audited_change():
         reservations = _reserve_budgets(tenant, fed, fspec, approved, versions, started_by)
         for s in approved:

@@ -418,8 +418,15 @@ def _train_update(
         n_examples=int(upd.n_train),
         loss=_finite_or_none(upd.metrics.get("loss", upd.metrics.get("train_loss"))),
         train_metrics={k: float(v) for k, v in upd.metrics.items() if isinstance(v, int | float)}
-        | ({"dp_steps": float(upd.dp_steps), "dp_noise_multiplier": upd.privacy_history[-1][0],
-            "dp_sample_rate": upd.privacy_history[-1][1]} if upd.privacy_history else {}),
+        | (
+            {
+                "dp_steps": float(upd.dp_steps),
+                "dp_noise_multiplier": upd.privacy_history[-1][0],
+                "dp_sample_rate": upd.privacy_history[-1][1],
+            }
+            if upd.privacy_history
+            else {}
+        ),
         epsilon=upd.epsilon,
         nonce=nonce,
     )

@@ -140,3 +140,71 @@ def test_other_tenants_federations_are_404(consortium: dict[str, Any], make_tena
         {"digest": inbox["results"][0]["digest"]}, format="json",
     )  # fmt: skip
     assert r.status_code == 404
+
+
+def test_local_dp_start_reserves_the_projection_on_every_ledger_or_nothing(consortium: dict[str, Any]) -> None:
+    """Local DP: start reserves each dataset's projected ε (Opacus' accountant over all rounds)
+    within the lab's grant allotment; a shortfall anywhere is a 422 naming that dataset and
+    nothing is reserved or started; cancel before any update left a site releases every hold."""
+    from decimal import Decimal
+
+    from apps.datasets.models import DatasetGrant
+    from workers.federated.spec import FederationSpec, projected_epsilon
+
+    c = consortium
+    spec = {**SPEC, "train": {**SPEC["train"], "epochs": 1}, "local_steps": 5,
+            "dp": {"mode": "local", "target_epsilon": 2.0, "delta": 1e-5}}  # fmt: skip
+    r = create_federation(c, spec=spec)
+    assert r.status_code == 201, r.content
+    fed = r.json()
+    approve_all(c, fed["id"])
+    start = f"/api/v1/tenants/{c['lab'].slug}/federations/{fed['id']}/start/"
+    first = c["hospitals"][0]
+    r = c["lab_client"].post(start)  # no budget on any dataset yet
+    assert r.status_code == 422 and r.json()["error"]["code"] == "budget_exceeded", r.content
+    assert r.json()["error"]["details"]["dataset_id"] == first["dataset"]
+    for h in c["hospitals"]:
+        base = f"/api/v1/tenants/{h['tenant'].slug}/datasets/{h['dataset']}/budget/"
+        assert h["client"].put(base, {"epsilon": "10", "delta": "0.001"}, format="json").status_code == 200
+        with tenant_scope(h["tenant"].pk):
+            DatasetGrant.objects.filter(pk=h["grant"]["id"]).update(
+                epsilon_allotment=Decimal("1") if h is c["hospitals"][2] else Decimal("5"),
+                delta_allotment=Decimal("0.001"),
+            )
+    r = c["lab_client"].post(start)  # the third hospital's allotment (ε 1) is short of the projection
+    assert r.status_code == 422 and r.json()["error"]["details"]["dataset_id"] == c["hospitals"][2]["dataset"], (
+        r.content
+    )
+    assert r.json()["error"]["details"]["cause"] == "allotment_exceeded"
+    assert _held(c, fed["id"]) == []
+    assert _fed(c, fed["id"]).status == "draft"
+    with tenant_scope(c["hospitals"][2]["tenant"].pk):
+        DatasetGrant.objects.filter(pk=c["hospitals"][2]["grant"]["id"]).update(epsilon_allotment=Decimal("5"))
+    r = c["lab_client"].post(start)
+    assert r.status_code == 200, r.content
+    fspec = FederationSpec.from_dict(_fed(c, fed["id"]).spec)
+    held = {res.budget.dataset_id: res for res in _held(c, fed["id"])}
+    assert set(held) == {h["dataset"] for h in c["hospitals"]}
+    for h in c["hospitals"]:
+        res = held[h["dataset"]]
+        rows = int(h["version"]["rows"])
+        assert res.state == "reserved" and res.delta == Decimal("0.00001")
+        assert float(res.epsilon) == pytest.approx(projected_epsilon(fspec, n_rows=rows), abs=1e-6)
+        assert 0 < float(res.epsilon) <= 2.0
+    r = c["lab_client"].post(f"/api/v1/tenants/{c['lab'].slug}/federations/{fed['id']}/cancel/")
+    assert r.status_code == 200, r.content
+    states = {res.state for res in _held(c, fed["id"])}
+    assert states == {"released"}
+
+
+def _held(c: dict[str, Any], fed_id: int) -> list[Any]:
+    """The federation's reservations, read in each owner's scope (the ledger is the owner's)."""
+    from apps.datasets.models import BudgetReservation
+
+    out: list[Any] = []
+    for h in c["hospitals"]:
+        with tenant_scope(h["tenant"].pk):
+            out += BudgetReservation.objects.filter(reference__startswith=f"federation:{fed_id}:").select_related(
+                "budget"
+            )
+    return out

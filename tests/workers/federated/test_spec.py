@@ -13,7 +13,6 @@ import pytest
 
 from workers.federated import spec as fspec
 from workers.federated.spec import (
-    AccountantUnavailable,
     DPSpec,
     EvaluationSpec,
     FederationSpec,
@@ -353,9 +352,45 @@ def test_check_dp_against_rows() -> None:
         local.check_dp_against_rows(0)
 
 
-def test_projected_epsilon_is_a_hook_until_opacus() -> None:
-    with pytest.raises(AccountantUnavailable, match="Opacus"):
-        projected_epsilon(_s(dp=DPSpec(mode="local", noise_multiplier=1.0)), n_rows=1000)
+def test_projected_epsilon_comes_from_opacus_and_the_cap_is_enforced() -> None:
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    from workers.federated.spec import DEFAULT_EPSILON_CAP, dp_sample_rate, dp_steps_per_round
+
+    spec = _s(dp=DPSpec(mode="local", noise_multiplier=1.0, delta=1e-5))
+    q, steps = dp_sample_rate(spec, 1000), spec.rounds * dp_steps_per_round(spec, 1000)
+    assert q == spec.train.batch_size / 1000 and steps == spec.rounds * spec.train.epochs * -(-1000 // 32)
+    rdp = RDPAccountant()
+    rdp.history = [(1.0, q, steps)]
+    assert projected_epsilon(spec, n_rows=1000) == pytest.approx(rdp.get_epsilon(1e-5), rel=1e-9)
+    prv = replace(spec, dp=replace(spec.dp, accountant="prv"))
+    acc = PRVAccountant()
+    acc.history = [(1.0, q, steps)]
+    assert projected_epsilon(prv, n_rows=1000) == pytest.approx(acc.get_epsilon(1e-5), rel=1e-6)
+    # A target is met by calibration; a fixed sigma that projects past the cap is refused by name.
+    target = _s(dp=DPSpec(mode="local", target_epsilon=2.0, delta=1e-5))
+    assert projected_epsilon(target, n_rows=1000) <= 2.0
+    target.check_dp_against_rows(1000)
+    weak = _s(dp=DPSpec(mode="local", noise_multiplier=0.3, delta=1e-5))
+    with pytest.raises(SpecError) as info:
+        weak.check_dp_against_rows(1000)
+    assert set(info.value.fields) == {"dp.noise_multiplier"}
+    with pytest.raises(SpecError) as info:
+        _s(dp=DPSpec(mode="local", target_epsilon=DEFAULT_EPSILON_CAP + 1)).validate()
+    assert "dp.target_epsilon" in info.value.fields
+
+
+def test_models_opacus_rejects_are_named_at_create() -> None:
+    bn = _s(train=TrainSpec(epochs=1, model=replace(TrainSpec().model, name="mlp", params={"batch_norm": True})),
+            dp=DPSpec(mode="local", noise_multiplier=1.0))  # fmt: skip
+    with pytest.raises(SpecError) as info:
+        bn.validate()
+    assert "train.model" in info.value.fields and "BatchNorm" in " ".join(info.value.fields["train.model"])
+    replace(bn, dp=DPSpec()).validate()  # without DP the same model is fine
+    accum = _s(train=TrainSpec(epochs=1, grad_accum_steps=2), dp=DPSpec(mode="local", noise_multiplier=1.0))
+    with pytest.raises(SpecError) as info:
+        accum.validate()
+    assert "train.grad_accum_steps" in info.value.fields
 
 
 # --- participant requirements name their parameter ------------------------------------------------
