@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import serializers, status
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
@@ -29,7 +29,7 @@ from apps.federation.api.serializers import (
     SlotOutput,
     slot_dict,
 )
-from apps.federation.models import Federation
+from apps.federation.models import Federation, FederationSite
 from apps.tenancy.api.base import TenantApi
 
 TAGS = ["federations"]
@@ -223,10 +223,24 @@ class SiteInboxApi(TenantApi):
         return paginated(self, request, selectors.site_inbox(tenant=self.tenant), InboxOutput)
 
 
-class SiteApproveApi(TenantApi):
-    permission_actions = {"POST": "federation.approve"}
+class _SiteDecisionApi(TenantApi):
+    """An owner's decision on its own site: read the body with ``input_class``, then ``decide``."""
 
-    @extend_schema(
+    permission_actions = {"POST": "federation.approve"}
+    input_class: type[serializers.Serializer[Any]] = NoteInput
+
+    def post(self, request: Request, tenant_slug: str, site_id: int) -> Response:
+        site = access_own_site(tenant=self.tenant, site_id=site_id)
+        data = self.input_class(data=request.data)
+        data.is_valid(raise_exception=True)
+        return Response(InboxOutput(self.decide(request, site, data.validated_data)).data)
+
+    def decide(self, request: Request, site: FederationSite, v: dict[str, Any]) -> FederationSite:
+        raise NotImplementedError
+
+
+@extend_schema_view(
+    post=extend_schema(
         operation_id="federation_sites_approve",
         summary="Approve the digest you reviewed (optionally until expires_at; share_metrics to let the "
         "coordinator see this site's metrics)",
@@ -234,55 +248,50 @@ class SiteApproveApi(TenantApi):
         responses={200: InboxOutput, **error_responses(409, 415)},
         tags=TAGS,
     )
-    def post(self, request: Request, tenant_slug: str, site_id: int) -> Response:
-        site = access_own_site(tenant=self.tenant, site_id=site_id)
-        data = DecisionInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        v = data.validated_data
+)
+class SiteApproveApi(_SiteDecisionApi):
+    """The site's owner (owner/admin) approves the digest it was shown: the spec hash, strategy,
+    rounds, DP and what the coordinator sees. A digest that no longer matches is a 409."""
+
+    input_class = DecisionInput
+
+    def decide(self, request: Request, site: FederationSite, v: dict[str, Any]) -> FederationSite:
         if not v["digest"]:
             raise ValidationError({"digest": ["Send the digest you reviewed (GET federation-sites/)."]})
-        site = services.site_decide(
+        return services.site_decide(
             tenant=self.tenant, site=site, approve=True, digest=v["digest"], decided_by=request.user,
             expires_at=v["expires_at"], share_metrics=v["share_metrics"], note=v["note"],
         )  # fmt: skip
-        return Response(InboxOutput(site).data)
 
 
-class SiteRejectApi(TenantApi):
-    permission_actions = {"POST": "federation.approve"}
-
-    @extend_schema(
+@extend_schema_view(
+    post=extend_schema(
         operation_id="federation_sites_reject",
         request=NoteInput,
         responses={200: InboxOutput, **error_responses(409, 415)},
         tags=TAGS,
     )
-    def post(self, request: Request, tenant_slug: str, site_id: int) -> Response:
-        site = access_own_site(tenant=self.tenant, site_id=site_id)
-        data = NoteInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        site = services.site_decide(
-            tenant=self.tenant, site=site, approve=False, digest="", decided_by=request.user,
-            note=data.validated_data["note"],
-        )  # fmt: skip
-        return Response(InboxOutput(site).data)
+)
+class SiteRejectApi(_SiteDecisionApi):
+    """The site's owner declines to take part; the draft cannot count this site."""
+
+    def decide(self, request: Request, site: FederationSite, v: dict[str, Any]) -> FederationSite:
+        return services.site_decide(
+            tenant=self.tenant, site=site, approve=False, digest="", decided_by=request.user, note=v["note"]
+        )
 
 
-class SiteRevokeApi(TenantApi):
-    permission_actions = {"POST": "federation.approve"}
-
-    @extend_schema(
+@extend_schema_view(
+    post=extend_schema(
         operation_id="federation_sites_revoke",
         summary="Withdraw: a running federation drops the site at its next round (its update discarded)",
         request=NoteInput,
         responses={200: InboxOutput, **error_responses(409, 415)},
         tags=TAGS,
     )
-    def post(self, request: Request, tenant_slug: str, site_id: int) -> Response:
-        site = access_own_site(tenant=self.tenant, site_id=site_id)
-        data = NoteInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        site = services.site_revoke(
-            tenant=self.tenant, site=site, revoked_by=request.user, note=data.validated_data["note"]
-        )
-        return Response(InboxOutput(site).data)
+)
+class SiteRevokeApi(_SiteDecisionApi):
+    """The site's owner withdraws an approval, before or during the run."""
+
+    def decide(self, request: Request, site: FederationSite, v: dict[str, Any]) -> FederationSite:
+        return services.site_revoke(tenant=self.tenant, site=site, revoked_by=request.user, note=v["note"])
