@@ -93,7 +93,9 @@ def _opacus(spec: Any, prepared: Any) -> tuple[float, float]:
                 samples += len(xb)
     seconds = time.perf_counter() - t0
     steps = spec.epochs * math.ceil(n / spec.batch_size)
-    assert len(engine.accountant.history) and engine.accountant.history[-1][2] == steps
+    history = engine.accountant.history
+    assert history, "Opacus' accountant recorded no steps"
+    assert sum(h[2] for h in history) == steps, (history, steps)
     return samples / seconds, float(engine.get_epsilon(DELTA))
 
 
