@@ -83,6 +83,9 @@ class FederationSite(TenantOwned):
     dataset = models.ForeignKey("datasets.Dataset", on_delete=models.PROTECT, related_name="+")
     # Pinned at start: the de-identified version every round of this site reads.
     version = models.ForeignKey("datasets.DatasetVersion", on_delete=models.PROTECT, null=True, related_name="+")
+    # The pinned version's content hash, recorded at start for the final model's lineage (the
+    # coordinator may no longer see the version once the grant ends).
+    version_sha256 = models.CharField(max_length=64, blank=True, default="")
     label = models.CharField(max_length=50)  # "site-1": how the other participants see this site
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.TRAIN)
     approval = models.CharField(max_length=16, choices=Approval.choices, default=Approval.PENDING)

@@ -92,7 +92,14 @@ class ModelVersion(TenantOwned):
 
     name = models.CharField(max_length=200)
     version = models.PositiveIntegerField()
-    job = models.OneToOneField(TrainingJob, on_delete=models.PROTECT, related_name="model_version")
+    # What produced it: a training job, or (job is null) a federation, whose final or best round's
+    # model this is (``Federation.model_version`` points back; ``lineage`` names every dataset).
+    job = models.OneToOneField(
+        TrainingJob, on_delete=models.PROTECT, null=True, blank=True, related_name="model_version"
+    )
+    source = models.CharField(max_length=16, default="job")  # "job" | "federation"
+    # The object id its weights are encrypted under (AAD): "job<id>" or "federation<id>".
+    storage_subject = models.CharField(max_length=64, blank=True, default="")
     spec = models.JSONField()
     metrics = models.JSONField(default=dict)
     lineage = models.JSONField(default=dict)
@@ -107,7 +114,13 @@ class ModelVersion(TenantOwned):
 
     class Meta(TenantOwned.Meta):
         ordering = ["-id"]
-        constraints = [models.UniqueConstraint(fields=["tenant", "name", "version"], name="model_unique_version")]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "name", "version"], name="model_unique_version"),
+            models.CheckConstraint(
+                condition=models.Q(source="job", job__isnull=False) | models.Q(source="federation", job__isnull=True),
+                name="model_source_matches_job",
+            ),
+        ]
 
 
 class TrainingQuota(TenantOwned):

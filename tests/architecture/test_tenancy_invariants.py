@@ -78,6 +78,7 @@ ALL_TENANTS_ALLOWED: dict[str, str] = {
     "apps/federation/services/rounds.py::advance": "the round's sites (owners' rows): " + _FED,
     "apps/federation/services/rounds.py::finish_locked": "the sites of a finishing federation: " + _FED,
     "apps/federation/services/rounds.py::open_round": "selected sites' last round (owners' rows): " + _FED,
+    "apps/federation/services/rounds.py::_register_model": "the lineage of the sites (owners' rows): " + _FED,
     "apps/federation/services/rounds.py::sweep": "running federations of every tenant (platform role, read)",
 }
 # Where platform work may start (the platform role's connection): per function, with the reason.

@@ -185,6 +185,7 @@ def test_three_hospitals_on_workers_survive_kill_9_mid_aggregation(
     result = done.result
     acc = result["final_metrics"].get("accuracy")
     assert acc is not None and acc > 0.85, result
+    _check_registered(c, done, rounds[ROUNDS])
     figures = {
         "lost_updates": 3 * ROUNDS - n_submitted,
         "double_applied": audited - n_submitted,
@@ -198,6 +199,60 @@ def test_three_hospitals_on_workers_survive_kill_9_mid_aggregation(
     write_report("WRK-3", {"redeliveries": redelivered, "state_changes": changed}, changed == 0)
     assert recovery <= 60, figures
     assert all(equal), f"FL-6: {sum(equal)} of {ROUNDS} rounds re-aggregate to the stored model's hash"
+
+
+def _check_registered(c: dict[str, Any], fed: Federation, final_round: Round) -> None:
+    """The final global model is in the lab's registry: the same tensors as the last round's model,
+    lineage naming every hospital's pinned version, and it serves predictions over the API."""
+    import torch
+
+    from apps.federation.models import FederationSite
+    from apps.training.models import ModelVersion
+    from apps.training.services import weights_bytes
+    from workers.training.weights import load_weights
+
+    lab = c["lab"]
+    assert fed.result["model_version"] == fed.model_version_id and fed.result["registered_round"] == final_round.number
+    with tenant_scope(lab.pk):
+        model = ModelVersion.objects.get(pk=fed.model_version_id)
+        sites = list(FederationSite.all_tenants.filter(federation=fed).order_by("id"))
+        stored = round_services.load_round_model(fed, final_round)
+        registered, _meta = load_weights(weights_bytes(model))
+    assert model.source == "federation" and model.job_id is None and model.name == fed.name
+    assert stored.keys() == registered.keys() and all(torch.equal(stored[k], registered[k]) for k in stored)
+    lineage = model.lineage
+    assert lineage["federation_id"] == fed.pk and lineage["model_digest"] == final_round.model_digest
+    assert lineage["spec_hash"] == fed.spec_hash and lineage["round"] == final_round.number
+    assert [(d["dataset_version_id"], d["dataset_content_sha256"]) for d in lineage["datasets"]] == [
+        (s.version_id, s.version_sha256) for s in sites
+    ]
+    assert all(len(s.version_sha256) == 64 for s in sites)
+    assert {d["dataset_version_id"] for d in lineage["datasets"]} == {h["version"]["id"] for h in c["hospitals"]}
+    assert all(d["rounds_trained"] == final_round.number for d in lineage["datasets"])
+    r = c["lab_client"].get(f"/api/v1/tenants/{lab.slug}/models/{model.pk}/")
+    assert r.status_code == 200, r.content
+    assert r.json()["federation"] == fed.pk and r.json()["job"] is None and r.json()["source"] == "federation"
+    row = {col["name"]: 0.0 for col in model.encoders["columns"]}
+    r = c["lab_client"].post(f"/api/v1/tenants/{lab.slug}/models/{model.pk}/predict/", {"rows": [row]}, format="json")
+    assert r.status_code == 200, r.content
+    assert len(r.json()["predictions"]) == 1
+
+
+def _check_best_registered(lab_id: int, fed: Federation) -> None:
+    """``register: best``: the registered model is the round whose model scored the highest accuracy
+    at the sites (round r's metrics are round r-1's model's), ties to the later round."""
+    from apps.training.models import ModelVersion
+
+    with tenant_scope(lab_id):
+        rounds = {r.number: r for r in Round.objects.filter(federation=fed)}
+        model = ModelVersion.objects.get(pk=fed.model_version_id)
+    scores = {n - 1: r.metrics["accuracy"] for n, r in rounds.items() if r.kind == "train" and n > 1}
+    last = max(n for n, r in rounds.items() if r.kind == "train")
+    scores[last] = fed.result["final_metrics"]["accuracy"]
+    best = max(scores, key=lambda n: (scores[n], n))
+    assert fed.result["registered_round"] == best == model.lineage["round"], (scores, fed.result)
+    assert model.lineage["model_digest"] == rounds[best].model_digest
+    assert all(d["epsilon"] is not None and d["epsilon"] > 0 for d in model.lineage["datasets"])
 
 
 def _round_status(tenant_id: int, fed_id: int, number: int) -> str:
@@ -251,7 +306,8 @@ def test_local_dp_federation_on_workers_charges_every_ledger(
     log = tmp_path / "workers.log"
     rounds = 3
     spec = {**SPEC, "train": {**SPEC["train"], "epochs": 1}, "local_steps": 8, "rounds": rounds,
-            "round_deadline_seconds": 60, "dp": {"mode": "local", "target_epsilon": 3.0, "delta": 1e-5}}  # fmt: skip
+            "round_deadline_seconds": 60, "dp": {"mode": "local", "target_epsilon": 3.0, "delta": 1e-5},
+            "evaluation": {"register": "best", "best_metric": "accuracy"}}  # fmt: skip
     for h in c["hospitals"]:
         base = f"/api/v1/tenants/{h['tenant'].slug}/datasets/{h['dataset']}/budget/"
         assert h["client"].put(base, {"epsilon": "8", "delta": "0.001"}, format="json").status_code == 200
@@ -274,6 +330,7 @@ def test_local_dp_federation_on_workers_charges_every_ledger(
     finally:
         _kill9(w)
     assert done.status == "completed", (done.status_reason, log.read_text()[-4000:])
+    _check_best_registered(lab.pk, done)
     worst = 0.0
     charged = 0
     for h in c["hospitals"]:

@@ -47,6 +47,7 @@ DP_MODES = ("none", "local", "central")
 ACCOUNTANTS = ("rdp", "prv")
 SAMPLINGS = ("poisson",)
 EVALUATION_METRICS = ("loss", *METRICS)
+REGISTER_CHOICES = ("final", "best", "none")
 # Rules that average the (clipped) updates: the only ones central DP's Gaussian-mechanism accounting
 # (DP-FedAvg, McMahan et al. 2018) covers. The robust rules pick or rank updates by their values.
 AVERAGING_STRATEGIES = frozenset({"fedavg", "fedprox", "fedadagrad", "fedadam", "fedyogi"})
@@ -89,6 +90,10 @@ class EvaluationSpec:
     every_rounds: int = 1
     central: bool = False  # True: on the server's held-out data; False: at the sites (federated)
     metrics: tuple[str, ...] = ()  # empty: the task's defaults
+    # Which global model enters the coordinator's registry at the end: the last round's ("final"),
+    # the one that scored best on ``best_metric`` at the sites ("best"), or none.
+    register: str = "final"  # "final" | "best" | "none"
+    best_metric: str = "loss"  # lower is better for loss/mse/rmse/mae, higher for the others
 
 
 def _default_train() -> TrainSpec:
@@ -416,6 +421,12 @@ class FederationSpec:
                     bad("evaluation.metrics", f"Unknown metric {m!r}; one of {', '.join(EVALUATION_METRICS)}.")
             if len(set(ev.metrics)) != len(ev.metrics):
                 bad("evaluation.metrics", "A metric is listed twice.")
+        if ev.register not in REGISTER_CHOICES:
+            bad("evaluation.register", f"One of {', '.join(REGISTER_CHOICES)}.")
+        if ev.best_metric not in EVALUATION_METRICS:
+            bad("evaluation.best_metric", f"Unknown metric {ev.best_metric!r}; one of {', '.join(EVALUATION_METRICS)}.")
+        elif ev.register == "best" and ev.metrics and ev.best_metric not in ev.metrics and ev.best_metric != "loss":
+            bad("evaluation.best_metric", f"{ev.best_metric!r} is not among evaluation.metrics.")
         if e:
             raise SpecError("The federation spec is not valid.", e)
 

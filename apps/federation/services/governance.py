@@ -352,8 +352,9 @@ def federation_start(*, tenant: Tenant, federation: Federation, started_by: Any)
         reservations = _reserve_budgets(tenant, fed, fspec, approved, versions, started_by)
         for s in approved:
             s.version = versions[s.pk]
+            s.version_sha256 = versions[s.pk].content_sha256 or ""
             s.reservation = reservations.get(s.pk)
-            s.save(update_fields=["version", "reservation"])
+            s.save(update_fields=["version", "version_sha256", "reservation"])
         for s in sites:
             if s not in approved:
                 s.active = False

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import socket
 import threading
@@ -721,16 +722,105 @@ def _close_evaluation(
         "model_digest": base_round.model_digest,
         "final_round": base_round.number,
     }
+    chosen = _registered_round(fspec, base_round, final)
+    result["registered_round"] = chosen.number
     with audited_change():
         rnd.status, rnd.closed_at, rnd.metrics = Round.Status.CLOSED, timezone.now(), final
         rnd.participants = [s.site_id for s in evaluated]
         rnd.save()
+        if fspec.evaluation.register != "none":
+            fed.model_version = _register_model(fed, fspec, chosen, final if chosen is base_round else None)
+            result["model_version"] = fed.model_version.pk
         fed.result = result
-        fed.save(update_fields=["result"])
+        fed.save(update_fields=["result", "model_version"])
         audit_record(action="federation.evaluated", tenant=fed.tenant_id, target=fed,
                      details={"model_digest": base_round.model_digest, "sites": len(evaluated)})  # fmt: skip
         finish_locked(fed, Federation.Status.COMPLETED, "all rounds done")
     return "completed"
+
+
+def _registered_round(fspec: FederationSpec, final_round: Round, final_metrics: dict[str, float]) -> Round:
+    """The round whose model enters the registry: the last one, or with ``evaluation.register:
+    "best"`` the one whose model scored best on ``evaluation.best_metric`` at the sites (round r's
+    ``metrics`` are its *base* model's, i.e. round r-1's; the last model's are the final evaluation)."""
+    if fspec.evaluation.register != "best":
+        return final_round
+    metric = fspec.evaluation.best_metric
+    lower = metric in LOWER_IS_BETTER
+    scored: list[tuple[float, int]] = []  # (score, round number of the model)
+    for r in Round.objects.filter(federation_id=final_round.federation_id, kind="train").order_by("number"):
+        value = (r.metrics or {}).get(metric)
+        if r.number > 1 and isinstance(value, int | float) and math.isfinite(value):
+            scored.append((float(value), r.number - 1))
+    if isinstance(final_metrics.get(metric), int | float) and math.isfinite(final_metrics[metric]):
+        scored.append((float(final_metrics[metric]), final_round.number))
+    if not scored:
+        return final_round
+    # Best score; ties go to the later round (more training for the same score).
+    best = min(scored, key=lambda p: (p[0] if lower else -p[0], -p[1]))
+    return Round.objects.get(federation_id=final_round.federation_id, number=best[1])
+
+
+LOWER_IS_BETTER = frozenset({"loss", "mse", "rmse", "mae", "log_loss"})
+
+
+def _register_model(fed: Federation, fspec: FederationSpec, rnd: Round, final_metrics: dict[str, float] | None) -> Any:
+    """The chosen round's global model in the coordinator's registry, with the lineage of every
+    dataset version that trained or evaluated it."""
+    from apps.training.services import register_federation_model
+    from workers.federated.rounds import model_input_info
+
+    state = load_round_model(fed, rnd)
+    trained: dict[int, int] = {}
+    for r in Round.objects.filter(federation=fed, kind="train", number__lte=rnd.number):
+        for site_id in r.participants:
+            trained[site_id] = trained.get(site_id, 0) + 1
+    eps: dict[int, float] = {}
+    for site_id, e in SiteRound.objects.filter(
+        round__federation=fed, round__number__lte=rnd.number, epsilon__isnull=False
+    ).values_list("site_id", "epsilon"):
+        eps[site_id] = max(eps.get(site_id, 0.0), float(e or 0.0))
+    datasets = [
+        {
+            "site": s.label,
+            "role": s.role,
+            "dataset_id": s.dataset_id,
+            "dataset_owner_tenant_id": s.tenant_id,
+            "dataset_version_id": s.version_id,
+            "dataset_content_sha256": s.version_sha256,
+            "rounds_trained": trained.get(s.pk, 0),
+            "epsilon": eps.get(s.pk),
+        }
+        for s in FederationSite.all_tenants.filter(federation=fed, version__isnull=False).order_by("id")
+    ]
+    metrics = final_metrics if final_metrics is not None else dict(_next_round_metrics(fed, rnd))
+    label = fed.encoders.get("label") or {}
+    problem = "classification" if label.get("kind") == "classes" else "regression"
+    return register_federation_model(
+        tenant_id=fed.tenant_id,
+        federation_id=fed.pk,
+        name=fed.name,
+        spec=fspec.train.to_dict(),
+        state=state,
+        metrics=metrics,
+        lineage={
+            "spec_hash": fed.spec_hash,
+            "federation_spec": fed.spec,
+            "strategy": fspec.strategy.name,
+            "round": rnd.number,
+            "rounds": fspec.rounds,
+            "model_digest": rnd.model_digest,
+            "datasets": datasets,
+        },
+        encoders=dict(fed.encoders),
+        input_info={**model_input_info(fed.encoders), "kind": "tabular", "problem": problem},
+    )
+
+
+def _next_round_metrics(fed: Federation, rnd: Round) -> dict[str, float]:
+    """Round r's model was evaluated at the sites as round r+1's base."""
+    nxt = Round.objects.filter(federation=fed, number=rnd.number + 1).first()
+    return dict(nxt.metrics) if nxt is not None and nxt.metrics else {}
 
 
 # --- finishing -------------------------------------------------------------------------------------

@@ -56,14 +56,21 @@ class EventOutput(serializers.ModelSerializer):
 
 
 class ModelOutput(serializers.ModelSerializer):
-    job = serializers.IntegerField(source="job_id")
+    job = serializers.IntegerField(
+        source="job_id", allow_null=True, help_text="The job that trained it (null: a federation's model)"
+    )
+    federation = serializers.SerializerMethodField(help_text="The federation whose global model it is (null: a job's)")
 
     class Meta:
         model = ModelVersion
         fields = [
-            "id", "name", "version", "job", "spec", "metrics", "lineage", "input_info", "sha256", "size_bytes",
-            "created_at",
+            "id", "name", "version", "source", "job", "federation", "spec", "metrics", "lineage", "input_info",
+            "sha256", "size_bytes", "created_at",
         ]  # fmt: skip
+
+    def get_federation(self, obj: ModelVersion) -> int | None:
+        fid = (obj.lineage or {}).get("federation_id") if obj.source == "federation" else None
+        return int(fid) if fid is not None else None
 
 
 class JobInput(StrictSerializer):

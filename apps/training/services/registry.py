@@ -23,53 +23,116 @@ def register_model(
     job: TrainingJob, spec: TrainSpec, prepared: Any, result: Any, version: DatasetVersion
 ) -> ModelVersion:
     """Weights as safetensors, encrypted in object storage, with spec, metrics and lineage."""
+    return _register(
+        tenant_id=job.tenant_id,
+        name=job.name,
+        job=job,
+        subject=f"job{job.pk}",
+        spec=job.spec,
+        state=result.model_state,
+        header={"job": str(job.pk), "spec_hash": job.spec_hash},
+        metrics=result.final_metrics,
+        lineage={
+            "dataset_version_id": version.pk,
+            "dataset_id": version.dataset_id,
+            "dataset_owner_tenant_id": version.tenant_id,
+            "dataset_content_sha256": version.content_sha256,
+            "job_id": job.pk,
+            "spec_hash": job.spec_hash,
+        },
+        encoders=getattr(prepared, "encoders", {}) or {},
+        input_info={**prepared.input_info, "kind": prepared.kind, "problem": prepared.problem},
+        details={"job_id": job.pk},
+    )
+
+
+def register_federation_model(
+    *,
+    tenant_id: int,
+    federation_id: int,
+    name: str,
+    spec: dict[str, Any],
+    state: Any,
+    metrics: dict[str, Any],
+    lineage: dict[str, Any],
+    encoders: dict[str, Any],
+    input_info: dict[str, Any],
+) -> ModelVersion:
+    """A federation's final (or best) global model in the coordinator's registry: servable and
+    exportable like a job's, its lineage naming every participating dataset version. The caller
+    holds the federation's row inside an audited change."""
+    return _register(
+        tenant_id=tenant_id,
+        name=name,
+        job=None,
+        subject=f"federation{federation_id}",
+        spec=spec,
+        state=state,
+        header={"federation": str(federation_id), "spec_hash": str(lineage.get("spec_hash", ""))},
+        metrics=metrics,
+        lineage={"federation_id": federation_id, **lineage},
+        encoders=encoders,
+        input_info=input_info,
+        details={"federation_id": federation_id},
+    )
+
+
+def _register(
+    *,
+    tenant_id: int,
+    name: str,
+    job: TrainingJob | None,
+    subject: str,
+    spec: dict[str, Any],
+    state: Any,
+    header: dict[str, str],
+    metrics: dict[str, Any],
+    lineage: dict[str, Any],
+    encoders: dict[str, Any],
+    input_info: dict[str, Any],
+    details: dict[str, Any],
+) -> ModelVersion:
     from workers.training.weights import save_weights
 
     buf = io.BytesIO()
-    sha = save_weights(result.model_state, buf, {"job": str(job.pk), "spec_hash": job.spec_hash})
+    sha = save_weights(state, buf, header)
     data = buf.getvalue()
-    with tenant_scope(job.tenant_id), audited_change():
-        last = ModelVersion.objects.filter(name=job.name).order_by("-version").values_list("version", flat=True).first()
+    with tenant_scope(tenant_id), audited_change():
+        last = ModelVersion.objects.filter(name=name).order_by("-version").values_list("version", flat=True).first()
         model = ModelVersion(
-            tenant_id=job.tenant_id,
-            name=job.name,
+            tenant_id=tenant_id,
+            name=name,
             version=(last or 0) + 1,
             job=job,
-            spec=job.spec,
-            metrics=result.final_metrics,
-            lineage={
-                "dataset_version_id": version.pk,
-                "dataset_id": version.dataset_id,
-                "dataset_owner_tenant_id": version.tenant_id,
-                "dataset_content_sha256": version.content_sha256,
-                "job_id": job.pk,
-                "spec_hash": job.spec_hash,
-                "code_version": code_version(),
-                "torch_version": torch_version(),
-            },
-            encoders=getattr(prepared, "encoders", {}) or {},
-            input_info={**prepared.input_info, "kind": prepared.kind, "problem": prepared.problem},
+            source="job" if job is not None else "federation",
+            storage_subject=subject,
+            spec=spec,
+            metrics=metrics,
+            lineage={**lineage, "code_version": code_version(), "torch_version": torch_version()},
+            encoders=encoders,
+            input_info=input_info,
             sha256=sha,
             size_bytes=len(data),
             storage_name="",
         )
-        up = EncryptedUpload(job.tenant_id, "model_version", f"job{job.pk}", size_hint=len(data))
+        up = EncryptedUpload(tenant_id, "model_version", subject, size_hint=len(data))
         up.write(data)
         stored = up.finish()
         model.storage_name, model.data_key = stored.name, stored.key
         model.save()
         audit_record(
             action="model.registered",
-            tenant=job.tenant_id,
+            tenant=tenant_id,
             target=model,
-            details={"job_id": job.pk, "version": model.version, "sha256": sha},
+            details={**details, "version": model.version, "sha256": sha},
         )
     return model
 
 
 def open_weights(model: ModelVersion) -> Any:
     """A reader of the model's safetensors, decrypted on the fly (a context manager)."""
-    return open_decrypted(model.tenant_id, "model_version", f"job{model.job_id}", model.storage_name, model.data_key)
+    subject = model.storage_subject or f"job{model.job_id}"  # rows from before storage_subject
+    return open_decrypted(model.tenant_id, "model_version", subject, model.storage_name, model.data_key)
 
 
 def weights_bytes(model: ModelVersion) -> bytes:

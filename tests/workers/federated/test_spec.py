@@ -222,6 +222,14 @@ IMPOSSIBLE: list[tuple[str, FederationSpec, int | None, str]] = [
         None,
         "evaluation.every_rounds",
     ),
+    ("register what", _s(evaluation=EvaluationSpec(register="latest")), None, "evaluation.register"),
+    ("best by unknown metric", _s(evaluation=EvaluationSpec(best_metric="top5")), None, "evaluation.best_metric"),
+    (
+        "best by an unevaluated metric",
+        _s(evaluation=EvaluationSpec(register="best", best_metric="auroc", metrics=("accuracy",))),
+        None,
+        "evaluation.best_metric",
+    ),
     (
         "early stopping in a round",
         _s(train=TrainSpec(epochs=1, early_stopping=EarlyStoppingSpec())),
