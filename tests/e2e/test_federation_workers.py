@@ -186,6 +186,7 @@ def test_three_hospitals_on_workers_survive_kill_9_mid_aggregation(
     acc = result["final_metrics"].get("accuracy")
     assert acc is not None and acc > 0.85, result
     _check_registered(c, done, rounds[ROUNDS])
+    _check_simulation_parity(lab.pk, done, rounds[ROUNDS])
     figures = {
         "lost_updates": 3 * ROUNDS - n_submitted,
         "double_applied": audited - n_submitted,
@@ -253,6 +254,31 @@ def _check_best_registered(lab_id: int, fed: Federation) -> None:
     assert fed.result["registered_round"] == best == model.lineage["round"], (scores, fed.result)
     assert model.lineage["model_digest"] == rounds[best].model_digest
     assert all(d["epsilon"] is not None and d["epsilon"] > 0 for d in model.lineage["datasets"])
+
+
+def _check_simulation_parity(lab_id: int, fed: Federation, final_round: Round) -> None:
+    """Simulation mode over the same sites (the hospitals' pinned versions, as the site tasks read
+    them), with the federation's secret, id and site ids, reaches ``torch.equal`` weights with the
+    hosted run, whose updates crossed processes, storage and a SIGKILL."""
+    import torch
+
+    from apps.federation.models import FederationSite
+    from workers.federated.simulate import VirtualSite, run
+    from workers.federated.spec import FederationSpec
+
+    with tenant_scope(lab_id):
+        hosted = round_services.load_round_model(fed, final_round)
+        sites = []
+        schema = None
+        for s in FederationSite.all_tenants.filter(federation=fed).select_related("version").order_by("id"):
+            table, schema = round_services._load_table(fed, s)
+            sites.append(VirtualSite(s.pk, s.label, table, role=s.role, n_rows=int(s.version.rows or 0)))
+    assert schema is not None
+    sim = run(FederationSpec.from_dict(fed.spec), sites, schema, secret=bytes.fromhex(fed.seed_secret),
+              federation_id=fed.pk)  # fmt: skip
+    assert sim.state.keys() == hosted.keys()
+    assert all(torch.equal(sim.state[k], hosted[k]) for k in hosted), "simulation and hosted run differ"
+    assert sim.encoders == fed.encoders
 
 
 def _round_status(tenant_id: int, fed_id: int, number: int) -> str:
@@ -331,6 +357,9 @@ def test_local_dp_federation_on_workers_charges_every_ledger(
         _kill9(w)
     assert done.status == "completed", (done.status_reason, log.read_text()[-4000:])
     _check_best_registered(lab.pk, done)
+    with tenant_scope(lab.pk):
+        last = Round.objects.get(federation=done, number=rounds)
+    _check_simulation_parity(lab.pk, done, last)
     worst = 0.0
     charged = 0
     for h in c["hospitals"]:
