@@ -19,7 +19,15 @@ class TrainingJob(TenantOwned):
 
     TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
+    class Kind(models.TextChoices):
+        TRAIN = "train", "Training"
+        SIMULATE = "simulate", "Federation simulation"
+
     name = models.CharField(max_length=200)
+    # "simulate": a federation spec run over seeded virtual sites of the tenant's own version
+    # (workers.federated.simulate); ``spec`` is then its embedded TrainSpec, ``simulation`` the rest.
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.TRAIN)
+    simulation = models.JSONField(default=dict, blank=True)
     # May belong to another tenant (a dataset granted with ``process``): checked at every start.
     dataset_version = models.ForeignKey("datasets.DatasetVersion", on_delete=models.PROTECT, related_name="+")
     spec = models.JSONField()

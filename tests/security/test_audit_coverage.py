@@ -487,6 +487,13 @@ def _job_create(w: World) -> Call:
     return Call(w.client, "POST", f"{w.base}/jobs/", body, 201, "job.created", w.tenant.pk)
 
 
+def _federation_simulate(w: World) -> Call:
+    """A simulation is a job (kind ``simulate``): one ``job.created``, like any job."""
+    body = {"name": "aud1 sim", "dataset_version": _trainable(w), "spec": {"train": TRAIN_SPEC, "rounds": 1},
+            "split": {"sites": 2}}  # fmt: skip
+    return Call(w.client, "POST", f"{w.base}/federations/simulate/", body, 201, "job.created", w.tenant.pk)
+
+
 def _job_cancel(w: World) -> Call:
     """A queued job: cancelled at once (one ``job.cancel_requested``)."""
     return Call(w.client, "DELETE", f"{w.base}/jobs/{_queued_job(w)}/", None, 200, "job.cancel_requested", w.tenant.pk)
@@ -645,6 +652,7 @@ BUILDERS: dict[str, Callable[[World], Call]] = {
     f"POST {T}/models/<pk:model_id>/predict/": _model_predict,
     f"DELETE {T}/jobs/<pk:job_id>/": _job_cancel,
     f"POST {T}/federations/": _federation_create,
+    f"POST {T}/federations/simulate/": _federation_simulate,
     f"POST {T}/federations/<pk:federation_id>/start/": _federation_start,
     f"POST {T}/federations/<pk:federation_id>/cancel/": _federation_cancel,
     f"POST {T}/federation-sites/<pk:site_id>/approve/": _site_decision("approve", "federation.site_approved"),

@@ -188,6 +188,19 @@ PROBES: dict[str, RouteProbe] = {
             }
         },
     ),
+    T + "federations/simulate/": RouteProbe(
+        "tenant",
+        ("POST",),
+        {
+            "POST": {
+                "name": "probe simulation",
+                "dataset_version": Own("dataset_version"),
+                "spec": {"train": TINY_SPEC, "rounds": 1},
+                "split": {"sites": 2},
+            }
+        },
+        body_fks=("dataset_version",),
+    ),
     FED: RouteProbe("tenant", ("GET",)),
     FED + "start/": RouteProbe("tenant", ("POST",)),
     FED + "cancel/": RouteProbe("tenant", ("POST",)),

@@ -25,6 +25,22 @@ class FederationInput(StrictSerializer):
     min_sites = serializers.IntegerField(min_value=1, required=False, help_text="Approvals needed to start (k)")
 
 
+class SimulationInput(StrictSerializer):
+    name = serializers.CharField(max_length=200, min_length=1)
+    dataset_version = serializers.IntegerField(min_value=1, help_text="A ready de-identified version of your own")
+    spec = serializers.DictField(help_text="FederationSpec, as for a federation")
+    split = serializers.DictField(
+        required=False,
+        default=dict,
+        help_text="Virtual sites: sites (2..100, default 3), partition (iid | dirichlet), alpha (Dirichlet), "
+        "seed, evaluation_sites",
+    )
+    local_baseline = serializers.BooleanField(
+        required=False, default=False, help_text="Also train every site alone and compare with the global model"
+    )
+    priority = serializers.IntegerField(min_value=-10, max_value=10, required=False, default=0)
+
+
 class DecisionInput(StrictSerializer):
     digest = serializers.CharField(max_length=64, required=False, default="", help_text="The digest you reviewed")
     expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)

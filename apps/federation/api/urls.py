@@ -8,6 +8,7 @@ T = "tenants/<slug:tenant_slug>/"
 F = T + "federations/<pk:federation_id>/"
 urlpatterns = [
     path(T + "federations/", views.FederationListApi.as_view(), name="federation-list"),
+    path(T + "federations/simulate/", views.FederationSimulateApi.as_view(), name="federation-simulate"),
     path(F, views.FederationDetailApi.as_view(), name="federation-detail"),
     path(F + "start/", views.FederationStartApi.as_view(), name="federation-start"),
     path(F + "cancel/", views.FederationCancelApi.as_view(), name="federation-cancel"),

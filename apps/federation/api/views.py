@@ -25,12 +25,15 @@ from apps.federation.api.serializers import (
     InboxOutput,
     NoteInput,
     RoundOutput,
+    SimulationInput,
     SiteOutput,
     SlotOutput,
     slot_dict,
 )
 from apps.federation.models import Federation, FederationSite
 from apps.tenancy.api.base import TenantApi
+from apps.training import services as training_services
+from apps.training.api.serializers import JobOutput
 
 TAGS = ["federations"]
 PUBLIC_SITE_EVENT_KEYS = ("state", "reason", "approval", "attempt", "error")
@@ -89,6 +92,41 @@ class FederationListApi(_FederationView):
                 min_sites=v.get("min_sites"),
             )
             return Response(FederationOutput(fed, context=self.context(fed)).data, status=status.HTTP_201_CREATED)
+
+        return idempotent(request, self.tenant.pk, create)
+
+
+class FederationSimulateApi(TenantApi):
+    permission_actions = {"POST": "job.create"}
+
+    @extend_schema(
+        operation_id="federations_simulate",
+        summary="Run a federation spec as a job over seeded virtual sites of your own dataset version",
+        description="The version is split into `split.sites` virtual sites (IID, or label-skewed by a Dirichlet "
+        "draw per class) and the spec's rounds run in one worker with the hosted round logic. The answer is the "
+        "job (kind `simulate`): follow it on the job stream (one `metrics` event per round, `epoch` = the round); "
+        "its result holds every round, the per-site metrics and, with `local_baseline`, each site's local-only "
+        "model's.",
+        request=SimulationInput,
+        responses={201: JobOutput, **error_responses(415)},
+        tags=TAGS,
+    )
+    def post(self, request: Request, tenant_slug: str) -> Response:
+        def create() -> Response:
+            data = SimulationInput(data=request.data)
+            data.is_valid(raise_exception=True)
+            v = data.validated_data
+            job = training_services.simulation_create(
+                tenant=self.tenant,
+                created_by=request.user,
+                name=v["name"],
+                dataset_version_id=v["dataset_version"],
+                spec=v["spec"],
+                split=dict(v["split"]),
+                local_baseline=v["local_baseline"],
+                priority=v["priority"],
+            )
+            return Response(JobOutput(job).data, status=status.HTTP_201_CREATED)
 
         return idempotent(request, self.tenant.pk, create)
 

@@ -23,8 +23,10 @@ class JobOutput(serializers.ModelSerializer):
         fields = [
             "id",
             "name",
+            "kind",
             "dataset_version",
             "spec",
+            "simulation",
             "spec_hash",
             "queue",
             "priority",

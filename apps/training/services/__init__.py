@@ -16,7 +16,7 @@ from apps.training.selectors import usable_version
 from apps.training.services.distributed import lead_nodes, run_node_task, train_distributed
 from apps.training.services.events import _event, append_event
 from apps.training.services.inputs import STOP_CHECK_SECONDS, checkpoint_location, load_data, usable
-from apps.training.services.jobs import job_cancel, job_create, parse_spec
+from apps.training.services.jobs import job_cancel, job_create, parse_spec, simulation_create
 from apps.training.services.lease import Lease, LeaseLost
 from apps.training.services.registry import (
     code_version,
@@ -24,6 +24,7 @@ from apps.training.services.registry import (
     open_weights,
     register_federation_model,
     register_model,
+    register_simulation_model,
     torch_version,
     weights_bytes,
 )
@@ -78,8 +79,10 @@ __all__ = [
     "parse_spec",
     "register_federation_model",
     "register_model",
+    "register_simulation_model",
     "run_job",
     "run_node_task",
+    "simulation_create",
     "torch_version",
     "train_distributed",
     "usable",

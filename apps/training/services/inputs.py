@@ -34,14 +34,22 @@ def load_data(job: TrainingJob, version: DatasetVersion, spec: TrainSpec) -> Any
     from workers.schema import DatasetSchema
     from workers.training.data import prepare, prepare_images
 
+    if version.format == "zip":
+        with _reader(job, version) as reader:
+            return prepare_images(io.BytesIO(reader.read()), spec)
+    return prepare(load_table(job, version), DatasetSchema.from_dict(version.schema), spec)
+
+
+def load_table(job: TrainingJob, version: DatasetVersion) -> pa.Table:
+    """A tabular version decrypted in memory (never written in plaintext)."""
+    with _reader(job, version) as reader:
+        return pq.read_table(pa.PythonFile(reader, mode="r"), pre_buffer=False)
+
+
+def _reader(job: TrainingJob, version: DatasetVersion) -> Any:
     with tenant_scope(job.tenant_id):
         key = dataset_selectors.version_key(consumer=job.tenant, version=version)
-    reader = open_decrypted(version.tenant_id, VERSION_KIND, version.pk, version.storage_name, key)
-    with reader:
-        if version.format == "zip":
-            return prepare_images(io.BytesIO(reader.read()), spec)
-        table = pq.read_table(pa.PythonFile(reader, mode="r"), pre_buffer=False)
-    return prepare(table, DatasetSchema.from_dict(version.schema), spec)
+    return open_decrypted(version.tenant_id, VERSION_KIND, version.pk, version.storage_name, key)
 
 
 def checkpoint_location(tenant_id: int, job_id: int) -> tuple[Path, bytes]:

@@ -46,6 +46,42 @@ def register_model(
     )
 
 
+def register_simulation_model(
+    job: TrainingJob, fspec: Any, split: dict[str, Any], result: Any, version: DatasetVersion
+) -> ModelVersion:
+    """A simulation job's global model: like a job's, its lineage adding the federation spec and
+    the virtual-site split (so the run can be repeated exactly)."""
+    from workers.federated.rounds import model_input_info
+
+    label = result.encoders.get("label") or {}
+    return _register(
+        tenant_id=job.tenant_id,
+        name=job.name,
+        job=job,
+        subject=f"job{job.pk}",
+        spec=job.spec,
+        state=result.state,
+        header={"job": str(job.pk), "spec_hash": job.spec_hash},
+        metrics=dict(result.final_metrics),
+        lineage={
+            "dataset_version_id": version.pk,
+            "dataset_id": version.dataset_id,
+            "dataset_owner_tenant_id": version.tenant_id,
+            "dataset_content_sha256": version.content_sha256,
+            "job_id": job.pk,
+            "spec_hash": job.spec_hash,
+            "simulation": {"federation_spec": fspec.to_dict(), "split": split, "model_digest": result.model_digest},
+        },
+        encoders=dict(result.encoders),
+        input_info={
+            **model_input_info(result.encoders),
+            "kind": "tabular",
+            "problem": "classification" if label.get("kind") == "classes" else "regression",
+        },
+        details={"job_id": job.pk, "simulation": True},
+    )
+
+
 def register_federation_model(
     *,
     tenant_id: int,

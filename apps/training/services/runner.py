@@ -35,9 +35,9 @@ from apps.training.models import JobEvent, TrainingJob
 from apps.training.scheduler import schedule
 from apps.training.services.distributed import lead_nodes, train_distributed
 from apps.training.services.events import append_event
-from apps.training.services.inputs import STOP_CHECK_SECONDS, checkpoint_location, load_data, usable
+from apps.training.services.inputs import STOP_CHECK_SECONDS, checkpoint_location, load_data, load_table, usable
 from apps.training.services.lease import Lease, LeaseLost
-from apps.training.services.registry import register_model
+from apps.training.services.registry import register_model, register_simulation_model
 from apps.training.services.sink import DjangoSink
 from apps.vault import services as vault
 from apps.vault.models import DataKey
@@ -186,6 +186,8 @@ def run_job(tenant_id: int, job_id: int) -> str:
             return True
         return False
 
+    if job.kind == TrainingJob.Kind.SIMULATE:
+        return _run_simulation(job, version, sink, lease, should_stop, stop_reason)
     try:
         prepared = load_data(job, version, spec)
         if not lease.renew(force=True):
@@ -257,4 +259,75 @@ def run_job(tenant_id: int, job_id: int) -> str:
         },
         lease=lease,
     )
+    return TrainingJob.Status.SUCCEEDED
+
+
+def _run_simulation(
+    job: TrainingJob,
+    version: Any,
+    sink: DjangoSink,
+    lease: Lease,
+    should_stop: Any,
+    stop_reason: list[str],
+) -> str:
+    """A federation spec over seeded virtual sites of the job's own version, in this process
+    (``workers.federated.simulate``): one job event per round, the global model registered with the
+    split in its lineage. Deterministic, so a redelivered task simply runs it again."""
+    from workers.federated.simulate import SimulationError, SplitSpec, run, simulation_secret, split_sites
+    from workers.federated.spec import FederationSpec
+    from workers.schema import DatasetSchema
+
+    sim = job.simulation
+    try:
+        fspec = FederationSpec.from_dict(sim["federation_spec"])
+        split = SplitSpec.from_dict(sim["split"])
+        if version.format == "zip":
+            raise SimulationError("Simulation mode runs on tabular versions; this one holds images.", "dataset")
+        schema = DatasetSchema.from_dict(version.schema)
+        sites = split_sites(load_table(job, version), schema, split)
+        if not lease.renew(force=True):
+            raise LeaseLost("the lease expired while the data was loading")
+        how = split.partition + (f", alpha {split.alpha}" if split.partition == "dirichlet" else "")
+        sink.on_log(
+            f"simulating {fspec.rounds} rounds of {fspec.strategy.name} over {split.sites} virtual sites ({how})"
+        )
+
+        def on_round(r: dict[str, Any]) -> None:
+            sink.on_round(r["round"], r["metrics"])
+            sink.on_log(f"round {r['round']}: {len(r['participants'])} updates aggregated in {r['seconds']} s")
+
+        result = run(fspec, sites, schema, secret=simulation_secret(fspec, split), federation_id=job.pk,
+                     local_baseline=bool(sim.get("local_baseline")), on_round=on_round,
+                     should_stop=should_stop)  # fmt: skip
+        sink.flush()
+    except LeaseLost as exc:
+        lease.account()
+        logger.warning("job %s: %s; the new owner carries on", job.pk, exc)
+        return "superseded"
+    except Exception as exc:
+        failure = classify_failure(exc) if not isinstance(exc, SimulationError) else RunFailed(str(exc))
+        if isinstance(failure, RunFailed) or job.attempts > job.max_restarts:
+            kind = type(exc).__name__
+            finish(job, TrainingJob.Status.FAILED, f"{kind}: {str(exc)[:200]}",
+                   error={"type": kind, "message": str(exc)[:500], "last_log_lines": list(sink.log_tail)},
+                   lease=lease)  # fmt: skip
+            return TrainingJob.Status.FAILED
+        lease.account()
+        if failure is exc:
+            raise
+        raise failure from exc
+    if result.status == "stopped":
+        reason = stop_reason[0] if stop_reason else "stopped"
+        if reason == "lease_lost":
+            lease.account()
+            return "superseded"
+        status = TrainingJob.Status.CANCELLED if reason == "cancelled" else TrainingJob.Status.FAILED
+        finish(job, status, reason, result={"rounds": len(result.rounds)}, lease=lease)
+        return status
+    if not lease.renew(force=True):
+        lease.account()
+        return "superseded"
+    model = register_simulation_model(job, fspec, split.to_dict(), result, version)
+    finish(job, TrainingJob.Status.SUCCEEDED, "completed",
+           result={**result.to_dict(), "model_version_id": model.pk}, lease=lease)  # fmt: skip
     return TrainingJob.Status.SUCCEEDED

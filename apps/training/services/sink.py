@@ -47,6 +47,12 @@ class DjangoSink:
             progress={"step": step, "epoch": epoch, **clean},
         )
 
+    def on_round(self, number: int, metrics: dict[str, float]) -> None:
+        """A simulated federation round's metrics: one metrics event each (never coalesced), with
+        ``step`` and ``epoch`` the round number."""
+        self.flush()
+        self._flush_metrics(number, number, {k: float(v) for k, v in metrics.items() if v is not None})
+
     def flush(self) -> None:
         if self._pending is not None:
             self._flush_metrics(*self._pending)
