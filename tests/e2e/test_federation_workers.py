@@ -40,7 +40,7 @@ from tests.processes import child_env
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 ROUNDS = 8
-FED_SPEC = {**SPEC, "rounds": ROUNDS, "round_deadline_seconds": 60}
+FED_SPEC = {**SPEC, "rounds": ROUNDS, "round_deadline_seconds": 60, "evaluation": {"local_baseline": True}}
 
 
 def _start_worker(env: dict[str, str], log: Path, name: str, **extra: str) -> subprocess.Popen[bytes]:
@@ -185,6 +185,10 @@ def test_three_hospitals_on_workers_survive_kill_9_mid_aggregation(
     result = done.result
     acc = result["final_metrics"].get("accuracy")
     assert acc is not None and acc > 0.85, result
+    # The final report compares each hospital's global-model score with its local-only model's.
+    assert set(result["local_only"]) == set(result["per_site"]) == {"site-1", "site-2", "site-3"}
+    r = c["lab_client"].get(f"/api/v1/tenants/{lab.slug}/federations/{fed['id']}/")
+    assert set(r.json()["result"]["local_only"]) == {"site-1", "site-2", "site-3"}  # all three share metrics
     _check_registered(c, done, rounds[ROUNDS])
     _check_simulation_parity(lab.pk, done, rounds[ROUNDS])
     figures = {
@@ -194,6 +198,8 @@ def test_three_hospitals_on_workers_survive_kill_9_mid_aggregation(
         "whole_run_seconds": round(whole, 1),
         "rounds": ROUNDS,
         "global_accuracy": acc,
+        "per_site_accuracy": {k: v.get("accuracy") for k, v in result["per_site"].items()},
+        "local_only_accuracy": {k: v.get("accuracy") for k, v in result["local_only"].items()},
     }
     write_report("WRK-1", figures, figures["lost_updates"] == 0 and figures["double_applied"] == 0 and recovery <= 60)
     changed = sum(1 for a, b in zip(slots, after, strict=True) if a != b)
@@ -279,6 +285,10 @@ def _check_simulation_parity(lab_id: int, fed: Federation, final_round: Round) -
     assert sim.state.keys() == hosted.keys()
     assert all(torch.equal(sim.state[k], hosted[k]) for k in hosted), "simulation and hosted run differ"
     assert sim.encoders == fed.encoders
+    if fed.result.get("local_only"):  # the final report's local-only baselines, as the simulator's
+        assert fed.result["local_only"] == {
+            k: {m: v for m, v in d.items() if v == v} for k, d in sim.local_only.items()
+        }
 
 
 def _round_status(tenant_id: int, fed_id: int, number: int) -> str:

@@ -197,6 +197,32 @@ def evaluate_state(fspec: FederationSpec, prepared: Prepared, state: Mapping[str
     return {k: float(v) for k, v in evaluate(model, prepared, names, torch.device("cpu")).items()}
 
 
+def local_only_metrics(
+    fspec: FederationSpec,
+    prep: Prepared,
+    initial: Mapping[str, torch.Tensor],
+    secret: bytes,
+    federation_id: int,
+    site_id: int,
+    rows: int,
+) -> dict[str, float]:
+    """A site's local-only baseline, the model it would have without the federation: from the same
+    initial model, the local work of every round back to back (``rounds × epochs``, or ``rounds ×
+    local_steps`` steps), seeded like a round 0 of its own, with no proximal term and no update
+    bound (there is no global model to stay near), under the same local DP settings when there are
+    any; scored on its own validation split like the global model."""
+    from workers.federated.spec import StrategySpec
+
+    alone = replace(fspec, rounds=1, update_bound=None, strategy=StrategySpec())
+    if fspec.local_steps:
+        alone = replace(alone, local_steps=fspec.local_steps * fspec.rounds)
+    else:
+        alone = replace(alone, train=replace(fspec.train, epochs=fspec.train.epochs * fspec.rounds))
+    upd = local_update(alone, prep, initial, seed=site_seed(secret, federation_id, site_id, 0),
+                       dp_rows=rows if fspec.dp.mode == "local" else None)  # fmt: skip
+    return evaluate_state(fspec, prep, {k: initial[k] + upd.delta[k] for k in initial})
+
+
 def aggregate_round(
     fspec: FederationSpec,
     strategy: Strategy,

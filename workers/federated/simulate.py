@@ -24,7 +24,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from workers.federated.rounds import (
     aggregate_round,
     evaluate_state,
     initial_state,
+    local_only_metrics,
     local_update,
     model_input_info,
     select_sites,
@@ -48,7 +49,6 @@ from workers.federated.strategies import make_strategy
 from workers.federated.validate import UpdateRejected, update_l2_norm, validate_update
 from workers.schema import DatasetSchema
 from workers.training.data import DataError, Prepared, prepare_with_encoders
-from workers.training.engine import NullSink, train
 from workers.training.privacy import compose
 from workers.training.spec import SpecError
 
@@ -341,11 +341,12 @@ def run(
     final = _weighted([(per_site[s.label], len(prepared[s.site_id].y_val)) for s in trainers])
     ev_only = {s.label: evaluate_state(fspec, prepared[s.site_id], state) for s in evaluators}
     local_only: dict[str, dict[str, float]] = {}
-    if local_baseline and status == "completed":
+    if (local_baseline or fspec.evaluation.local_baseline) and status == "completed":
         for s in trainers:
             rows = s.n_rows if s.n_rows is not None else s.table.num_rows
-            local_only[s.label] = _local_only(fspec, prepared[s.site_id], initial, secret, federation_id, s.site_id,
-                                              rows)  # fmt: skip
+            local_only[s.label] = local_only_metrics(
+                fspec, prepared[s.site_id], initial, secret, federation_id, s.site_id, rows
+            )
     return SimulationResult(
         state=state,
         encoders=encoders,
@@ -376,35 +377,6 @@ def run(
 def _weighted(pairs: Sequence[tuple[dict[str, float], int]]) -> dict[str, float]:
     """As the platform weights metrics (``apps.federation.services.rounds.weighted_metrics``)."""
     return weighted_global({i: (m, n) for i, (m, n) in enumerate(pairs) if m and n})
-
-
-def _local_only(
-    fspec: FederationSpec,
-    prep: Prepared,
-    initial: Mapping[str, torch.Tensor],
-    secret: bytes,
-    federation_id: int,
-    site_id: int,
-    rows: int,
-) -> dict[str, float]:
-    """The site alone: from the same initial model, the local work of every round back to back
-    (``rounds × epochs``, or ``rounds × local_steps`` steps), seeded like its round 0; scored on its
-    own validation split like the global model."""
-    seed = site_seed(secret, federation_id, site_id, 0)
-    if fspec.local_steps:
-        total = fspec.local_steps * fspec.rounds
-        alone = replace(fspec, local_steps=total, rounds=1)
-        upd = local_update(alone, prep, initial, seed=seed, dp_rows=rows if fspec.dp.mode == "local" else None)
-        state = {k: initial[k] + upd.delta[k] for k in initial}
-    else:
-        spec = replace(fspec.train, epochs=fspec.train.epochs * fspec.rounds, seed=seed, checkpoint_every_steps=0)
-        if fspec.dp.mode == "local":  # the same privacy as the federated run's, not a free pass
-            alone = replace(fspec, train=replace(fspec.train, epochs=spec.epochs), rounds=1)
-            upd = local_update(alone, prep, initial, seed=seed, dp_rows=rows)
-            state = {k: initial[k] + upd.delta[k] for k in initial}
-        else:
-            state = dict(train(spec, prep, NullSink(), init_weights=initial).model_state)
-    return evaluate_state(fspec, prep, state)
 
 
 # --- the command line ------------------------------------------------------------------------------

@@ -94,6 +94,9 @@ class EvaluationSpec:
     # the one that scored best on ``best_metric`` at the sites ("best"), or none.
     register: str = "final"  # "final" | "best" | "none"
     best_metric: str = "loss"  # lower is better for loss/mse/rmse/mae, higher for the others
+    # At the final evaluation each training site also trains a local-only model (same initial
+    # model, same local work) and the report compares it with the global one, per site.
+    local_baseline: bool = False
 
 
 def _default_train() -> TrainSpec:
@@ -421,6 +424,11 @@ class FederationSpec:
                     bad("evaluation.metrics", f"Unknown metric {m!r}; one of {', '.join(EVALUATION_METRICS)}.")
             if len(set(ev.metrics)) != len(ev.metrics):
                 bad("evaluation.metrics", "A metric is listed twice.")
+        if not isinstance(ev.local_baseline, bool):
+            bad("evaluation.local_baseline", "Expected true or false.")
+        elif ev.local_baseline and dp.mode == "local":
+            bad("evaluation.local_baseline", "Under local DP a local-only model would spend privacy budget the "
+                "ledgers did not reserve; compare in simulation mode instead.")  # fmt: skip
         if ev.register not in REGISTER_CHOICES:
             bad("evaluation.register", f"One of {', '.join(REGISTER_CHOICES)}.")
         if ev.best_metric not in EVALUATION_METRICS:

@@ -75,10 +75,12 @@ class FederationOutput(serializers.ModelSerializer):
         if _side(self.context, obj.tenant_id) == "participant":
             result.pop("per_site", None)
             result.pop("evaluation_only", None)
+            result.pop("local_only", None)
         else:
             shared = set(self.context.get("shared_labels", ()))
-            if "per_site" in result:
-                result["per_site"] = {k: v for k, v in result["per_site"].items() if k in shared}
+            for key in ("per_site", "local_only"):  # per-site figures: where the owner allows
+                if key in result:
+                    result[key] = {k: v for k, v in result[key].items() if k in shared}
         return result
 
 

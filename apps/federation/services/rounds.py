@@ -314,7 +314,13 @@ def run_site_round(tenant_id: int, slot_id: int) -> str:
         logger.exception("federation %s round %s %s failed", fed.pk, rnd.number, site.label)
         error = {"code": "site_failed", "message": f"{type(exc).__name__}: {str(exc)[:300]}"}
         if _finish_slot(tenant_id, slot, owner, SiteRound.State.FAILED, reason=error["message"][:300], error=error):
-            _after_slot(fed, site, rnd, SiteRound.State.FAILED, {"error": error})
+            _after_slot(
+                fed,
+                site,
+                rnd,
+                SiteRound.State.FAILED,
+                {"error": error, "seconds": round(time.monotonic() - started, 3)},
+            )
         return SiteRound.State.FAILED
     outcome["fields"]["seconds"] = round(time.monotonic() - started, 3)
     state = outcome["state"]
@@ -389,9 +395,23 @@ def _work(fed: Federation, fspec: FederationSpec, rnd: Round, site: FederationSi
 
     eval_metrics = evaluate_state(fspec, prepared, base)
     fields: dict[str, Any] = {"eval_metrics": eval_metrics, "n_eval": len(prepared.y_val)}
+    if rnd.kind == "evaluate" and site.role == FederationSite.Role.TRAIN and fspec.evaluation.local_baseline:
+        fields["train_metrics"] = {"local_only": _local_only(fed, fspec, site, prepared)}
     if rnd.kind != "train" or site.role != FederationSite.Role.TRAIN:
         return {"state": SiteRound.State.SUBMITTED, "fields": fields}
     return _train_update(fed, fspec, rnd, site, slot, prepared, base, fields)
+
+
+def _local_only(fed: Federation, fspec: FederationSpec, site: FederationSite, prepared: Any) -> dict[str, float]:
+    """The final report's baseline at a training site: a local-only model from the round-0 model
+    (``workers.federated.rounds.local_only_metrics``), scored on the site's validation split."""
+    from workers.federated.rounds import local_only_metrics
+
+    with tenant_scope(fed.tenant_id):
+        initial = load_round_model(fed, Round.objects.get(federation=fed, number=0))
+    rows = int(site.version.rows or 0) if site.version is not None else len(prepared.y_train)
+    metrics = local_only_metrics(fspec, prepared, initial, bytes.fromhex(fed.seed_secret), fed.pk, site.pk, rows)
+    return {k: v for k, v in metrics.items() if math.isfinite(v)}
 
 
 def _train_update(
@@ -720,6 +740,12 @@ def _close_evaluation(
         },
         "rounds": history,
         "model_digest": base_round.model_digest,
+        # The global model against each training site's local-only one (evaluation.local_baseline).
+        "local_only": {
+            sites[s.site_id].label: s.train_metrics["local_only"]
+            for s in train_sites
+            if isinstance(s.train_metrics, dict) and "local_only" in s.train_metrics
+        },
         "final_round": base_round.number,
     }
     chosen = _registered_round(fspec, base_round, final)

@@ -223,6 +223,18 @@ IMPOSSIBLE: list[tuple[str, FederationSpec, int | None, str]] = [
         "evaluation.every_rounds",
     ),
     ("register what", _s(evaluation=EvaluationSpec(register="latest")), None, "evaluation.register"),
+    (
+        "local baseline under local DP",
+        _s(evaluation=EvaluationSpec(local_baseline=True), dp=DPSpec(mode="local", noise_multiplier=1.0)),
+        None,
+        "evaluation.local_baseline",
+    ),
+    (
+        "local baseline not a bool",
+        _s(evaluation=EvaluationSpec(local_baseline="yes")),
+        None,
+        "evaluation.local_baseline",
+    ),  # type: ignore[arg-type]
     ("best by unknown metric", _s(evaluation=EvaluationSpec(best_metric="top5")), None, "evaluation.best_metric"),
     (
         "best by an unevaluated metric",
