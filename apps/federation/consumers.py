@@ -6,7 +6,7 @@ Who sees what is what ``GET …/federations/<id>/events/?after=`` answers the sa
 
 * the coordinator sees every event, and a site's metrics and counts (``n_examples``, ``loss``,
   ``update_norm``, ``seconds``, ``epsilon``, …) only where its owner allowed ``share_metrics``
-  (or owns the site itself); other site events keep their public keys (:data:`PUBLIC_SITE_EVENT_KEYS`);
+  (or owns the site itself); other site events keep their public keys (``live.PUBLIC_SITE_EVENT_KEYS``);
 * a site's owner sees the federation's own events (state, rounds) and its own sites' events in
   full, never another site's (RLS hides those rows; live ones are dropped here alike), so its
   ``seq`` skips the numbers of other sites' events.
@@ -32,16 +32,12 @@ from apps.common.exceptions import NotFound
 from apps.common.stream import TenantStreamConsumer
 from apps.federation import selectors
 from apps.federation.access import access_federation
-from apps.federation.live import event_dict, federation_group
+from apps.federation.live import event_dict, federation_group, filter_event
 from apps.federation.models import Federation, FederationEvent
 from apps.tenancy.models import Tenant
 from apps.tenancy.scope import tenant_scope
 
 REPLAY_MAX = 1000
-# The keys of a site event anyone who sees the event may read. The same list as the REST events
-# view's (apps.federation.api.views.PUBLIC_SITE_EVENT_KEYS; consumers may not import the API layer):
-# tests/apps/federation/test_stream.py compares both answers.
-PUBLIC_SITE_EVENT_KEYS = ("state", "reason", "approval", "attempt", "error")
 
 
 def site_visibility(tenant_id: int, federation: Federation) -> tuple[frozenset[int] | None, frozenset[int]]:
@@ -113,11 +109,8 @@ class FederationStreamConsumer(TenantStreamConsumer):
         return event.get("site") is None or self.shown_sites is None or event["site"] in self.shown_sites
 
     def visible_event(self, event: dict[str, Any]) -> dict[str, Any]:
-        """A site event's metrics and counts only for a caller who may see them (as the REST
-        view's ``filter_event``)."""
-        if event.get("site") is not None and event["site"] not in self.metric_sites:
-            event = {**event, "data": {k: v for k, v in event["data"].items() if k in PUBLIC_SITE_EVENT_KEYS}}
-        return event
+        """A site event's metrics and counts only for a caller who may see them (as the REST view)."""
+        return filter_event(event, self.metric_sites)
 
     # --- live -------------------------------------------------------------------------------------
     async def federation_event(self, message: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -26,6 +27,21 @@ def event_dict(e: FederationEvent) -> dict[str, Any]:
         "data": e.data,
         "created_at": e.created_at.isoformat(),
     }
+
+
+# The keys of a site event anyone who sees the event may read (its state, not its figures).
+PUBLIC_SITE_EVENT_KEYS = ("state", "reason", "approval", "attempt", "error")
+
+
+def filter_event(event: dict[str, Any], visible: Collection[int]) -> dict[str, Any]:
+    """A site event's metrics and counts only for a caller who may see that site's (``visible``):
+    the REST events view and the websocket stream both answer through this."""
+    if event.get("site") is not None and event["site"] not in visible:
+        event = {**event, "data": {k: v for k, v in event["data"].items() if k in PUBLIC_SITE_EVENT_KEYS}}
+        if isinstance(event["data"].get("error"), dict):  # code and message only: details may hold figures
+            err = event["data"]["error"]
+            event["data"]["error"] = {"code": err.get("code"), "message": err.get("message")}
+    return event
 
 
 def publish_federation_event(event: FederationEvent) -> None:

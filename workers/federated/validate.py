@@ -194,7 +194,9 @@ def validate_update(
         if not norm <= l2_bound * (1 + NORM_TOLERANCE):
             raise UpdateRejected(
                 "norm_exceeded",
-                f"The update's L2 norm {norm:.6g} exceeds the bound {l2_bound:g}.",
+                # The norm itself is in the details only: it is a per-site figure, which the coordinator
+                # sees where the owner shares metrics; the message and code are public.
+                f"The update's L2 norm exceeds the bound {l2_bound:g}.",
                 {"norm": norm if math.isfinite(norm) else None, "bound": l2_bound},
             )
 

@@ -30,13 +30,13 @@ from apps.federation.api.serializers import (
     SlotOutput,
     slot_dict,
 )
+from apps.federation.live import filter_event
 from apps.federation.models import Federation, FederationSite
 from apps.tenancy.api.base import TenantApi
 from apps.training import services as training_services
 from apps.training.api.serializers import JobOutput
 
 TAGS = ["federations"]
-PUBLIC_SITE_EVENT_KEYS = ("state", "reason", "approval", "attempt", "error")
 
 
 class _FederationView(TenantApi):
@@ -235,13 +235,6 @@ class FederationEventsApi(_FederationView):
         page = paginator.paginate_queryset(selectors.event_list(federation=fed, after=int(after)), request, view=self)
         data = [filter_event(e, ctx["visible"]) for e in FederationEventOutput(page, many=True).data]
         return paginator.get_paginated_response(data)
-
-
-def filter_event(event: dict[str, Any], visible: set[int]) -> dict[str, Any]:
-    """A site event's metrics and counts only for a caller who may see them."""
-    if event.get("site") is not None and event["site"] not in visible:
-        event = {**event, "data": {k: v for k, v in event["data"].items() if k in PUBLIC_SITE_EVENT_KEYS}}
-    return event
 
 
 # --- the owner's side ------------------------------------------------------------------------------
