@@ -3,19 +3,16 @@ de-identified version, granted ``federate`` to a research lab that coordinates).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pytest
 
 from apps.tenancy.models import Role
 from tests.apps.datasets.helpers import create_dataset, deidentify, upload_version
+from tests.fl_data import hospital_splits
 
 KEEP = {"columns": {}, "quasi_identifiers": [], "k": None}
-# Share of each hospital's rows that are malignant (label 0): label skew, as in the seed study.
-MALIGNANT_SHARE = (0.15, 0.4, 0.7)
 
 SPEC: dict[str, Any] = {
     "train": {
@@ -30,26 +27,6 @@ SPEC: dict[str, Any] = {
     "min_participants": 2,
     "round_deadline_seconds": 120,
 }
-
-
-def hospital_splits(n_sites: int = 3, seed: int = 0) -> list[bytes]:
-    """CSV bytes per hospital: disjoint rows, malignant share per MALIGNANT_SHARE."""
-    from sklearn.datasets import load_breast_cancer
-
-    frame = load_breast_cancer(as_frame=True).frame
-    rng = np.random.default_rng(seed)
-    malignant = rng.permutation(np.flatnonzero(frame["target"].to_numpy() == 0)).tolist()
-    benign = rng.permutation(np.flatnonzero(frame["target"].to_numpy() == 1)).tolist()
-    per_site = len(frame) // n_sites
-    out = []
-    for i in range(n_sites):
-        share = MALIGNANT_SHARE[i % len(MALIGNANT_SHARE)]
-        m = min(len(malignant), round(per_site * share))
-        rows = [malignant.pop() for _ in range(m)] + [benign.pop() for _ in range(min(len(benign), per_site - m))]
-        buf = io.StringIO()
-        frame.iloc[sorted(rows)].to_csv(buf, index=False)
-        out.append(buf.getvalue().encode())
-    return out
 
 
 @pytest.fixture
