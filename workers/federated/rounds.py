@@ -33,7 +33,7 @@ import torch
 from workers.federated.spec import FederationSpec
 from workers.federated.strategies import make_strategy
 from workers.federated.strategies.base import Strategy
-from workers.federated.validate import check_global_finite, clip_update
+from workers.federated.validate import check_global_finite, clip_update, update_l2_norm
 from workers.training.data import Prepared, tabular_feature_names
 from workers.training.engine import NullSink, evaluate, resolve_metrics, seed_everything, train
 from workers.training.models import build
@@ -48,6 +48,11 @@ def site_seed(secret: bytes, federation_id: int, site_id: int, round_number: int
     """HMAC-SHA256(secret, "federation:site:round") as a 31-bit integer (TrainSpec.seed is 0..2^31-1)."""
     msg = f"{federation_id}:{site_id}:{round_number}".encode()
     return int.from_bytes(hmac.new(secret, msg, hashlib.sha256).digest()[:8], "big") % (2**31)
+
+
+def central_seed(secret: bytes, federation_id: int, round_number: int) -> int:
+    """The seed of round ``round_number``'s central-DP noise (the server's: "site" 0, which no site is)."""
+    return site_seed(secret, federation_id, 0, round_number)
 
 
 def select_sites(
@@ -147,10 +152,6 @@ def local_update(
     Local DP (``dp.mode == "local"``): DP-SGD with the site's settings (:func:`site_privacy`;
     ``dp_rows`` is its dataset version's row count, ``dp_history`` the accountant history of its
     earlier rounds), and the update carries the composed ε."""
-    from workers.federated.validate import update_l2_norm
-
-    if fspec.dp.mode == "central":
-        raise FederatedUnsupported("dp.mode 'central' is not implemented yet.")
     privacy: DPConfig | None = None
     prior: list[tuple[float, float, int]] = []
     if fspec.dp.mode == "local":
@@ -228,13 +229,56 @@ def aggregate_round(
     strategy: Strategy,
     base: Mapping[str, torch.Tensor],
     updates: Sequence[tuple[Mapping[str, torch.Tensor], int]],
+    *,
+    central_noise_seed: int | None = None,
+    selected: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The next global state from the round's deltas, in the order given."""
+    """The next global state from the round's deltas, in the order given.
+
+    Central DP (``dp.mode == "central"``): the deltas (already clipped to ``update_bound``) are
+    summed with equal weight over the fixed denominator ``selected`` (the round's selected training
+    sites: a missing update adds nothing), Gaussian noise of std ``sigma * update_bound /
+    selected`` is added to every floating entry from a generator seeded with
+    ``central_noise_seed`` (so a re-aggregation gives the same model, FL-6), and the strategy takes
+    that noisy mean as the round's one update (FedAvg adds it; FedAdam and the like use it as their
+    pseudo-gradient)."""
     if fspec.dp.mode == "central":
-        raise FederatedUnsupported("dp.mode 'central' is not implemented yet.")
+        updates = [_noisy_mean(fspec, base, updates, central_noise_seed, selected)]
     new = strategy.aggregate(dict(base), list(updates), deltas=True)
     check_global_finite(new)
     return new
+
+
+def _noisy_mean(
+    fspec: FederationSpec,
+    base: Mapping[str, torch.Tensor],
+    updates: Sequence[tuple[Mapping[str, torch.Tensor], int]],
+    seed: int | None,
+    selected: int | None,
+) -> tuple[dict[str, torch.Tensor], int]:
+    from workers.federated.spec import central_noise_multiplier
+    from workers.federated.strategies.base import accumulator_dtype, is_aggregated
+
+    if seed is None or selected is None or selected < len(updates) or fspec.update_bound is None:
+        raise ValueError("central DP needs the noise seed, the selected count and update_bound")
+    bound = float(fspec.update_bound)
+    for i, (delta, _n) in enumerate(updates):  # the sensitivity the noise is scaled to: enforce it
+        if update_l2_norm(delta) > bound * (1 + 1e-6):
+            raise ValueError(f"update {i} is above update_bound: central DP's sensitivity does not hold")
+    std = central_noise_multiplier(fspec) * bound / selected
+    gen = torch.Generator().manual_seed(int(seed))
+    out: dict[str, torch.Tensor] = {}
+    for key, g in base.items():
+        if not is_aggregated(g):  # integer buffers: as the mean rules do, the largest delta
+            out[key] = torch.stack([d[key] for d, _n in updates]).amax(0) if updates else torch.zeros_like(g)
+            continue
+        acc = torch.zeros(g.shape, dtype=accumulator_dtype(g.dtype))
+        for delta, _n in updates:
+            acc += delta[key].to(acc.dtype)
+        acc /= selected
+        acc += torch.randn(g.shape, generator=gen, dtype=torch.float64).to(acc.dtype) * std
+        out[key] = acc.to(g.dtype)
+    return out, 1
 
 
 def weighted_global(per_site: Mapping[Any, tuple[Mapping[str, float], int]]) -> dict[str, float]:

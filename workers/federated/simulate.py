@@ -34,6 +34,7 @@ import torch
 
 from workers.federated.rounds import (
     aggregate_round,
+    central_seed,
     evaluate_state,
     initial_state,
     local_only_metrics,
@@ -43,7 +44,7 @@ from workers.federated.rounds import (
     site_seed,
     weighted_global,
 )
-from workers.federated.spec import FederationSpec
+from workers.federated.spec import FederationSpec, central_epsilon
 from workers.federated.stats import labelled_rows, merge_statistics, site_statistics
 from workers.federated.strategies import make_strategy
 from workers.federated.validate import UpdateRejected, update_l2_norm, validate_update
@@ -266,6 +267,7 @@ def run(
     last_selected: dict[int, int | None] = {s.site_id: None for s in trainers}
     dp_history: dict[int, list[tuple[float, float, int]]] = {s.site_id: [] for s in trainers}
     nonces: set[str] = set()
+    central_rounds: dict[str, int] = {}
     history: list[dict[str, Any]] = []
     evaluators = [s for s in ordered if s.role == "evaluate"]
     status = "completed"
@@ -322,7 +324,13 @@ def run(
         quorum = min(fspec.quorum or len(chosen), len(chosen))
         if len(updates) < max(1, quorum):
             raise SimulationError(f"round {number}: {len(updates)} valid updates, quorum {quorum}.", "spec")
-        state = aggregate_round(fspec, strategy, state, updates)
+        noise_seed = central_seed(secret, federation_id, number)
+        state = aggregate_round(fspec, strategy, state, updates, central_noise_seed=noise_seed, selected=len(chosen))
+        if fspec.dp.mode == "central":  # each participant's site-level ε, composed over its rounds
+            for row in site_rows:
+                if row["state"] == "submitted":
+                    central_rounds[row["site"]] = central_rounds.get(row["site"], 0) + 1
+                    row["epsilon"] = central_epsilon(fspec, central_rounds[row["site"]])
         eps = [r["epsilon"] for r in site_rows if r.get("epsilon") is not None]
         record = {
             "round": number,

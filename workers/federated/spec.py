@@ -438,6 +438,20 @@ class FederationSpec:
         if e:
             raise SpecError("The federation spec is not valid.", e)
 
+    def _check_central_cap(self) -> None:
+        try:
+            eps = central_epsilon(self, self.rounds)
+        except ValueError as exc:
+            raise SpecError("The federation's DP cannot be met.", {"dp.target_epsilon": [str(exc)]}) from None
+        cap = min(DEFAULT_EPSILON_CAP, self.dp.target_epsilon or DEFAULT_EPSILON_CAP)
+        if eps > cap * 1.0001:
+            raise SpecError(
+                "The federation's DP does not fit the cap.",
+                {"dp.noise_multiplier": [f"The run projects a site-level epsilon = {eps:.3f}, above "
+                                         f"{'the target' if self.dp.target_epsilon else 'the platform cap'} {cap:g}: "
+                                         "raise noise_multiplier or lower rounds."]},
+            )  # fmt: skip
+
     def check_dp_against_rows(self, n_rows: int) -> None:
         """The DP checks that need a site's training rows ``N``: call with the smallest site's.
 
@@ -451,6 +465,9 @@ class FederationSpec:
         """
         if not _is_int(n_rows) or n_rows < 1:
             raise ValueError(f"n_rows must be a positive integer, got {n_rows!r}")
+        if self.dp.mode == "central":
+            self._check_central_cap()
+            return
         if self.dp.mode != "local":
             return
         e: dict[str, list[str]] = {}
@@ -511,13 +528,40 @@ def dp_noise_multiplier(spec: FederationSpec, n_rows: int) -> float:
                      spec.rounds * dp_steps_per_round(spec, n_rows), spec.dp.accountant)  # fmt: skip
 
 
+# --- central DP (DP-FedAvg, McMahan et al. 2018): one site's whole update is the unit ----------
+# The server adds N(0, (sigma * S / m)^2) to the sum of the round's deltas (each clipped to
+# S = update_bound) over the fixed denominator m = the sites selected for the round. The site
+# selection is a seeded rotation, not Poisson sampling, so the accountant takes q = 1 (no
+# amplification by sampling): a site's ε after k rounds is the Gaussian mechanism composed k times.
+
+
+def central_noise_multiplier(spec: FederationSpec) -> float:
+    """``dp.noise_multiplier``, or the smallest that keeps all rounds within ``dp.target_epsilon``."""
+    from workers.training.privacy import calibrate
+
+    if spec.dp.noise_multiplier is not None:
+        return float(spec.dp.noise_multiplier)
+    assert spec.dp.target_epsilon is not None, "validate() requires noise_multiplier or target_epsilon"
+    return calibrate(spec.dp.target_epsilon, spec.dp.delta, 1.0, spec.rounds, spec.dp.accountant)
+
+
+def central_epsilon(spec: FederationSpec, rounds_participated: int) -> float:
+    """A site's ε at ``dp.delta`` after its update went into ``rounds_participated`` noisy means."""
+    from workers.training.privacy import epsilon_for
+
+    return epsilon_for([(central_noise_multiplier(spec), 1.0, rounds_participated)], spec.dp.delta,
+                       spec.dp.accountant)  # fmt: skip
+
+
 def projected_epsilon(spec: FederationSpec, *, n_rows: int) -> float:
     """ε at ``dp.delta`` a site of ``n_rows`` rows spends if it trains in every round (local DP),
     from Opacus' RDP or PRV accountant; what its dataset's ledger reserves at start."""
     from workers.training.privacy import epsilon_for
 
+    if spec.dp.mode == "central":  # site-level: the same for every dataset, rows do not matter
+        return central_epsilon(spec, spec.rounds)
     if spec.dp.mode != "local":
-        raise ValueError(f"projected_epsilon is for dp.mode 'local', not {spec.dp.mode!r}")
+        raise ValueError(f"projected_epsilon is for dp.mode 'local' or 'central', not {spec.dp.mode!r}")
     sigma = dp_noise_multiplier(spec, n_rows)
     steps = spec.rounds * dp_steps_per_round(spec, n_rows)
     return epsilon_for([(sigma, dp_sample_rate(spec, n_rows), steps)], spec.dp.delta, spec.dp.accountant)

@@ -654,7 +654,7 @@ def _close_train(
     sites: dict[int, FederationSite],
 ) -> str:
     from apps.vault.models import DataKey
-    from workers.federated.rounds import aggregate_round
+    from workers.federated.rounds import aggregate_round, central_seed
     from workers.federated.strategies import make_strategy
 
     started = time.monotonic()
@@ -678,9 +678,15 @@ def _close_train(
             )
             yield delta, int(s.n_examples or 0)
 
-    new_state = aggregate_round(fspec, strategy, base, list(updates()))
+    selected_trainers = sum(1 for s in slots if sites[s.site_id].role == FederationSite.Role.TRAIN)
+    new_state = aggregate_round(
+        fspec, strategy, base, list(updates()),
+        central_noise_seed=central_seed(bytes.fromhex(fed.seed_secret), fed.pk, rnd.number), selected=selected_trainers,
+    )  # fmt: skip
     fault_point("aggregate")
     metrics = weighted_metrics([(s.eval_metrics, int(s.n_eval or 0)) for s in slots if s.eval_metrics])
+    if fspec.dp.mode == "central":  # each participant's site-level ε, composed over its rounds so far
+        _central_epsilons(fed, fspec, rnd, ordered)
     eps = [s.epsilon for s in ordered if s.epsilon is not None]
     with audited_change():
         _store_round_model(fed, rnd, new_state, strategy.state_dict())
@@ -716,6 +722,19 @@ def _close_train(
     next_kind = "train" if rnd.number < fspec.rounds else "evaluate"
     open_round(fed, rnd.number + 1, next_kind)
     return "closed"
+
+
+def _central_epsilons(fed: Federation, fspec: FederationSpec, rnd: Round, ordered: list[SiteRound]) -> None:
+    from workers.federated.spec import central_epsilon
+
+    earlier = dict.fromkeys((s.site_id for s in ordered), 0)
+    for r in Round.objects.filter(federation=fed, kind="train", status=Round.Status.CLOSED, number__lt=rnd.number):
+        for site_id in r.participants:
+            if site_id in earlier:
+                earlier[site_id] += 1
+    for s in ordered:
+        s.epsilon = central_epsilon(fspec, earlier[s.site_id] + 1)
+        SiteRound.objects.filter(pk=s.pk).update(epsilon=s.epsilon)
 
 
 def _close_evaluation(

@@ -367,7 +367,11 @@ def test_check_dp_against_rows() -> None:
         loose.check_dp_against_rows(150)
     assert set(info.value.fields) == {"dp.delta", "train.batch_size"}
     _s().check_dp_against_rows(1)  # no DP: nothing depends on rows
-    _s(dp=_central(), update_bound=1.0).check_dp_against_rows(1)  # central DP protects sites, not rows
+    # Central DP protects sites, not rows: any row count passes; only the site-level cap is checked.
+    _s(dp=DPSpec(mode="central", noise_multiplier=4.0), update_bound=1.0).check_dp_against_rows(1)
+    with pytest.raises(SpecError) as central_cap:
+        _s(dp=_central(), update_bound=1.0).check_dp_against_rows(1)
+    assert "dp.noise_multiplier" in central_cap.value.fields
     with pytest.raises(ValueError, match="n_rows"):
         local.check_dp_against_rows(0)
 
