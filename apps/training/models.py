@@ -28,6 +28,10 @@ class TrainingJob(TenantOwned):
     # (workers.federated.simulate); ``spec`` is then its embedded TrainSpec, ``simulation`` the rest.
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.TRAIN)
     simulation = models.JSONField(default=dict, blank=True)
+    # DP-SGD (spec.privacy): the dataset ledger's reservation, settled when the job ends.
+    budget_reservation = models.ForeignKey(
+        "datasets.BudgetReservation", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
     # May belong to another tenant (a dataset granted with ``process``): checked at every start.
     dataset_version = models.ForeignKey("datasets.DatasetVersion", on_delete=models.PROTECT, related_name="+")
     spec = models.JSONField()

@@ -24,7 +24,7 @@ import hashlib
 import hmac
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -228,7 +228,7 @@ def aggregate_round(
     fspec: FederationSpec,
     strategy: Strategy,
     base: Mapping[str, torch.Tensor],
-    updates: Sequence[tuple[Mapping[str, torch.Tensor], int]],
+    updates: Iterable[tuple[Mapping[str, torch.Tensor], int]],
     *,
     central_noise_seed: int | None = None,
     selected: int | None = None,
@@ -243,8 +243,9 @@ def aggregate_round(
     that noisy mean as the round's one update (FedAvg adds it; FedAdam and the like use it as their
     pseudo-gradient)."""
     if fspec.dp.mode == "central":
-        updates = [_noisy_mean(fspec, base, updates, central_noise_seed, selected)]
-    new = strategy.aggregate(dict(base), list(updates), deltas=True)
+        updates = [_noisy_mean(fspec, base, list(updates), central_noise_seed, selected)]
+    # A generator is consumed as it comes: the mean rules then hold one update at a time.
+    new = strategy.aggregate(dict(base), updates, deltas=True)
     check_global_finite(new)
     return new
 

@@ -274,6 +274,8 @@ class FederationSpec:
                 for message in messages:
                     bad(_join("train", path), message)
         t = self.train
+        if t.privacy is not None:
+            bad("train.privacy", "A federation's privacy is its dp section (local or central), not the site's spec.")
         if t.early_stopping is not None:
             bad("train.early_stopping", "Sites do not stop early within a round; a federation stops after its rounds.")
 
@@ -565,6 +567,11 @@ def projected_epsilon(spec: FederationSpec, *, n_rows: int) -> float:
     sigma = dp_noise_multiplier(spec, n_rows)
     steps = spec.rounds * dp_steps_per_round(spec, n_rows)
     return epsilon_for([(sigma, dp_sample_rate(spec, n_rows), steps)], spec.dp.delta, spec.dp.accountant)
+
+
+def dp_model_problems(train: TrainSpec) -> list[str]:
+    """Public name of :func:`_dp_model_problems` (training jobs check their DP model with it)."""
+    return _dp_model_problems(train)
 
 
 def _dp_model_problems(train: TrainSpec) -> list[str]:

@@ -103,11 +103,13 @@ def epsilon_for(history: Iterable[Sequence[float]], delta: float, accountant: st
 
 @contextlib.contextmanager
 def _quiet_accountant() -> Iterator[None]:
-    """Opacus' RDP accountant warns when its best order is the largest it tried (the bound could be
-    tighter with larger orders): the ε it returns is still a valid upper bound, so it is reported
-    as is rather than raised (the test suite turns warnings into errors)."""
+    """Opacus' RDP accountant warns when its best order is the largest or the smallest it tried
+    (the bound could be tighter with other orders; the smallest happens for a very large ε): the ε
+    it returns is still a valid upper bound, so it is reported as is rather than raised (the test
+    suite turns warnings into errors; a huge projection must be a 400, not a 500)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha", category=UserWarning)
+        warnings.filterwarnings("ignore", message="Optimal order is the smallest alpha", category=UserWarning)
         yield
 
 
@@ -260,3 +262,30 @@ class DPSession:
     def close(self) -> None:
         """Remove Opacus' hooks from the wrapped model (the caller keeps using ``core``)."""
         self.model._close()
+
+
+# --- a training job's DP-SGD (TrainSpec.privacy) ---------------------------------------------------
+# As for a federation's site: the Poisson rate and the step count are fixed from the dataset
+# version's row count N (known when the job is created): q = batch_size / N and epochs *
+# ceil(N / batch_size) steps, an upper bound on what the train split takes, so the ε reserved on the
+# ledger at creation bounds the spend.
+
+
+def job_dp_config(spec: Any, n_rows: int) -> DPConfig:
+    """The DPConfig of a job whose spec has a ``privacy`` section, on a version of ``n_rows`` rows.
+
+    Raises:
+        ValueError: a target the accountant cannot meet with these steps (Opacus' message).
+    """
+    p = spec.privacy
+    assert p is not None, "job_dp_config needs spec.privacy"
+    q = sample_rate(spec.batch_size, n_rows)
+    steps = int(spec.epochs) * math.ceil(max(1, n_rows) / spec.batch_size)
+    sigma = (
+        float(p.noise_multiplier)
+        if p.noise_multiplier is not None
+        else calibrate(float(p.target_epsilon), float(p.delta), q, steps, p.accountant)
+    )
+    projected = epsilon_for([(sigma, q, steps)], float(p.delta), p.accountant)
+    return DPConfig(noise_multiplier=sigma, max_grad_norm=float(p.max_grad_norm), delta=float(p.delta),
+                    accountant=p.accountant, max_epsilon=projected, sample_rate=q)  # fmt: skip

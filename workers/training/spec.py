@@ -95,6 +95,22 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
+class PrivacySpec:
+    """DP-SGD for a training job (Opacus: per-sample clipping to ``max_grad_norm``, Gaussian noise
+    ``noise_multiplier * max_grad_norm``, Poisson sampling), charged to the dataset's ledger."""
+
+    noise_multiplier: float | None = None  # None: calibrated from target_epsilon
+    max_grad_norm: float = 1.0
+    target_epsilon: float | None = None  # the run may not exceed it (default cap: 8)
+    delta: float = 1e-6
+    accountant: str = "rdp"  # "rdp" | "prv"
+
+
+PRIVACY_EPSILON_CAP = 8.0
+PRIVACY_ACCOUNTANTS = ("rdp", "prv")
+
+
+@dataclass(frozen=True)
 class TrainSpec:
     model: ModelSpec = field(default_factory=ModelSpec)
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
@@ -114,12 +130,15 @@ class TrainSpec:
     nnodes: int = 1  # nodes (one platform worker task each), meeting at a c10d rendezvous
     device: str = "auto"
     data: DataSpec = field(default_factory=DataSpec)
+    privacy: PrivacySpec | None = None  # DP-SGD; None: ordinary training
 
     # --- (de)serialisation ----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["optimizer"]["betas"] = list(self.optimizer.betas)
         d["metrics"] = list(self.metrics)
+        if self.privacy is None:  # absent, not null: specs from before privacy keep their hash
+            d.pop("privacy")
         return d
 
     @classmethod
@@ -132,7 +151,7 @@ class TrainSpec:
         def sub(key: str, klass: type[Any]) -> Any:
             raw = data.get(key)
             if raw is None:
-                return None if key == "early_stopping" else klass()
+                return None if key in ("early_stopping", "privacy") else klass()
             if not isinstance(raw, dict):
                 errors.setdefault(key, []).append("Expected an object.")
                 return klass()
@@ -163,6 +182,7 @@ class TrainSpec:
         kwargs["schedule"] = sub("schedule", ScheduleSpec)
         kwargs["early_stopping"] = sub("early_stopping", EarlyStoppingSpec)
         kwargs["data"] = sub("data", DataSpec)
+        kwargs["privacy"] = sub("privacy", PrivacySpec)
         if "metrics" in kwargs:
             m = kwargs["metrics"]
             if not isinstance(m, list | tuple) or not all(isinstance(x, str) for x in m):
@@ -309,8 +329,44 @@ class TrainSpec:
         int_at_least("data.text_min_freq", d.text_min_freq, 1)
         int_at_least("data.text_max_vocab", d.text_max_vocab, 3)
         int_at_least("data.text_max_len", d.text_max_len, 1)
+        if self.privacy is not None:
+            self._privacy_problems(bad)
         if e:
             raise SpecError("The training spec is not valid.", e)
+
+    def _privacy_problems(self, bad: Any) -> None:
+        p = self.privacy
+        assert p is not None
+
+        def number(v: Any) -> bool:
+            return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+        if p.noise_multiplier is None and p.target_epsilon is None:
+            bad("privacy.noise_multiplier", "Give noise_multiplier or target_epsilon.")
+        if p.noise_multiplier is not None and not (number(p.noise_multiplier) and 0 < p.noise_multiplier <= 100):
+            bad("privacy.noise_multiplier", "A number above 0 (at most 100).")
+        if p.target_epsilon is not None and not (
+            number(p.target_epsilon) and 0 < p.target_epsilon <= PRIVACY_EPSILON_CAP
+        ):
+            bad("privacy.target_epsilon", f"A number above 0 and at most the platform cap {PRIVACY_EPSILON_CAP:g}.")
+        if not (number(p.max_grad_norm) and 0 < p.max_grad_norm <= 1e6):
+            bad("privacy.max_grad_norm", "A number above 0.")
+        if not (number(p.delta) and 0 < p.delta < 1):
+            bad("privacy.delta", "A number in (0, 1), below 1/N of the dataset's rows.")
+        if p.accountant not in PRIVACY_ACCOUNTANTS:
+            bad("privacy.accountant", f"One of {', '.join(PRIVACY_ACCOUNTANTS)}.")
+        if self.world_size != 1 or self.nnodes != 1:
+            bad("world_size", "DP-SGD runs in one process (world_size 1, nnodes 1).")
+        if self.grad_accum_steps != 1:
+            bad("grad_accum_steps", "DP-SGD clips per sample in each step: grad_accum_steps must be 1.")
+        if self.precision == "fp16":
+            bad("precision", "DP-SGD trains in fp32 (bf16 runs as fp32); fp16 is refused.")
+        if self.early_stopping is not None:
+            bad("early_stopping", "Early stopping reads validation metrics every epoch; not under DP-SGD.")
+        from workers.federated.spec import dp_model_problems  # (imports this module: at call time)
+
+        for problem in dp_model_problems(self):
+            bad("model", f"DP-SGD cannot train this model (Opacus ModuleValidator): {problem}")
 
 
 def _bare(metric: str) -> str:

@@ -394,7 +394,8 @@ def _reserve_budgets(
     started_by: Any,
 ) -> dict[int, BudgetReservation]:
     """DP: each training site's dataset reserves the projected ε of all rounds (local DP: its own
-    row count decides it; central DP: site-level, the same for every dataset). All or nothing: the caller's transaction rolls every one back on a refusal."""
+    row count decides it; central DP: site-level, the same for every dataset). All or nothing: the
+    caller's transaction rolls every one back on a refusal."""
     from apps.datasets.services import budget_reserve
 
     if fspec.dp.mode == "none":

@@ -673,14 +673,15 @@ def _close_train(
         for s in ordered:
             assert s.update_key_id is not None, f"slot {s.pk} was submitted without a key"
             key = DataKey.objects.get(pk=s.update_key_id)
-            delta = storage.load_tensors(
-                fed.tenant_id, fed.pk, f"r{rnd.number}/s{s.site_id}", s.update_storage_name, key
+            # Yielded without a local name: the previous update is freed while the next one loads.
+            yield (
+                storage.load_tensors(fed.tenant_id, fed.pk, f"r{rnd.number}/s{s.site_id}", s.update_storage_name, key),
+                int(s.n_examples or 0),
             )
-            yield delta, int(s.n_examples or 0)
 
     selected_trainers = sum(1 for s in slots if sites[s.site_id].role == FederationSite.Role.TRAIN)
     new_state = aggregate_round(
-        fspec, strategy, base, list(updates()),
+        fspec, strategy, base, updates(),
         central_noise_seed=central_seed(bytes.fromhex(fed.seed_secret), fed.pk, rnd.number), selected=selected_trainers,
     )  # fmt: skip
     fault_point("aggregate")

@@ -3,13 +3,14 @@ decided in the same transaction) and cancel (cooperative)."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
 
 from apps.audit.services import audit_record, audited_change
-from apps.common.exceptions import Conflict, Invalid, NotFound
+from apps.common.exceptions import BudgetExceeded, Conflict, Invalid, NotFound, Unprocessable
 from apps.tenancy.models import Tenant
 from apps.training.models import TrainingJob
 from apps.training.scheduler import schedule
@@ -32,11 +33,70 @@ def job_create(
 ) -> TrainingJob:
     parsed = parse_spec(spec)
     version = _usable(tenant, dataset_version_id)
+    reserve = _privacy_reservation(tenant, parsed, version, name, created_by) if parsed.privacy else None
     return _create(
         tenant=tenant, created_by=created_by, name=name, version=version, parsed=parsed, spec_hash=parsed.spec_hash(),
         priority=priority, kind=TrainingJob.Kind.TRAIN, simulation={},
-        details={"model": parsed.model.name},
+        details={"model": parsed.model.name, "dp": parsed.privacy is not None}, reserve=reserve,
     )  # fmt: skip
+
+
+def _privacy_reservation(tenant: Tenant, spec: TrainSpec, version: Any, name: str, created_by: Any) -> Any:
+    """DP-SGD: the checks that need the version's rows (400 by field), and the ledger reservation of
+    the projected ε, made in the job's transaction (a 422 ``budget_exceeded`` creates nothing)."""
+    from apps.datasets import selectors as dataset_selectors
+    from workers.training.privacy import job_dp_config
+    from workers.training.spec import PRIVACY_EPSILON_CAP
+
+    p = spec.privacy
+    assert p is not None
+    rows = int(version.rows or 0)
+    fields: dict[str, list[str]] = {}
+    if rows < spec.batch_size:
+        fields["spec.batch_size"] = [f"Poisson sampling needs batch_size <= the version's {rows} rows."]
+    if p.delta >= 1 / max(1, rows):
+        fields["spec.privacy.delta"] = [f"DP protects records: delta must be below 1/{rows} rows."]
+    if not fields:
+        try:
+            config = job_dp_config(spec, rows)
+        except ValueError as exc:
+            fields["spec.privacy.target_epsilon"] = [str(exc)[:300]]
+        else:
+            cap = min(PRIVACY_EPSILON_CAP, p.target_epsilon or PRIVACY_EPSILON_CAP)
+            assert config.max_epsilon is not None
+            if config.max_epsilon > cap * 1.0001:
+                fields["spec.privacy.noise_multiplier"] = [
+                    f"The run projects epsilon = {config.max_epsilon:.3f} on {rows} rows, above "
+                    f"{'the target' if p.target_epsilon else 'the platform cap'} {cap:g}: raise noise_multiplier "
+                    "or lower epochs."
+                ]
+    if fields:
+        raise Invalid(fields=fields)
+    try:
+        budget = dataset_selectors.budget_for(dataset=version.dataset)
+    except Exception:  # no budget set: nothing to charge, so no DP job
+        raise BudgetExceeded(
+            f"Dataset {version.dataset_id} has no privacy budget: its owner sets one first.",
+            details={"dataset_id": version.dataset_id},
+        ) from None
+
+    def reserve(job: TrainingJob) -> Any:
+        from apps.datasets.services import budget_reserve
+
+        assert config.max_epsilon is not None
+        try:
+            return budget_reserve(
+                consumer=tenant, budget=budget, epsilon=Decimal(str(round(config.max_epsilon, 6))),
+                delta=Decimal(str(p.delta)), purpose=f"job {job.pk}: {name}"[:200], reference=f"job:{job.pk}",
+                created_by=created_by if getattr(created_by, "key_id", None) is None else None,
+            )  # fmt: skip
+        except Unprocessable as exc:
+            raise BudgetExceeded(
+                f"Dataset {version.dataset_id}: {exc.message}",
+                details={"dataset_id": version.dataset_id, "cause": exc.code, **exc.details},
+            ) from None
+
+    return reserve
 
 
 def simulation_create(
@@ -116,6 +176,7 @@ def _create(
     kind: str,
     simulation: dict[str, Any],
     details: dict[str, Any],
+    reserve: Any = None,
 ) -> TrainingJob:
     queue = "gpu" if parsed.device == "cuda" else "cpu"
     with audited_change():
@@ -134,6 +195,9 @@ def _create(
             slots=parsed.world_size * parsed.nnodes,
             nodes=parsed.nnodes,
         )
+        if reserve is not None:
+            job.budget_reservation = reserve(job)
+            job.save(update_fields=["budget_reservation"])
         # Admission now, in this transaction: the response already says whether the job was
         # admitted or why it waits (its admission is recorded in job.created, not as a second
         # event); an admitted job's task is sent after commit.
@@ -172,6 +236,10 @@ def job_cancel(*, tenant: Tenant, job: TrainingJob) -> TrainingJob:
             )
         else:
             TrainingJob.objects.filter(pk=job.pk).update(cancel_requested=True)
+        if job.status == TrainingJob.Status.QUEUED and job.budget_reservation_id is not None:
+            from apps.training.services.runner import settle_privacy
+
+            settle_privacy(job, TrainingJob.Status.CANCELLED, None)  # never ran: released
         audit_record(action="job.cancel_requested", tenant=tenant, target=job, details={"was": job.status})
     job.refresh_from_db()
     if job.status == TrainingJob.Status.CANCELLED:

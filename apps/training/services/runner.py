@@ -22,6 +22,7 @@ import socket
 import time
 import uuid
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -41,6 +42,7 @@ from apps.training.services.registry import register_model, register_simulation_
 from apps.training.services.sink import DjangoSink
 from apps.vault import services as vault
 from apps.vault.models import DataKey
+from workers.training.privacy import job_dp_config
 from workers.training.spec import SpecError, TrainSpec
 
 logger = logging.getLogger(__name__)
@@ -123,12 +125,38 @@ def finish(
             target=job,
             details={"reason": reason[:200]},
         )
+        if done and job.budget_reservation_id is not None:
+            settle_privacy(job, status, (result or {}).get("epsilon"))
     if lease is not None:
         lease.account()
     if done:
         append_event(job.pk, job.tenant_id, JobEvent.Kind.STATE, {"status": status, "reason": reason[:300]})
     schedule()
     return bool(done)
+
+
+def settle_privacy(job: TrainingJob, status: str, epsilon: float | None) -> None:
+    """A DP job's ledger reservation when it ends: a succeeded job commits the ε its accountant
+    composed; a job that ran and then failed or was cancelled commits the whole reservation (the
+    steps it took are not all known after a crash: the conservative charge); one that never ran
+    releases it."""
+    from apps.datasets.models import BudgetReservation
+    from apps.datasets.services import budget_settle
+    from apps.tenancy.models import Tenant
+
+    if job.budget_reservation_id is None:
+        return
+    res = BudgetReservation.all_tenants.filter(pk=job.budget_reservation_id).first()
+    if res is None or res.state != BudgetReservation.State.RESERVED:
+        return
+    consumer = Tenant(pk=job.tenant_id)
+    if status == TrainingJob.Status.SUCCEEDED and epsilon is not None:
+        spent = min(Decimal(str(round(float(epsilon), 6))), res.epsilon)
+        budget_settle(consumer=consumer, reservation=res, commit=True, epsilon_spent=spent)
+    elif job.started_at is not None:
+        budget_settle(consumer=consumer, reservation=res, commit=True)
+    else:
+        budget_settle(consumer=consumer, reservation=res, commit=False)
 
 
 def run_job(tenant_id: int, job_id: int) -> str:
@@ -207,7 +235,8 @@ def run_job(tenant_id: int, job_id: int) -> str:
         elif spec.world_size > 1:
             result = train_distributed(job, spec, prepared, sink, resume, should_stop)
         else:
-            result = engine.train(spec, prepared, sink, resume=resume, should_stop=should_stop)
+            privacy = job_dp_config(spec, int(version.rows or 0)) if spec.privacy is not None else None
+            result = engine.train(spec, prepared, sink, resume=resume, should_stop=should_stop, privacy=privacy)
         sink.flush()
     except LeaseLost as exc:
         lease.account()
@@ -256,6 +285,7 @@ def run_job(tenant_id: int, job_id: int) -> str:
             "samples_per_second": result.samples_per_second,
             "device": result.device,
             "model_version_id": model.pk,
+            **({"epsilon": result.epsilon, "delta": spec.privacy.delta} if spec.privacy is not None else {}),
         },
         lease=lease,
     )
