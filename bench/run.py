@@ -26,10 +26,11 @@ BENCHMARKS = (
     "training_throughput",
     "checkpoint_overhead",
     "dp_sgd",
+    "fl_aggregate",
 )
 # Benchmarks of pure worker code: a run made of these alone needs no scratch database (nor Django).
 PURE_BENCHMARKS = frozenset(
-    {"dataset_ingest", "encryption_stage", "training_throughput", "checkpoint_overhead", "dp_sgd"}
+    {"dataset_ingest", "encryption_stage", "training_throughput", "checkpoint_overhead", "dp_sgd", "fl_aggregate"}
 )
 WRAPPER = ".venv/bin/python scripts/cohort.py exec -- .venv/bin/python -m bench.run"
 RUN_FILE = RESULTS_DIR / "run.json"
@@ -226,6 +227,31 @@ def _details_of(r: dict[str, Any]) -> str:
             f"{r['noise_multiplier']}, clip {r['max_grad_norm']}; epsilon at delta 1e-5: engine "
             f"{r['epsilon_engine']} (q = 32/N), Opacus {r['epsilon_opacus']} (q = 1/len(loader)); engine val "
             f"accuracy {r['val_accuracy_engine']}; evaluation excluded; 1 thread; median of {r['runs']}"
+        )
+    if r["name"] == "fl_aggregate":
+        x = r["extra_peak_updates"]
+
+        def times(v: float | None) -> str:
+            return "?" if v is None else f"{v:.2f}×"
+
+        if r["flower_available"]:
+            flower = (
+                f"Flower {r['flower_version']} `aggregate` {r['flower_aggregate_s'] * 1000:.1f} ms (over ours in "
+                f"memory ×{r['flower_ratio']:.2f}; over the in-memory read pass ×{r['flower_over_read_pass']:.1f}), "
+                f"`aggregate_arrayrecords` {r['flower_arrayrecords_s'] * 1000:.1f} ms "
+                f"(×{r['flower_arrayrecords_ratio']:.2f}), max |Flower − ours| {r['flower_max_abs_diff']:.1e}"
+            )
+        else:
+            flower = f"Flower baseline unavailable ({r['flower_unavailable_reason']})"
+        return (
+            f"{r['sites']} × {r['elements']:,} float32 deltas ({r['update_mb']:,.0f} MB each), 1 thread; headline: "
+            f"the storage path (safetensors files in the page cache, `load_weights`); in memory "
+            f"{r['memory_ms']:.1f} ms vs read pass {r['memory_read_ms']:.1f} ms (×{r['memory_ratio']:.3f}); {flower}; "
+            "extra peak RSS in updates: "
+            f"FedAvg in memory {times(x['memory'])}, storage path {times(x['files'])} ({times(x['files_few'])} with 2 "
+            f"sites; its read pass alone {times(x['read'])}), Flower `aggregate` "
+            f"{times(r.get('flower_extra_peak_updates'))}; "
+            f"max |error| vs float64 reference {r['max_abs_error_vs_reference']:.1e}; median of {r['runs']}"
         )
     if r["name"] == "api_list_rls":
         return (
@@ -551,6 +577,40 @@ the median of per-round ratios of samples/s. The two sides sample at slightly di
 (the engine q = 32/N, Opacus 1/len(loader)), so their ε differ a little; both are shown. Target
 (issue 11): the engine at least 0.8× Opacus.
 
+**`fl_aggregate`** (pure): FedAvg as the platform runs it, `make_strategy("fedavg").aggregate(global,
+updates, deltas=True)` with `updates` a generator, over 10 participants' deltas of 10M float32 each
+(`COHORT_BENCH_FL_ELEMENTS`, `COHORT_BENCH_FL_SITES`; `--quick`: 1M) in four tensors, one thread.
+The headline is the storage path: each delta is a safetensors file in a temporary folder, loaded by
+`workers.training.weights.load_weights` when the generator is asked for it, as the round closer's
+`updates()` does through `storage.load_tensors` (minus its decryption; after a warm-up the files
+are in the page cache, so the disk is not timed). The baseline is the same generator with every
+tensor summed once instead: a read-only pass over the same bytes through the same loading path.
+The details add the same pair in memory (the deltas preallocated, the generator only yielding
+them): the aggregation alone, float64 accumulation moving about five times the bytes of a float32
+read. Flower 1.42 runs in its own venv (`bench/flower/aggregate_bench.sh`, which creates
+`bench/flower/.venv` when it cannot import flwr; Flower's pins conflict with the platform's) on the
+same files read into NumPy arrays beforehand; only the call is timed:
+`flwr.server.strategy.aggregate.aggregate` (the issue's baseline, legacy `FedAvg` with
+`inplace=False`) and `aggregate_arrayrecords` (what the Message-API `FedAvg` calls; its time
+includes `Array.numpy()`). Flower's ratio is its time over ours in memory, since it too starts
+from arrays in memory (the details also give Flower's time over the in-memory read pass: roughly
+the most that any aggregation reading every byte once can reach). When Flower cannot run, the row
+says so and the target counts as not met. 7 rounds alternating the order; ratios are medians of
+per-round ratios. The storage path's time moves from run to run more than the others: each load
+allocates 40 MB, and whether glibc serves it from pages already mapped or from fresh ones (a minor
+fault per 4 KiB page, which costs more than the arithmetic) depends on what else is alive, so the
+results file also gives the median minor faults of each timed call. Memory: fresh processes
+run one aggregation each; the figure is the growth of peak RSS (`VmHWM`, reset through
+`/proc/self/clear_refs` just before the call; it sees torch's allocations, which `tracemalloc`
+does not) over the RSS at that moment, in units of one update: FedAvg in memory (the caller
+holding the updates), the storage path with all participants and with 2 (equal: O(model), not
+O(participants × model)), its read pass alone, and Flower's `aggregate` with every update loaded.
+The result must equal a plain float64 reference mean (`global + Σ nᵢ·δᵢ / Σ nᵢ`, rounded to
+float32) to 1e-6, the in-memory and storage results must be identical, and Flower's must agree to
+1e-5 (it computes in float32). Target (issue): the storage path at least 0.8× the read pass, at
+least 8× Flower's `aggregate`, extra peak at most 3× one update in memory and flat in the number
+of participants.
+
 ## Reproduce
 
 ```bash
@@ -559,6 +619,7 @@ make bench                                    # full run (a few minutes)
 .venv/bin/python scripts/cohort.py exec -- .venv/bin/python -m bench.run --only audit_verify_rate --keep-db
 .venv/bin/python scripts/cohort.py exec -- .venv/bin/python -m bench.run --only dataset_ingest encryption_stage
 .venv/bin/python scripts/cohort.py exec -- .venv/bin/python -m bench.run --only training_throughput checkpoint_overhead
+.venv/bin/python scripts/cohort.py exec -- .venv/bin/python -m bench.run --only fl_aggregate
 ```
 
 `--keep-db` leaves the scratch database (with its seeded events) for a later `--reuse-db` run;
