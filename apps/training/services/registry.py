@@ -24,26 +24,30 @@ def register_model(
 ) -> ModelVersion:
     """Weights as safetensors, encrypted in object storage, with spec, metrics and lineage."""
     return _register(
-        tenant_id=job.tenant_id,
-        name=job.name,
-        job=job,
-        subject=f"job{job.pk}",
-        spec=job.spec,
+        **_job_fields(job),
         state=result.model_state,
-        header={"job": str(job.pk), "spec_hash": job.spec_hash},
         metrics=result.final_metrics,
-        lineage={
-            "dataset_version_id": version.pk,
-            "dataset_id": version.dataset_id,
-            "dataset_owner_tenant_id": version.tenant_id,
-            "dataset_content_sha256": version.content_sha256,
-            "job_id": job.pk,
-            "spec_hash": job.spec_hash,
-        },
+        lineage=_job_lineage(job, version),
         encoders=getattr(prepared, "encoders", {}) or {},
         input_info={**prepared.input_info, "kind": prepared.kind, "problem": prepared.problem},
         details={"job_id": job.pk},
     )
+
+
+def _job_fields(job: TrainingJob) -> dict[str, Any]:
+    return {"tenant_id": job.tenant_id, "name": job.name, "job": job, "subject": f"job{job.pk}", "spec": job.spec,
+            "header": {"job": str(job.pk), "spec_hash": job.spec_hash}}  # fmt: skip
+
+
+def _job_lineage(job: TrainingJob, version: DatasetVersion) -> dict[str, Any]:
+    return {
+        "dataset_version_id": version.pk,
+        "dataset_id": version.dataset_id,
+        "dataset_owner_tenant_id": version.tenant_id,
+        "dataset_content_sha256": version.content_sha256,
+        "job_id": job.pk,
+        "spec_hash": job.spec_hash,
+    }
 
 
 def register_simulation_model(
@@ -55,21 +59,11 @@ def register_simulation_model(
 
     label = result.encoders.get("label") or {}
     return _register(
-        tenant_id=job.tenant_id,
-        name=job.name,
-        job=job,
-        subject=f"job{job.pk}",
-        spec=job.spec,
+        **_job_fields(job),
         state=result.state,
-        header={"job": str(job.pk), "spec_hash": job.spec_hash},
         metrics=dict(result.final_metrics),
         lineage={
-            "dataset_version_id": version.pk,
-            "dataset_id": version.dataset_id,
-            "dataset_owner_tenant_id": version.tenant_id,
-            "dataset_content_sha256": version.content_sha256,
-            "job_id": job.pk,
-            "spec_hash": job.spec_hash,
+            **_job_lineage(job, version),
             "simulation": {"federation_spec": fspec.to_dict(), "split": split, "model_digest": result.model_digest},
         },
         encoders=dict(result.encoders),

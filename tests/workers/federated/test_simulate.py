@@ -17,6 +17,8 @@ import pytest
 import torch
 from sklearn.datasets import load_breast_cancer
 
+from tests.workers.federated.test_rounds import SCHEMA
+from tests.workers.federated.test_rounds import TRAIN as ROUNDS_TRAIN
 from workers.federated.rounds import aggregate_round, initial_state, local_update, site_seed
 from workers.federated.simulate import (
     SimulationError,
@@ -35,18 +37,8 @@ from workers.training.data import prepare_with_encoders
 from workers.training.spec import SpecError
 
 ROOT = Path(__file__).resolve().parents[3]
-SCHEMA = DatasetSchema(
-    [Column(f"f{i}", "float") for i in range(30)] + [Column("y", "category", "label")],
-    label="y",
-    task="binary_classification",
-)
-TRAIN = {
-    "model": {"name": "mlp", "params": {"hidden": [16]}},
-    "optimizer": {"name": "adamw", "lr": 0.01},
-    "epochs": 1,
-    "batch_size": 32,
-    "seed": 3,
-}
+# The 30-feature breast-cancer schema of the round tests; a smaller, one-epoch model.
+TRAIN = {**ROUNDS_TRAIN, "model": {"name": "mlp", "params": {"hidden": [16]}}, "epochs": 1}
 
 
 def _table() -> pa.Table:
