@@ -27,6 +27,7 @@ BENCHMARKS = (
     "checkpoint_overhead",
     "dp_sgd",
     "fl_aggregate",
+    "fl_rounds",
 )
 # Benchmarks of pure worker code: a run made of these alone needs no scratch database (nor Django).
 PURE_BENCHMARKS = frozenset(
@@ -253,6 +254,16 @@ def _details_of(r: dict[str, Any]) -> str:
             f"{times(r.get('flower_extra_peak_updates'))}; "
             f"max |error| vs float64 reference {r['max_abs_error_vs_reference']:.1e}; median of {r['runs']}"
         )
+    if r["name"] == "fl_rounds":
+        parts = []
+        for ds in r["datasets"]:
+            c = r["test_correct"][ds]
+            figs = {k.rsplit("_" + ds, 1)[0].removeprefix("fl_rounds_"): v for k, v in r["figures"].items()
+                    if k.endswith("_" + ds)}  # fmt: skip
+            ratios = ", ".join(f"{k} ×{v['ratio']:.2f}" for k, v in figs.items())
+            parts.append(f"{ds}: ours = {r['ours'][ds]}, {ratios}; test correct of {r['test_rows'][ds]}: "
+                         + ", ".join(f"{k} {v}" for k, v in c.items()))  # fmt: skip
+        return f"{r['sites']} sites × {r['rounds']} rounds, FedAvg; " + "; ".join(parts)
     if r["name"] == "api_list_rls":
         return (
             f"one at a time: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms (bare {r['baseline_p50_ms']:.1f} / "
@@ -611,6 +622,22 @@ float32) to 1e-6, the in-memory and storage results must be identical, and Flowe
 least 8× Flower's `aggregate`, extra peak at most 3× one update in memory and flat in the number
 of participants.
 
+**`fl_rounds`**: a 10-site × 5-round FedAvg federation (MLP (32), AdamW, 2 local epochs, batch 32)
+on breast cancer and on digits, four ways on the same seeded sites, initialisation and per-(site,
+round) training seeds: the platform (ten hospital tenants upload, de-identify and grant `federate`;
+a lab drafts over the API, every owner approves, the lab starts; two warm Celery workers, `--pool
+solo`, queues `fl,default`, with PostgreSQL, Redis, encrypted update storage, validation and audit;
+warmed with a one-round federation before the clock starts), in-process Cohort
+(`workers.federated.simulate.run`), a plain hand-written torch FedAvg loop, and Flower 1.42's
+simulation engine with Ray (`run_simulation`, its `FedAvg`) from its own venv
+(`bench/flower/rounds_bench.sh` creates `bench/flower/.venv` when it cannot import flwr). Whole
+run: the platform from `POST .../start/` to the terminal status, Flower `run_simulation` end to end
+(Ray start-up included). Steady round: median of rounds 2..R (the platform's from `Round.closed_at`).
+Accuracy: each final model on the same 20% held-out rows, in no site. One result per (figure,
+dataset) in `bench/results/fl_rounds_<figure>_<dataset>.json`; the row shows the worst whole-run
+ratio. `--quick`: 3 sites × 3 rounds. Targets (issue 11): whole run ≤ 0.3× Flower's, steady round
+≤ 1.0× Flower's and ≤ 2× the plain loop's, accuracy equal within 1 sample.
+
 ## Reproduce
 
 ```bash
@@ -620,6 +647,7 @@ make bench                                    # full run (a few minutes)
 .venv/bin/python scripts/cohort.py exec -- .venv/bin/python -m bench.run --only dataset_ingest encryption_stage
 .venv/bin/python scripts/cohort.py exec -- .venv/bin/python -m bench.run --only training_throughput checkpoint_overhead
 .venv/bin/python scripts/cohort.py exec -- .venv/bin/python -m bench.run --only fl_aggregate
+.venv/bin/python scripts/cohort.py exec -- .venv/bin/python -m bench.run --only fl_rounds
 ```
 
 `--keep-db` leaves the scratch database (with its seeded events) for a later `--reuse-db` run;
