@@ -340,7 +340,8 @@ def process_env(env: dict[str, str], role: str) -> dict[str, str]:
 
 
 def serve(env: dict[str, str], host: str, port: int) -> int:
-    env = {"COHORT_POOL_CPU_SLOTS": "1", **env}  # one training process (the solo worker below)
+    # One training process (the solo worker below) serves cpu, gpu and fl: one slot each.
+    env = {"COHORT_POOL_CPU_SLOTS": "1", "COHORT_POOL_FL_SLOTS": "1", **env}
     run_checked([python(), "manage.py", "migrate", "--database", "owner", "--no-input"], process_env(env, "migrate"))
     tools = process_env(env, "worker")
     run_checked([python(), "manage.py", "collectstatic", "--no-input", "-v", "0"], tools)

@@ -30,7 +30,7 @@ def event_dict(e: FederationEvent) -> dict[str, Any]:
 
 
 # The keys of a site event anyone who sees the event may read (its state, not its figures).
-PUBLIC_SITE_EVENT_KEYS = ("state", "reason", "approval", "attempt", "error")
+PUBLIC_SITE_EVENT_KEYS = ("state", "reason", "wait_reason", "approval", "attempt", "error")
 
 
 def filter_event(event: dict[str, Any], visible: Collection[int]) -> dict[str, Any]:

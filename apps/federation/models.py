@@ -172,6 +172,13 @@ class SiteRound(TenantOwned):
     lease_owner = models.CharField(max_length=100, blank=True, default="")
     lease_until = models.DateTimeField(null=True, blank=True)
     enqueued_at = models.DateTimeField(null=True, blank=True)
+    # Admission (apps.federation.services.admission): ``fl`` is the platform's pool, admitted by
+    # the scheduler under the coordinator's quota; ``fl.<owner slug>`` an owner's own worker,
+    # admitted at once. A slot waits selected, with a reason, until admitted; only then is its
+    # task sent.
+    queue = models.CharField(max_length=120, default="fl")
+    admitted_at = models.DateTimeField(null=True, blank=True)
+    wait_reason = models.CharField(max_length=300, blank=True, default="")
     n_examples = models.PositiveIntegerField(null=True, blank=True)
     n_eval = models.PositiveIntegerField(null=True, blank=True)
     loss = models.FloatField(null=True, blank=True)

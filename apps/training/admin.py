@@ -35,7 +35,9 @@ class ModelVersionAdmin(_ReadOnly):
 class TrainingQuotaAdmin(_ReadOnly):
     """Changed with ``manage.py training_quota`` (audited), shown here."""
 
-    list_display = ("tenant", "max_concurrent_jobs", "max_cpu_jobs", "gpu_hours_per_month", "updated_at")
+    list_display = (
+        "tenant", "max_concurrent_jobs", "max_cpu_jobs", "gpu_hours_per_month", "max_site_tasks", "updated_at"
+    )  # fmt: skip
     list_select_related = ("tenant",)
     ordering = ("tenant__slug",)
 

@@ -142,6 +142,8 @@ class TrainingQuota(TenantOwned):
     max_concurrent_jobs = models.PositiveIntegerField(null=True, blank=True)
     max_cpu_jobs = models.PositiveIntegerField(null=True, blank=True)
     gpu_hours_per_month = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
+    # Federation site tasks on the platform's pool running at once for this tenant as coordinator.
+    max_site_tasks = models.PositiveIntegerField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta(TenantOwned.Meta):

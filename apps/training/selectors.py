@@ -18,7 +18,7 @@ from apps.tenancy.models import Tenant
 from apps.training.models import JobEvent, ModelVersion, ResourceUsage, TrainingJob, TrainingQuota
 
 ACTIVE = (TrainingJob.Status.QUEUED, TrainingJob.Status.RUNNING)
-QUOTA_FIELDS = ("max_concurrent_jobs", "max_cpu_jobs", "gpu_hours_per_month")
+QUOTA_FIELDS = ("max_concurrent_jobs", "max_cpu_jobs", "gpu_hours_per_month", "max_site_tasks")
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class Quota:
     max_concurrent_jobs: int
     max_cpu_jobs: int
     gpu_hours_per_month: float
+    max_site_tasks: int
 
 
 def month_of(moment: datetime) -> date:
@@ -40,6 +41,7 @@ def quota_from(row: TrainingQuota | None) -> Quota:
         max_concurrent_jobs=int(pick(row and row.max_concurrent_jobs, settings.COHORT_QUOTA_CONCURRENT_JOBS)),
         max_cpu_jobs=int(pick(row and row.max_cpu_jobs, settings.COHORT_QUOTA_CPU_JOBS)),
         gpu_hours_per_month=float(pick(row and row.gpu_hours_per_month, settings.COHORT_QUOTA_GPU_HOURS)),
+        max_site_tasks=int(pick(row and row.max_site_tasks, settings.COHORT_QUOTA_SITE_TASKS)),
     )
 
 

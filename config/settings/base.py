@@ -300,9 +300,14 @@ COHORT_RENDEZVOUS_TIMEOUT = env.float("COHORT_RENDEZVOUS_TIMEOUT", default=300.0
 COHORT_CODE_VERSION = env.str("COHORT_CODE_VERSION", default="")  # recorded in model lineage
 COHORT_POOL_CPU_SLOTS = env.int("COHORT_POOL_CPU_SLOTS", default=2)
 COHORT_POOL_GPU_SLOTS = env.int("COHORT_POOL_GPU_SLOTS", default=0)
+# Site tasks the platform's ``fl`` pool runs at once (its worker processes; site tasks beyond it
+# wait, selected, with a reason). Owners' own workers (fl.<slug>) are not part of it.
+COHORT_POOL_FL_SLOTS = env.int("COHORT_POOL_FL_SLOTS", default=8)
 COHORT_QUOTA_CONCURRENT_JOBS = env.int("COHORT_QUOTA_CONCURRENT_JOBS", default=4)
 COHORT_QUOTA_CPU_JOBS = env.int("COHORT_QUOTA_CPU_JOBS", default=4)
 COHORT_QUOTA_GPU_HOURS = env.float("COHORT_QUOTA_GPU_HOURS", default=10.0)
+# Federation site tasks a coordinating tenant may have on the platform's ``fl`` pool at once.
+COHORT_QUOTA_SITE_TASKS = env.int("COHORT_QUOTA_SITE_TASKS", default=8)
 COHORT_SCHEDULER_INTERVAL = env.float("COHORT_SCHEDULER_INTERVAL", default=10.0)
 if COHORT_OBJECT_STORAGE == "s3":
     STORAGES["objects"] = {

@@ -19,7 +19,8 @@ os.environ.setdefault("COHORT_TMP_DIR", str(_TEST_STATE / "tmp"))
 os.environ.setdefault("COHORT_CHECKPOINT_DIR", str(_TEST_STATE / "checkpoints"))
 os.environ.setdefault("COHORT_KEK", "")
 # A roomy pool and quotas: suites that start jobs are not throttled (scheduler tests set their own).
-for _name in ("COHORT_POOL_CPU_SLOTS", "COHORT_QUOTA_CONCURRENT_JOBS", "COHORT_QUOTA_CPU_JOBS"):
+for _name in ("COHORT_POOL_CPU_SLOTS", "COHORT_QUOTA_CONCURRENT_JOBS", "COHORT_QUOTA_CPU_JOBS", "COHORT_POOL_FL_SLOTS",
+              "COHORT_QUOTA_SITE_TASKS"):  # fmt: skip
     os.environ.setdefault(_name, "64")
 
 from config.settings.base import *  # noqa: F403, E402

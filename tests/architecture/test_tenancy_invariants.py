@@ -81,6 +81,8 @@ ALL_TENANTS_ALLOWED: dict[str, str] = {
     "apps/federation/services/rounds.py::open_round": "selected sites' last round (owners' rows): " + _FED,
     "apps/federation/services/rounds.py::_register_model": "the lineage of the sites (owners' rows): " + _FED,
     "apps/federation/services/rounds.py::sweep": "running federations of every tenant (platform role, read)",
+    "apps/federation/services/admission.py::_pass": "site-task admission from slot metadata of every coordinator "
+    "(platform role, read; writes in each coordinator's scope)",
 }
 # Where platform work may start (the platform role's connection): per function, with the reason.
 PLATFORM_SCOPE_ALLOWED: dict[str, str] = {
@@ -90,6 +92,7 @@ PLATFORM_SCOPE_ALLOWED: dict[str, str] = {
     "apps/datasets/services/datasets.py::purge_expired": "sweep: retention purge",
     "apps/audit/verification.py::audit_verify": "verification of every chain",
     "apps/federation/services/rounds.py::sweep": "beat sweep: round deadlines and expired site leases",
+    "apps/federation/services/admission.py::admit_sites": "the site-task admission pass (fl pool, quotas)",
     "apps/audit/verification.py::checkpoint_create": "signing every chain's head",
     "apps/audit/monitoring.py::verify_all_chains": "the scheduled verification of every chain",
     "apps/audit/status.py::_status_from_log": "the last verification's platform event, for /readyz",

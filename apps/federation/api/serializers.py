@@ -151,6 +151,10 @@ class SlotOutput(serializers.Serializer):
     site = serializers.CharField()
     state = serializers.CharField()
     reason = serializers.CharField()
+    wait_reason = serializers.CharField(
+        help_text="Why a selected site's task has not started: the fl pool is full (with its position) or the "
+        "coordinator's site-task quota is reached; empty once admitted"
+    )
     attempts = serializers.IntegerField()
     n_examples = serializers.IntegerField(allow_null=True)
     loss = serializers.FloatField(allow_null=True)
@@ -169,6 +173,7 @@ def slot_dict(slot: SiteRound, label: str, visible: bool) -> dict[str, Any]:
         "site": label,
         "state": slot.state,
         "reason": slot.reason,
+        "wait_reason": slot.wait_reason,
         "attempts": slot.attempts,
         "n_examples": slot.n_examples if visible else hidden,
         "loss": slot.loss if visible else None,

@@ -46,14 +46,15 @@ from apps.datasets.services import VERSION_KIND
 from apps.datasets.storage import open_decrypted
 from apps.federation.models import Federation, FederationSite, Round, SiteRound
 from apps.federation.services import storage
+from apps.federation.services.admission import POOL, SITE_TASK, admit_sites
 from apps.federation.services.events import append_event
 from apps.tenancy.models import Tenant
 from apps.tenancy.scope import platform_scope, tenant_scope
+from apps.training.scheduler import record_usage
 from workers.federated.spec import FederationSpec
 
 logger = logging.getLogger(__name__)
 
-SITE_TASK = "federation.site_round"
 ADVANCE_TASK = "federation.advance"
 
 
@@ -152,10 +153,15 @@ def open_round(fed: Federation, number: int, kind: str) -> Round | None:
             base_digest=base.model_digest if base else "",
         )
         sites = {s.pk: s for s in active}
-        slots = [
-            SiteRound.objects.create(tenant_id=fed.tenant_id, round=rnd, site_id=pk, enqueued_at=timezone.now())
-            for pk in selected
-        ]
+        slugs = dict(Tenant.objects.filter(pk__in={s.tenant_id for s in active}).values_list("pk", "slug"))
+        now = timezone.now()
+        slots = []
+        for pk in selected:
+            queue = queue_for(sites[pk], slugs.get(sites[pk].tenant_id, ""))
+            # The platform's pool waits for admission; an owner's own worker starts at once.
+            admitted = None if queue == POOL else now
+            slots.append(SiteRound.objects.create(tenant_id=fed.tenant_id, round=rnd, site_id=pk, queue=queue,
+                                                  admitted_at=admitted, enqueued_at=admitted))  # fmt: skip
         FederationSite.all_tenants.filter(pk__in=[pk for pk in selected if sites[pk].role == "train"]).update(
             last_selected_round=number
         )
@@ -172,7 +178,8 @@ def open_round(fed: Federation, number: int, kind: str) -> Round | None:
             },
         )
         for slot in slots:
-            enqueue(SITE_TASK, args=(fed.tenant_id, slot.pk), queue=queue_for(sites[slot.site_id]))
+            if slot.admitted_at is not None:
+                enqueue(SITE_TASK, args=(fed.tenant_id, slot.pk), queue=slot.queue)
         enqueue(ADVANCE_TASK, args=(fed.tenant_id, fed.pk), countdown=fspec.round_deadline_seconds + 0.2)
     append_event(
         fed,
@@ -187,6 +194,7 @@ def open_round(fed: Federation, number: int, kind: str) -> Round | None:
     )
     for slot in slots:
         append_event(fed, "site", {"state": "selected"}, round_number=number, site_id=slot.site_id)
+    admit_sites()  # the pool's slots: admitted (their tasks sent) or told why they wait; after commit
     return rnd
 
 
@@ -239,6 +247,7 @@ def claim(tenant_id: int, slot_id: int) -> tuple[SiteRound, str] | None:
         n = SiteRound.objects.filter(
             Q(state=SiteRound.State.SELECTED) | Q(state=SiteRound.State.TRAINING, lease_until__lt=now),
             pk=slot_id,
+            admitted_at__isnull=False,
             round__status=Round.Status.OPEN,
             round__federation__status=Federation.Status.RUNNING,
         ).update(
@@ -307,7 +316,10 @@ def run_site_round(tenant_id: int, slot_id: int) -> str:
     append_event(fed, "site", {"state": "training", "attempt": slot.attempts}, round_number=rnd.number, site_id=site.pk)
     try:
         with _LeaseKeeper(tenant_id, slot.pk, owner) as keeper:
-            outcome = _work(fed, fspec, rnd, site, slot)
+            try:
+                outcome = _work(fed, fspec, rnd, site, slot)
+            finally:
+                _charge(fed, fspec, slot, time.monotonic() - started)
             if keeper.lost.is_set():
                 return "lease_lost"
     except Exception as exc:  # the slot keeps the error envelope; the round goes on without it
@@ -363,6 +375,18 @@ def run_site_round(tenant_id: int, slot_id: int) -> str:
     return state
 
 
+def _charge(fed: Federation, fspec: FederationSpec, slot: SiteRound, seconds: float) -> None:
+    """The site task's worker time goes on the coordinator's usage ledger (the platform's pool
+    only: an owner's own worker is the owner's machine)."""
+    if slot.queue != POOL:
+        return
+    gpu = fspec.train.device != "cpu" and torch.cuda.is_available()
+    try:
+        record_usage(fed.tenant_id, "gpu" if gpu else "cpu", seconds)
+    except Exception:  # bookkeeping must not fail the site's update
+        logger.warning("could not record site-task usage for federation %s", fed.pk, exc_info=True)
+
+
 def storage_delete(name: str) -> None:
     from apps.datasets.storage import delete_object
 
@@ -375,6 +399,7 @@ def storage_delete(name: str) -> None:
 def _after_slot(fed: Federation, site: FederationSite, rnd: Round, state: str, data: dict[str, Any]) -> None:
     append_event(fed, "site", {"state": state, **data}, round_number=rnd.number, site_id=site.pk)
     enqueue(ADVANCE_TASK, args=(fed.tenant_id, fed.pk))
+    admit_sites()  # this slot's place in the pool is free
 
 
 def _work(fed: Federation, fspec: FederationSpec, rnd: Round, site: FederationSite, slot: SiteRound) -> dict[str, Any]:
@@ -559,10 +584,12 @@ def advance(tenant_id: int, federation_id: int) -> str:
             for s in late:
                 s.state, s.reason, s.finished_at, s.lease_until = (
                     SiteRound.State.TIMED_OUT,
-                    "round closed at the deadline",
+                    "round closed at the deadline"
+                    + (f" before the site task was admitted ({s.wait_reason})" if s.admitted_at is None else ""),
                     now,
                     None,
                 )
+                s.reason = s.reason[:300]
                 s.save(update_fields=["state", "reason", "finished_at", "lease_until"])
             # A site whose approval or grant went away meanwhile: its unaggregated update is discarded.
             for s in slots:
@@ -958,15 +985,14 @@ def sweep() -> dict[str, int]:
             if rnd is None:
                 continue
             lost = list(
-                SiteRound.objects.filter(round=rnd).filter(
+                SiteRound.objects.filter(round=rnd, admitted_at__isnull=False).filter(
                     Q(state=SiteRound.State.TRAINING, lease_until__lt=now)
                     | Q(state=SiteRound.State.SELECTED, enqueued_at__lt=stale)
                 )
             )
             for slot in lost:
                 SiteRound.objects.filter(pk=slot.pk).update(enqueued_at=now)
-                site = FederationSite.all_tenants.get(pk=slot.site_id)
-                send(SITE_TASK, args=(tenant_id, slot.pk), queue=queue_for(site))
+                send(SITE_TASK, args=(tenant_id, slot.pk), queue=slot.queue)
                 resent += 1
             # Past the deadline, or every slot done while no advance ran (its message or worker was lost).
             due = (rnd.deadline is not None and rnd.deadline <= now) or not SiteRound.objects.filter(round=rnd).exclude(
@@ -975,4 +1001,5 @@ def sweep() -> dict[str, int]:
         if due:
             send(ADVANCE_TASK, args=(tenant_id, fed_id))
             advanced += 1
-    return {"running": len(running), "advanced": advanced, "resent": resent}
+    admitted = len(admit_sites().admitted) if running else 0
+    return {"running": len(running), "advanced": advanced, "resent": resent, "admitted": admitted}

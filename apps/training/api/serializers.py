@@ -89,11 +89,15 @@ class QuotaOutput(serializers.Serializer):
         max_concurrent_jobs = serializers.IntegerField()
         max_cpu_jobs = serializers.IntegerField()
         gpu_hours_per_month = serializers.FloatField()
+        max_site_tasks = serializers.IntegerField(
+            help_text="Federation site tasks on the platform's pool at once, this tenant coordinating"
+        )
 
     class Overrides(serializers.Serializer):
         max_concurrent_jobs = serializers.IntegerField(allow_null=True)
         max_cpu_jobs = serializers.IntegerField(allow_null=True)
         gpu_hours_per_month = serializers.FloatField(allow_null=True)
+        max_site_tasks = serializers.IntegerField(allow_null=True)
 
     class Usage(serializers.Serializer):
         month = serializers.CharField()

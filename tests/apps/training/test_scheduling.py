@@ -256,8 +256,9 @@ def test_quota_api_and_command(
     viewer = api_client_for(member(Role.AUDITOR, tenant=t))
     out = StringIO()
     call_command(
-        "training_quota", "set", t.slug, "--max-concurrent-jobs", "1", "--gpu-hours-per-month", "2.5", stdout=out
-    )
+        "training_quota", "set", t.slug, "--max-concurrent-jobs", "1", "--gpu-hours-per-month", "2.5",
+        "--max-site-tasks", "3", stdout=out,
+    )  # fmt: skip
     shown = json.loads(out.getvalue())
     assert shown["quota"]["max_concurrent_jobs"] == 1 and shown["overrides"]["gpu_hours_per_month"] == 2.5
     create(world, t, "x1")
@@ -265,7 +266,8 @@ def test_quota_api_and_command(
     r = viewer.get(f"/api/v1/tenants/{t.slug}/training/quota/")
     assert r.status_code == 200, r.content
     body = r.json()
-    assert body["quota"] == {"max_concurrent_jobs": 1, "max_cpu_jobs": 10, "gpu_hours_per_month": 2.5}
+    assert body["quota"] == {"max_concurrent_jobs": 1, "max_cpu_jobs": 10, "gpu_hours_per_month": 2.5,
+                             "max_site_tasks": 3}  # fmt: skip
     assert body["usage"]["running_jobs"] == 1 and body["waiting_jobs"] == 1
     r = viewer.get(f"/api/v1/tenants/{t.slug}/jobs/{waiting.pk}/")
     assert r.json()["wait_reason"] == "tenant quota: 1/1 concurrent jobs running" and r.json()["admitted_at"] is None

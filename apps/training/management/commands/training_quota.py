@@ -2,7 +2,8 @@
 
 manage.py training_quota show [TENANT_SLUG]
 manage.py training_quota set TENANT_SLUG [--max-concurrent-jobs N] [--max-cpu-jobs N]
-                                         [--gpu-hours-per-month H]    ("default" clears one)
+                                         [--gpu-hours-per-month H] [--max-site-tasks N]
+                                                                      ("default" clears one)
 """
 
 from __future__ import annotations
@@ -20,11 +21,15 @@ FLAGS = {
     "max_concurrent_jobs": ("--max-concurrent-jobs", int),
     "max_cpu_jobs": ("--max-cpu-jobs", int),
     "gpu_hours_per_month": ("--gpu-hours-per-month", float),
+    "max_site_tasks": ("--max-site-tasks", int),
 }
 
 
 class Command(BaseCommand):
-    help = "Show or set a tenant's training quotas (concurrent jobs, CPU jobs, GPU-hours per month)."
+    help = (
+        "Show or set a tenant's training quotas (concurrent jobs, CPU jobs, GPU-hours per month, "
+        "federation site tasks)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True)
