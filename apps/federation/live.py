@@ -6,9 +6,7 @@ import logging
 from collections.abc import Collection
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
-
+from apps.common.publisher import publish
 from apps.federation.models import FederationEvent
 
 logger = logging.getLogger(__name__)
@@ -45,13 +43,9 @@ def filter_event(event: dict[str, Any], visible: Collection[int]) -> dict[str, A
 
 
 def publish_federation_event(event: FederationEvent) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        async_to_sync(layer.group_send)(
-            federation_group(event.tenant_id, event.federation_id),
-            {"type": "federation.event", "event": event_dict(event)},
-        )
-    except Exception:  # best effort: the event is persisted; clients resync by sequence number
-        logger.warning("could not publish a federation event to the live channel", exc_info=True)
+    """Hand the committed event to the process's sender thread (``apps.common.publisher``: in
+    order, without blocking the site task or request; best effort, clients resync by seq)."""
+    publish(
+        federation_group(event.tenant_id, event.federation_id),
+        {"type": "federation.event", "event": event_dict(event)},
+    )

@@ -183,13 +183,17 @@ def tenant_scope(tenant_id: int, *, user_id: int | None = None) -> Iterator[None
     if tenant_id is None:
         raise TenantScopeMissing("tenant_scope(None)")
     alias_token = _db_alias.set("default")
+    shared = _shared_connection()
+    # A scope that opens the outermost transaction ends with it, and its transaction-local
+    # settings with it: no round trip to reset them (a nested scope resets to the outer tenant).
+    outermost = not shared and not connections["default"].in_atomic_block
     try:
-        with _shared_role_block("app") if _shared_connection() else transaction.atomic(using="default"):
+        with _shared_role_block("app") if shared else transaction.atomic(using="default"):
             token = activate_tenant(tenant_id, user_id=user_id)
             try:
                 yield
             finally:
-                deactivate_tenant(token)
+                deactivate_tenant(token, transaction_ends=outermost)
     finally:
         _db_alias.reset(alias_token)
 

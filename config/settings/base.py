@@ -288,6 +288,10 @@ COHORT_JOB_LEASE_SECONDS = env.int("COHORT_JOB_LEASE_SECONDS", default=120)
 # accepted, and the tenants (slugs) whose sites run on their own worker (queue ``fl.<slug>``).
 COHORT_FL_LEASE_SECONDS = env.int("COHORT_FL_LEASE_SECONDS", default=60)
 COHORT_FL_MAX_UPDATE_BYTES = env.int("COHORT_FL_MAX_UPDATE_BYTES", default=512 * 1024 * 1024)
+# A site worker's memory between rounds (apps.federation.services.site_cache): each site's prepared
+# tensors and each round's model, in this process only; bounded in MB (0: off) and idle seconds.
+COHORT_FL_CACHE_MB = env.float("COHORT_FL_CACHE_MB", default=512.0)
+COHORT_FL_CACHE_SECONDS = env.float("COHORT_FL_CACHE_SECONDS", default=900.0)
 COHORT_FL_OWN_WORKER_TENANTS = env.list("COHORT_FL_OWN_WORKER_TENANTS", default=[])
 COHORT_JOB_MAX_RESTARTS = env.int("COHORT_JOB_MAX_RESTARTS", default=5)
 # Training pool capacity (slots = worker processes) and per-tenant quota defaults (overridable per

@@ -35,7 +35,7 @@ from workers.federated.strategies import make_strategy
 from workers.federated.strategies.base import Strategy
 from workers.federated.validate import check_global_finite, clip_update, update_l2_norm
 from workers.training.data import Prepared, tabular_feature_names
-from workers.training.engine import NullSink, evaluate, resolve_metrics, seed_everything, train
+from workers.training.engine import NullSink, evaluate, resolve_metrics, run_context, seed_everything, train
 from workers.training.models import build
 from workers.training.privacy import DPConfig
 
@@ -192,10 +192,12 @@ def local_update(
 
 def evaluate_state(fspec: FederationSpec, prepared: Prepared, state: Mapping[str, torch.Tensor]) -> dict[str, float]:
     """Validation loss and metrics of ``state`` on the site's validation split (CPU, fp32)."""
-    model = build(fspec.train.model.name, fspec.train.model.params, prepared.input_info)
-    model.load_state_dict(dict(state), strict=True)
-    names = tuple(m for m in fspec.evaluation.metrics if m != "loss") or resolve_metrics(fspec.train, prepared)
-    return {k: float(v) for k, v in evaluate(model, prepared, names, torch.device("cpu")).items()}
+    cpu = torch.device("cpu")
+    with run_context(fspec.train, cpu):
+        model = build(fspec.train.model.name, fspec.train.model.params, prepared.input_info)
+        model.load_state_dict(dict(state), strict=True)
+        names = tuple(m for m in fspec.evaluation.metrics if m != "loss") or resolve_metrics(fspec.train, prepared)
+        return {k: float(v) for k, v in evaluate(model, prepared, names, cpu).items()}
 
 
 def local_only_metrics(

@@ -249,6 +249,12 @@ def _run_context(spec: TrainSpec, device: torch.device) -> Iterator[None]:
         torch.utils.deterministic.fill_uninitialized_memory = prev_fill  # type: ignore[attr-defined]
 
 
+# For code that runs the spec's model outside ``train`` (a federation site's evaluation): the same
+# threads and deterministic mode. Without it a tiny model's forward pass on a many-core worker
+# fans out to every core (and spins against the other workers on the machine).
+run_context = _run_context
+
+
 # --- optimisation pieces -------------------------------------------------------------------------
 def lr_factor(s: ScheduleSpec, step: int, total_steps: int) -> float:
     """Multiplier of the base lr used for optimizer step ``step`` (0-based)."""

@@ -30,12 +30,14 @@ no-ops; messages are sent after the writes commit.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connections, transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -49,6 +51,7 @@ from apps.training.models import TrainingQuota
 from apps.training.scheduler import must_defer
 from apps.training.selectors import quota_from
 
+logger = logging.getLogger(__name__)
 LOCK_KEY = 0x436F686F7274_02  # "Cohort" + 2: site admission's advisory lock
 POOL = "fl"
 SITE_TASK = "federation.site_round"
@@ -94,6 +97,26 @@ def admit_sites(now: datetime | None = None) -> SitePass:
     return result
 
 
+WAITING_FLAG = "cohort:fl:slots-waiting"
+
+
+def _set_waiting_flag(on: bool) -> None:
+    try:
+        cache.set(WAITING_FLAG, 1 if on else 0, timeout=None)  # missing (evicted, flushed) reads as on
+    except Exception:  # a hint only: without it every site task runs a pass
+        logger.warning("could not update the fl admission flag", exc_info=True)
+
+
+def admit_if_waiting() -> SitePass:
+    """After a site task: a pass only when the last one left slots waiting (a hint in the cache;
+    the beat sweep runs a full pass regardless, so a lost hint only delays an admission)."""
+    try:
+        waiting = cache.get(WAITING_FLAG, 1)
+    except Exception:
+        waiting = 1
+    return admit_sites() if waiting else SitePass()
+
+
 def _send(slots: list[tuple[int, int, str]]) -> None:
     for tenant_id, slot_id, queue in slots:
         send(SITE_TASK, args=(tenant_id, slot_id), queue=queue)
@@ -110,6 +133,7 @@ def _pass(now: datetime, result: SitePass, to_send: list[tuple[int, int, str]]) 
         .values("pk", "tenant_id", "queue", "wait_reason", "site_id", "round__number", "round__federation_id")[:5000]
     ]
     if not waiting:
+        _set_waiting_flag(False)
         return
     own = [s for s in waiting if s["queue"] != POOL]
     pooled = [s for s in waiting if s["queue"] == POOL]
@@ -175,6 +199,7 @@ def _pass(now: datetime, result: SitePass, to_send: list[tuple[int, int, str]]) 
             if not per_tenant[t]:
                 del per_tenant[t]
     _write(now, waiting, admitted, reasons, result, to_send)
+    _set_waiting_flag(bool(reasons))  # whether slots are left waiting after this pass
     rank = {s["pk"]: i for i, s in enumerate(admitted)}
     result.admitted.sort(key=lambda pk: rank[pk])  # in the order decided (written per coordinator)
 
@@ -231,21 +256,17 @@ def _admit(
     to_send: list[tuple[int, int, str]],
     events: list[tuple[int, int, int, dict[str, Any]]],
 ) -> None:
-    """Admit ``admits`` (one coordinator's) in its scope, each audited; conditional on each slot
-    still waiting, so a pass never admits a slot twice or one its round closed."""
+    """Admit ``admits`` (one coordinator's) in its scope, audited as one event listing them;
+    conditional on each slot still waiting, so a pass never admits a slot twice or one its round
+    closed."""
     with tenant_scope(tenant_id), audited_change():
-        recorded = False
+        recorded: list[dict[str, Any]] = []
         for s in admits:
             slot = SiteRound.objects.filter(pk=s["pk"], state=SiteRound.State.SELECTED, admitted_at__isnull=True)
             if not slot.update(admitted_at=now, enqueued_at=now, wait_reason=""):
                 continue
-            audit_record(
-                action="federation.site_admitted", tenant=tenant_id, target_type="federation.siteround",
-                target_id=s["pk"], details={"federation": s["round__federation_id"],
-                                            "round": s["round__number"], "queue": s["queue"],
-                                            "waited": bool(s["wait_reason"])},
-            )  # fmt: skip
-            recorded = True
+            recorded.append({"slot": s["pk"], "federation": s["round__federation_id"], "round": s["round__number"],
+                             "queue": s["queue"], "waited": bool(s["wait_reason"])})  # fmt: skip
             result.admitted.append(s["pk"])
             to_send.append((tenant_id, s["pk"], s["queue"]))
             if s["wait_reason"]:
@@ -253,3 +274,4 @@ def _admit(
                                {"state": "selected", "wait_reason": ""}))  # fmt: skip
         if not recorded:
             raise _NothingAdmitted
+        audit_record(action="federation.sites_admitted", tenant=tenant_id, details={"slots": recorded})

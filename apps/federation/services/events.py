@@ -37,3 +37,33 @@ def append_event(
         )
         transaction.on_commit(lambda: publish_federation_event(event))
     return seq
+
+
+def append_events(federation: Federation, items: list[tuple[str, dict[str, Any], int | None, int | None]]) -> int:
+    """Append several events at once, in order: (kind, data, round_number, site_id) each. One
+    transaction and one sequence bump for all (a round's opening and its sites' selection). Returns
+    the last sequence number."""
+    if not items:
+        return 0
+    with tenant_scope(federation.tenant_id):
+        first = (
+            Federation.objects.select_for_update().filter(pk=federation.pk).values_list("event_seq", flat=True).first()
+            or 0
+        ) + 1
+        last = first + len(items) - 1
+        Federation.objects.filter(pk=federation.pk).update(event_seq=last)
+        rows = [
+            FederationEvent(
+                tenant_id=federation.tenant_id, federation_id=federation.pk, seq=first + i, kind=kind,
+                round_number=number, site_id=site_id, data=data,
+            )
+            for i, (kind, data, number, site_id) in enumerate(items)
+        ]  # fmt: skip
+        events = FederationEvent.objects.bulk_create(rows)
+
+        def publish_all() -> None:
+            for e in events:
+                publish_federation_event(e)
+
+        transaction.on_commit(publish_all)
+    return last

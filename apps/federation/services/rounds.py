@@ -45,9 +45,9 @@ from apps.datasets import selectors as dataset_selectors
 from apps.datasets.services import VERSION_KIND
 from apps.datasets.storage import open_decrypted
 from apps.federation.models import Federation, FederationSite, Round, SiteRound
-from apps.federation.services import storage
-from apps.federation.services.admission import POOL, SITE_TASK, admit_sites
-from apps.federation.services.events import append_event
+from apps.federation.services import site_cache, storage
+from apps.federation.services.admission import POOL, SITE_TASK, admit_if_waiting, admit_sites
+from apps.federation.services.events import append_event, append_events
 from apps.tenancy.models import Tenant
 from apps.tenancy.scope import platform_scope, tenant_scope
 from apps.training.scheduler import record_usage
@@ -181,19 +181,12 @@ def open_round(fed: Federation, number: int, kind: str) -> Round | None:
             if slot.admitted_at is not None:
                 enqueue(SITE_TASK, args=(fed.tenant_id, slot.pk), queue=slot.queue)
         enqueue(ADVANCE_TASK, args=(fed.tenant_id, fed.pk), countdown=fspec.round_deadline_seconds + 0.2)
-    append_event(
+    opened = {"status": "open", "kind": kind, "selected": [sites[p].label for p in selected],
+              "deadline": deadline.isoformat()}  # fmt: skip
+    append_events(
         fed,
-        "round",
-        {
-            "status": "open",
-            "kind": kind,
-            "selected": [sites[p].label for p in selected],
-            "deadline": deadline.isoformat(),
-        },
-        round_number=number,
+        [("round", opened, number, None)] + [("site", {"state": "selected"}, number, slot.site_id) for slot in slots],
     )
-    for slot in slots:
-        append_event(fed, "site", {"state": "selected"}, round_number=number, site_id=slot.site_id)
     admit_sites()  # the pool's slots: admitted (their tasks sent) or told why they wait; after commit
     return rnd
 
@@ -302,12 +295,11 @@ def run_site_round(tenant_id: int, slot_id: int) -> str:
         return "ignored"
     slot, owner = got
     rnd = slot.round
+    fed = rnd.federation  # read with the slot, in the claim's transaction
     with tenant_scope(tenant_id):
-        fed = Federation.objects.get(pk=rnd.federation_id)
         site = _site_of(slot)
-    fspec = FederationSpec.from_dict(fed.spec)
-    with tenant_scope(tenant_id):
         reason = _still_allowed(site, fed)
+    fspec = FederationSpec.from_dict(fed.spec)
     if reason:
         _finish_slot(tenant_id, slot, owner, SiteRound.State.EXCLUDED, reason=reason[:300])
         _after_slot(fed, site, rnd, SiteRound.State.EXCLUDED, {"reason": reason})
@@ -398,8 +390,14 @@ def storage_delete(name: str) -> None:
 
 def _after_slot(fed: Federation, site: FederationSite, rnd: Round, state: str, data: dict[str, Any]) -> None:
     append_event(fed, "site", {"state": state, **data}, round_number=rnd.number, site_id=site.pk)
-    enqueue(ADVANCE_TASK, args=(fed.tenant_id, fed.pk))
-    admit_sites()  # this slot's place in the pool is free
+    # The round may close now only if this was the last slot, or the deadline passed (with a
+    # quorum). Each finisher looks after its own commit, so of two finishing at once the later one
+    # sees both done; the deadline's own advance and the sweep cover the rest.
+    with tenant_scope(fed.tenant_id):
+        open_slots = SiteRound.objects.filter(round_id=rnd.pk).exclude(state__in=SiteRound.DONE).exists()
+    if not open_slots or (rnd.deadline is not None and rnd.deadline <= timezone.now()):
+        enqueue(ADVANCE_TASK, args=(fed.tenant_id, fed.pk))
+    admit_if_waiting()  # this slot's place in the pool is free
 
 
 def _work(fed: Federation, fspec: FederationSpec, rnd: Round, site: FederationSite, slot: SiteRound) -> dict[str, Any]:
@@ -407,15 +405,30 @@ def _work(fed: Federation, fspec: FederationSpec, rnd: Round, site: FederationSi
     from workers.federated.stats import site_statistics
     from workers.training.data import prepare_with_encoders
 
-    with tenant_scope(fed.tenant_id):
-        table, schema = _load_table(fed, site)
     if rnd.kind == "statistics":
+        with tenant_scope(fed.tenant_id):
+            table, schema = _load_table(fed, site)
         stats = site_statistics(table, schema, fspec.train)
         return {"state": SiteRound.State.SUBMITTED, "fields": {"statistics": stats, "n_examples": stats.get("n_rows")}}
-    prepared = prepare_with_encoders(table, schema, fspec.train, fed.encoders)
-    with tenant_scope(fed.tenant_id):
-        base_round = Round.objects.get(federation=fed, number=rnd.number - 1)
-        base = load_round_model(fed, base_round)
+
+    def prepare() -> Any:
+        with tenant_scope(fed.tenant_id):
+            table, schema = _load_table(fed, site)
+        return prepare_with_encoders(table, schema, fspec.train, fed.encoders)
+
+    def base_model() -> dict[str, torch.Tensor]:
+        with tenant_scope(fed.tenant_id):
+            return load_round_model(fed, Round.objects.get(federation=fed, number=rnd.number - 1))
+
+    # The same inputs every round: kept in this worker's memory (site_cache), keyed by what they
+    # were computed from; access was checked above, as on every task.
+    digest = site_cache.inputs_digest(fed.encoders, fed.spec.get("train", {}))
+    prepared = site_cache.PREPARED.get_or_compute((fed.pk, site.pk, site.version_id, digest), prepare)
+    base = (
+        site_cache.MODELS.get_or_compute((fed.pk, rnd.number - 1, rnd.base_digest), base_model)
+        if rnd.base_digest
+        else base_model()
+    )
     from workers.federated.rounds import evaluate_state
 
     eval_metrics = evaluate_state(fspec, prepared, base)
@@ -640,7 +653,11 @@ def _close_statistics(fed: Federation, fspec: FederationSpec, rnd: Round, submit
 
     stats = [s.statistics for s in submitted]
     encoders = merge_statistics(
-        stats, min_rows=5, min_sites=min(2, len(stats)), max_categories=fspec.train.data.max_categories
+        stats,
+        min_rows=5,
+        min_sites=min(2, len(stats)),
+        max_categories=fspec.train.data.max_categories,
+        train=fspec.train,
     )
     state = initial_state(fspec, encoders)
     with audited_change():
@@ -886,7 +903,7 @@ def _register_model(fed: Federation, fspec: FederationSpec, rnd: Round, final_me
             "datasets": datasets,
         },
         encoders=dict(fed.encoders),
-        input_info={**model_input_info(fed.encoders), "kind": "tabular", "problem": problem},
+        input_info={**model_input_info(fed.encoders), "kind": fed.encoders.get("kind", "tabular"), "problem": problem},
     )
 
 
