@@ -45,7 +45,8 @@ ALL_TENANTS_ALLOWED: dict[str, str] = {
     "apps/vault/management/commands/keys.py::Command.do_status": "platform command: key status (platform scope)",
     "apps/vault/management/commands/keys.py::Command.do_rotate_kek": "platform command: KEK retirement",
     "apps/training/selectors.py::usable_version": "a job's dataset version may be a grantor's: " + _GRANTED,
-    "apps/training/services/runner.py::settle_privacy": "a DP job's reservation is on the dataset owner's ledger: " + _GRANTED,
+    "apps/training/services/runner.py::settle_privacy": "a DP job's reservation is on the dataset owner's ledger: "
+    + _GRANTED,
     "apps/training/scheduler.py::_admit": "admission across tenants from job metadata (platform role)",
     "apps/training/scheduler.py::_requeue_lost": "lost jobs of every tenant (platform role)",
     "apps/datasets/access.py::access_reservation": "a reservation the tenant made on another's dataset (consumer)",

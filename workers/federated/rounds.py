@@ -34,7 +34,7 @@ from workers.federated.spec import FederationSpec
 from workers.federated.strategies import make_strategy
 from workers.federated.strategies.base import Strategy
 from workers.federated.validate import check_global_finite, clip_update, update_l2_norm
-from workers.training.data import Prepared, tabular_feature_names
+from workers.training.data import Prepared, tabular_feature_names, text_input_info
 from workers.training.engine import NullSink, evaluate, resolve_metrics, run_context, seed_everything, train
 from workers.training.models import build
 from workers.training.privacy import DPConfig
@@ -87,8 +87,11 @@ def select_sites(
 
 
 def model_input_info(encoders: Mapping[str, Any]) -> dict[str, Any]:
+    """What the model is built from, from the merged encoders alone (tabular or text)."""
     label = encoders["label"]
     n_outputs = len(label["classes"]) if label["kind"] == "classes" else 1
+    if encoders.get("kind") == "text":
+        return {**text_input_info(dict(encoders)), "n_outputs": n_outputs}
     return {"n_features": len(tabular_feature_names(dict(encoders))), "n_outputs": n_outputs}
 
 

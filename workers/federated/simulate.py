@@ -251,10 +251,17 @@ def run(
             f"{len(trainers)} training sites; the spec needs min_participants={fspec.min_participants}.", "sites"
         )
     # Round 0: statistics of the training sites, merged in site order (as advance does).
-    stats = [site_statistics(s.table, schema, fspec.train) for s in trainers]
-    encoders = merge_statistics(
-        stats, min_rows=5, min_sites=min(2, len(stats)), max_categories=fspec.train.data.max_categories
-    )
+    try:
+        stats = [site_statistics(s.table, schema, fspec.train) for s in trainers]
+        encoders = merge_statistics(
+            stats,
+            min_rows=5,
+            min_sites=min(2, len(stats)),
+            max_categories=fspec.train.data.max_categories,
+            train=fspec.train,
+        )
+    except DataError as exc:  # e.g. text whose sites share no word often enough
+        raise SimulationError(f"round 0: {exc}", "dataset") from exc
     state = initial_state(fspec, encoders)
     prepared: dict[int, Prepared] = {}
     for s in ordered:

@@ -361,14 +361,16 @@ def site_split(values: list[Any], problem: str, spec: TrainSpec) -> tuple[npt.ND
 def prepare_with_encoders(
     data: ArrowData, schema: DatasetSchema, spec: TrainSpec, encoders: dict[str, Any]
 ) -> Prepared:
-    """Tabular tensors encoded with *given* encoders (a federation's, merged in round 0).
+    """Tabular or text tensors encoded with *given* encoders (a federation's, merged in round 0).
 
-    Unlike :func:`prepare_tabular` nothing is fitted here: the label classes, means and category
-    vocabularies are the federation's, so a site that holds one class only still gets the shared
-    output layer. A label value the encoders do not know is a :class:`DataError`.
+    Unlike :func:`prepare_tabular` and :func:`prepare_text` nothing is fitted here: the label
+    classes, means, category and word vocabularies are the federation's, so a site that holds one
+    class only still gets the shared output layer, and every site's token ids mean the same words.
+    A label value the encoders do not know is a :class:`DataError`.
     """
-    if encoders.get("kind") != "tabular" or "label" not in encoders:
-        raise DataError("Federated training needs tabular encoders with a label encoder.")
+    kind = encoders.get("kind")
+    if kind not in ("tabular", "text") or "label" not in encoders:
+        raise DataError("Federated training needs tabular or text encoders with a label encoder.")
     table = to_table(data)
     label, _ltype = _label_column(table, schema)
     table = table.filter(pc.is_valid(table.column(label)))
@@ -394,12 +396,32 @@ def prepare_with_encoders(
     train_idx, val_idx = site_split(label_values, problem, spec)
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise DataError("Too few rows for a train/validation split.")
+    if kind == "text":
+        columns = list(encoders["columns"])
+        absent = [c for c in columns if c not in table.column_names]
+        if absent:
+            raise DataError(f"The text column {absent[0]!r} is not in the data.")
+        x = encode_text(_text_values(table, columns), encoders)
+        info = text_input_info(encoders)
+        return _finish("text", problem, x, y, train_idx, val_idx, columns, classes, encoders, info)
     x = encode_tabular(table, encoders)
     names = tabular_feature_names(encoders)
     return _finish("tabular", problem, x, y, train_idx, val_idx, names, classes, encoders, {"n_features": x.shape[1]})
 
 
 # --- text ------------------------------------------------------------------------------------------
+def text_input_info(encoders: dict[str, Any]) -> dict[str, Any]:
+    """What a text model is built from (``vocab_size``, ``pad_id``, ``max_len``; ``tokenizer`` for a
+    model's own), as :func:`prepare_text` reports it, from the encoders alone."""
+    max_len = int(encoders["max_len"])
+    if "tokenizer" in encoders:
+        tok = text_tokenizer(str(encoders["tokenizer"]))
+        if tok is None:
+            raise DataError(f"No model declares the tokenizer {encoders['tokenizer']!r}.")
+        return {"vocab_size": tok.vocab_size, "pad_id": tok.pad_id, "max_len": max_len, "tokenizer": tok.name}
+    return {"vocab_size": len(encoders["vocab"]), "pad_id": int(encoders.get("pad_id", PAD_ID)), "max_len": max_len}
+
+
 def tokenize(text: str) -> list[str]:
     """Lower-case words (``\\w+``); deterministic and locale-free so inference matches training."""
     return TOKEN_RE.findall(text.lower())

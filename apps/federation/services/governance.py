@@ -195,6 +195,25 @@ def _audit_site(site: FederationSite, coordinator_action: str, owner_action: str
 # --- the digest an owner approves ---------------------------------------------------------------
 
 
+ROUND_0_TABULAR = (
+    "aggregates of the training split: per numeric column count, sum and sum of squares; per categorical "
+    "column value counts (a value enters the shared vocabulary only if at least 2 sites and 5 rows hold it); "
+    "label class counts. No row."
+)
+ROUND_0_TEXT = (
+    "aggregates of the training split: for the text columns, in how many notes each word occurs (only words "
+    "in at least 2 of this site's notes, at most 20,000; a word enters the shared vocabulary only if at least "
+    "2 sites and 5 notes hold it, every other word is unknown to the model), or nothing about the text when "
+    "the model brings its own tokenizer; label class counts. No row, no note."
+)
+
+
+def _reads_text(fspec: FederationSpec) -> bool:
+    from workers.training.models import model_inputs  # imports torch: only where a digest is built
+
+    return model_inputs(fspec.train.model.name) == "text"
+
+
 def site_digest(site: FederationSite, federation: Federation) -> dict[str, Any]:
     """What the owner is asked to approve, and its SHA-256: the spec (by hash) and the parts of
     it that decide what leaves the site, the privacy asked for, and what the coordinator sees."""
@@ -217,9 +236,7 @@ def site_digest(site: FederationSite, federation: Federation) -> dict[str, Any]:
         },
         "update_bound": fspec.update_bound,
         "leaves_the_site": {
-            "round_0": "aggregates of the training split: per numeric column count, sum and sum of squares; "
-            "per categorical column value counts (a value enters the shared vocabulary only if at least 2 "
-            "sites and 5 rows hold it); label class counts. No row.",
+            "round_0": ROUND_0_TEXT if _reads_text(fspec) else ROUND_0_TABULAR,
             "training_rounds": "the model delta (local minus global weights), example count, metrics",
         },
         "coordinator_sees": {

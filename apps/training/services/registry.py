@@ -69,7 +69,7 @@ def register_simulation_model(
         encoders=dict(result.encoders),
         input_info={
             **model_input_info(result.encoders),
-            "kind": "tabular",
+            "kind": result.encoders.get("kind", "tabular"),
             "problem": "classification" if label.get("kind") == "classes" else "regression",
         },
         details={"job_id": job.pk, "simulation": True},

@@ -312,7 +312,7 @@ def _run_simulation(
         fspec = FederationSpec.from_dict(sim["federation_spec"])
         split = SplitSpec.from_dict(sim["split"])
         if version.format == "zip":
-            raise SimulationError("Simulation mode runs on tabular versions; this one holds images.", "dataset")
+            raise SimulationError("Simulation runs on tabular and text data; this version holds images.", "dataset")
         schema = DatasetSchema.from_dict(version.schema)
         sites = split_sites(load_table(job, version), schema, split)
         if not lease.renew(force=True):

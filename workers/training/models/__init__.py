@@ -18,7 +18,9 @@ A model may also declare, when it registers:
   data is read;
 * ``tokenizer() -> TextTokenizer``: its own text preprocessing. A pretrained text model needs its
   vocabulary, so :func:`workers.training.data.prepare_text` then encodes with it instead of
-  building a word vocabulary from the data.
+  building a word vocabulary from the data;
+* ``inputs``: the kind of input it reads (``"tabular"``, the default, ``"text"`` or ``"image"``),
+  so a federation can refuse, from the schemas alone, a model that cannot read the sites' data.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ _REGISTRY: dict[str, Builder] = {}
 _PARAMS: dict[str, Schema] = {}
 _CHECKS: dict[str, Checker] = {}
 _TOKENIZERS: dict[str, Callable[[], TextTokenizer]] = {}
+_INPUTS: dict[str, str] = {}
+INPUT_KINDS = ("tabular", "text", "image")
 
 
 def register(
@@ -64,15 +68,19 @@ def register(
     params: Schema,
     check: Checker | None = None,
     tokenizer: Callable[[], TextTokenizer] | None = None,
+    inputs: str = "tabular",
 ) -> Callable[[Builder], Builder]:
     """Decorator: make ``fn(params, input_info) -> nn.Module`` buildable as ``name``. The builder
     receives ``params`` already checked against the declared schema and merged over its defaults."""
+    if inputs not in INPUT_KINDS:
+        raise ValueError(f"inputs must be one of {', '.join(INPUT_KINDS)}.")
 
     def deco(fn: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"Model {name!r} is already registered.")
         _REGISTRY[name] = fn
         _PARAMS[name] = params
+        _INPUTS[name] = inputs
         if check is not None:
             _CHECKS[name] = check
         if tokenizer is not None:
@@ -104,6 +112,11 @@ def text_tokenizer(name: str) -> TextTokenizer | None:
     """The tokenizer model ``name`` declares, or ``None`` when it uses the data's word vocabulary."""
     factory = _TOKENIZERS.get(name)
     return factory() if factory is not None else None
+
+
+def model_inputs(name: str) -> str | None:
+    """The kind of input model ``name`` reads (``"tabular"``, ``"text"``, ``"image"``), or ``None`` when unknown."""
+    return _INPUTS.get(name)
 
 
 def build(name: str, params: dict[str, Any], input_info: dict[str, Any]) -> nn.Module:
@@ -145,6 +158,7 @@ __all__ = [
     "logistic_regression",
     "minilm",
     "mlp",
+    "model_inputs",
     "param_schema",
     "register",
     "take",

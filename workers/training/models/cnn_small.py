@@ -35,7 +35,7 @@ class CnnSmall(nn.Module):
         return self.head(self.features(x))
 
 
-@register("cnn_small", params=PARAMS)
+@register("cnn_small", params=PARAMS, inputs="image")
 def build(params: dict[str, Any], info: dict[str, Any]) -> nn.Module:
     p = params  # resolved against PARAMS by ``build``
     size = int(info["image_size"])

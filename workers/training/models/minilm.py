@@ -467,7 +467,7 @@ def check(spec: TrainSpec) -> dict[str, list[str]]:
     return errors
 
 
-@register(NAME, params=PARAMS, check=check, tokenizer=tokenizer)
+@register(NAME, params=PARAMS, check=check, tokenizer=tokenizer, inputs="text")
 def build(params: dict[str, Any], info: dict[str, Any]) -> nn.Module:
     p = params  # resolved against PARAMS by ``build``
     if info.get("tokenizer") != NAME:

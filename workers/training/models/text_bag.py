@@ -31,7 +31,7 @@ class TextBag(nn.Module):
         return self.head(self.drop(mean))
 
 
-@register("text_bag", params=PARAMS)
+@register("text_bag", params=PARAMS, inputs="text")
 def build(params: dict[str, Any], info: dict[str, Any]) -> nn.Module:
     p = params  # resolved against PARAMS by ``build``
     return TextBag(

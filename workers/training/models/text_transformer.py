@@ -62,7 +62,7 @@ def check(spec: TrainSpec) -> dict[str, list[str]]:
     return {}
 
 
-@register("text_transformer", params=PARAMS, check=check)
+@register("text_transformer", params=PARAMS, check=check, inputs="text")
 def build(params: dict[str, Any], info: dict[str, Any]) -> nn.Module:
     p = params  # resolved against PARAMS by ``build``
     dim, heads = int(p["dim"]), int(p["heads"])
