@@ -88,7 +88,7 @@ class EvaluationSpec:
     """Evaluate the global model after every ``every_rounds`` rounds (and after the last)."""
 
     every_rounds: int = 1
-    central: bool = False  # True: on the server's held-out data; False: at the sites (federated)
+    central: bool = False  # reserved: True (evaluation on the server's own data) is refused for now
     metrics: tuple[str, ...] = ()  # empty: the task's defaults
     # Which global model enters the coordinator's registry at the end: the last round's ("final"),
     # the one that scored best on ``best_metric`` at the sites ("best"), or none.
@@ -418,6 +418,12 @@ class FederationSpec:
             bad("evaluation.every_rounds", "At most rounds (the last round is always evaluated).")
         if not isinstance(ev.central, bool):
             bad("evaluation.central", "Expected true or false.")
+        elif ev.central:
+            bad(
+                "evaluation.central",
+                "Central evaluation on the server is not offered: add the held-out dataset as a site with "
+                "role 'evaluate' (it never trains; its metrics are the result's evaluation_only).",
+            )
         if not isinstance(ev.metrics, tuple):
             bad("evaluation.metrics", "Expected a list of metric names.")
         else:

@@ -46,7 +46,7 @@ def _full() -> FederationSpec:
         round_deadline_seconds=600,
         dp=DPSpec(mode="central", noise_multiplier=1.1, target_epsilon=4.0, delta=1e-3, accountant="prv"),
         update_bound=2.5,
-        evaluation=EvaluationSpec(every_rounds=5, central=True, metrics=("loss", "accuracy")),
+        evaluation=EvaluationSpec(every_rounds=5, metrics=("loss", "accuracy")),
         seed=7,
     )
 
@@ -223,6 +223,7 @@ IMPOSSIBLE: list[tuple[str, FederationSpec, int | None, str]] = [
         "evaluation.every_rounds",
     ),
     ("register what", _s(evaluation=EvaluationSpec(register="latest")), None, "evaluation.register"),
+    ("evaluation on the server", _s(evaluation=EvaluationSpec(central=True)), None, "evaluation.central"),
     (
         "local baseline under local DP",
         _s(evaluation=EvaluationSpec(local_baseline=True), dp=DPSpec(mode="local", noise_multiplier=1.0)),
