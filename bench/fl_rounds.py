@@ -132,12 +132,11 @@ def encode(w: Workload) -> None:
     site's and the test rows' tensors under those encoders."""
     import torch
 
-    from workers.federated.stats import merge_statistics, site_statistics
+    from workers.federated.stats import merge_round_0, site_statistics
     from workers.training.data import prepare_with_encoders
 
     stats = [site_statistics(s.table, w.schema, w.fspec.train) for s in w.sites]
-    w.encoders = merge_statistics(stats, min_rows=5, min_sites=min(2, len(stats)),
-                                  max_categories=w.fspec.train.data.max_categories)  # fmt: skip
+    w.encoders = merge_round_0(stats, w.fspec.train)
     w.prepared = {s.site_id: prepare_with_encoders(s.table, w.schema, w.fspec.train, w.encoders) for s in w.sites}
     w.x_test, w.y_test = test_tensors(w.test_table, w.schema, w.fspec, w.encoders)
     assert torch.is_tensor(w.x_test)

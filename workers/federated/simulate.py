@@ -45,7 +45,7 @@ from workers.federated.rounds import (
     weighted_global,
 )
 from workers.federated.spec import FederationSpec, central_epsilon
-from workers.federated.stats import labelled_rows, merge_statistics, site_statistics
+from workers.federated.stats import labelled_rows, merge_round_0, site_statistics
 from workers.federated.strategies import make_strategy
 from workers.federated.validate import UpdateRejected, update_l2_norm, validate_update
 from workers.schema import DatasetSchema
@@ -253,13 +253,7 @@ def run(
     # Round 0: statistics of the training sites, merged in site order (as advance does).
     try:
         stats = [site_statistics(s.table, schema, fspec.train) for s in trainers]
-        encoders = merge_statistics(
-            stats,
-            min_rows=5,
-            min_sites=min(2, len(stats)),
-            max_categories=fspec.train.data.max_categories,
-            train=fspec.train,
-        )
+        encoders = merge_round_0(stats, fspec.train)
     except DataError as exc:  # e.g. text whose sites share no word often enough
         raise SimulationError(f"round 0: {exc}", "dataset") from exc
     state = initial_state(fspec, encoders)

@@ -262,6 +262,24 @@ def _pooled(count: float, total: float, sumsq: float) -> tuple[float, float]:
     return mean, math.sqrt(var) or 1.0
 
 
+# Round 0's disclosure rule, one place for the platform, the simulation and the benchmark: a value
+# (category or word) enters the shared encoders only if at least this many rows (notes) at this many
+# sites hold it (fewer sites when the federation has fewer).
+ROUND_0_MIN_ROWS = 5
+ROUND_0_MIN_SITES = 2
+
+
+def merge_round_0(stats: Sequence[Mapping[str, Any]], train: TrainSpec) -> dict[str, Any]:
+    """The federation's encoders from its sites' round-0 statistics, in site order."""
+    return merge_statistics(
+        stats,
+        min_rows=ROUND_0_MIN_ROWS,
+        min_sites=min(ROUND_0_MIN_SITES, len(stats)),
+        max_categories=train.data.max_categories,
+        train=train,
+    )
+
+
 def merge_statistics(
     stats: Sequence[Mapping[str, Any]],
     *,

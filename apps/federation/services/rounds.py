@@ -649,18 +649,12 @@ def _store_round_model(fed: Federation, rnd: Round, state: dict[str, torch.Tenso
 
 def _close_statistics(fed: Federation, fspec: FederationSpec, rnd: Round, submitted: list[SiteRound]) -> str:
     from workers.federated.rounds import initial_state
-    from workers.federated.stats import merge_statistics
+    from workers.federated.stats import merge_round_0
     from workers.training.data import DataError
 
     stats = [s.statistics for s in submitted]
     try:
-        encoders = merge_statistics(
-            stats,
-            min_rows=5,
-            min_sites=min(2, len(stats)),
-            max_categories=fspec.train.data.max_categories,
-            train=fspec.train,
-        )
+        encoders = merge_round_0(stats, fspec.train)
     except DataError as exc:  # the sites' data cannot make one model (e.g. notes that share no word)
         finish_locked_audited(fed, Federation.Status.FAILED, f"round 0: {exc}")
         return "failed"
