@@ -45,7 +45,13 @@ from workers.federated.rounds import (
     weighted_global,
 )
 from workers.federated.spec import FederationSpec, central_epsilon
-from workers.federated.stats import labelled_rows, merge_round_0, site_statistics
+from workers.federated.stats import (
+    compare_schemas,
+    labelled_rows,
+    merge_round_0,
+    site_schema_summary,
+    site_statistics,
+)
 from workers.federated.strategies import make_strategy
 from workers.federated.validate import UpdateRejected, update_l2_norm, validate_update
 from workers.schema import DatasetSchema
@@ -250,6 +256,9 @@ def run(
         raise SimulationError(
             f"{len(trainers)} training sites; the spec needs min_participants={fspec.min_participants}.", "sites"
         )
+    # The hosted path's schema check (model input kind, image data, no feature column), on the one schema.
+    for problems in compare_schemas({"dataset": site_schema_summary(schema, fspec.train)}).values():
+        raise SimulationError(" ".join(problems), "dataset")
     # Round 0: statistics of the training sites, merged in site order (as advance does).
     try:
         stats = [site_statistics(s.table, schema, fspec.train) for s in trainers]

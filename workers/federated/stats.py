@@ -264,17 +264,25 @@ def _pooled(count: float, total: float, sumsq: float) -> tuple[float, float]:
 
 # Round 0's disclosure rule, one place for the platform, the simulation and the benchmark: a value
 # (category or word) enters the shared encoders only if at least this many rows (notes) at this many
-# sites hold it (fewer sites when the federation has fewer).
+# sites hold it. The site floor never shrinks to the number of sites that reported (the digest the
+# owners approved says 2 sites): with one reporting site, categories become ``<other>`` and a text
+# federation fails round 0.
 ROUND_0_MIN_ROWS = 5
 ROUND_0_MIN_SITES = 2
 
 
 def merge_round_0(stats: Sequence[Mapping[str, Any]], train: TrainSpec) -> dict[str, Any]:
     """The federation's encoders from its sites' round-0 statistics, in site order."""
+    words_from_data = all("text" in s for s in stats) and text_tokenizer(train.model.name) is None
+    if stats and words_from_data and len(stats) < ROUND_0_MIN_SITES:
+        raise DataError(
+            f"A vocabulary needs the words of at least {ROUND_0_MIN_SITES} training sites; "
+            f"{len(stats)} reported round 0."
+        )
     return merge_statistics(
         stats,
         min_rows=ROUND_0_MIN_ROWS,
-        min_sites=min(ROUND_0_MIN_SITES, len(stats)),
+        min_sites=ROUND_0_MIN_SITES,
         max_categories=train.data.max_categories,
         train=train,
     )

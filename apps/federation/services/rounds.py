@@ -138,6 +138,8 @@ def open_round(fed: Federation, number: int, kind: str) -> Round | None:
                 last_selected={s.pk: s.last_selected_round for s in trainers},
             )
             selected = sorted(chosen) + [s.pk for s in evaluators]
+        elif kind == "statistics":  # only what the encoders are merged from leaves a site
+            selected = [s.pk for s in trainers]
         else:
             selected = [s.pk for s in active]
         deadline = timezone.now() + timedelta(seconds=fspec.round_deadline_seconds)

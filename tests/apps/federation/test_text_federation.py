@@ -107,3 +107,21 @@ def test_round_0_fails_the_federation_when_the_notes_share_no_word(disjoint: dic
     assert fed.status == "failed" and fed.status_reason.startswith("round 0: No word is in at least 5 notes")
     assert status == "failed" and fed.encoders == {}
     assert rounds.advance(lab.pk, fed_id) == "not_running"  # a redelivered advance does nothing
+
+
+def test_an_evaluate_only_site_sends_nothing_in_round_0(disjoint: dict[str, Any]) -> None:
+    c = disjoint
+    lab = c["lab"]
+    sites = [{"dataset_id": h["dataset"]} for h in c["hospitals"]]
+    sites[2]["role"] = "evaluate"
+    r = create_federation(c, spec=TEXT_SPEC, sites=sites)
+    assert r.status_code == 201, r.content
+    fed_id = r.json()["id"]
+    approve_all(c, fed_id)
+    r = c["lab_client"].post(f"/api/v1/tenants/{lab.slug}/federations/{fed_id}/start/")
+    assert r.status_code == 200, r.content
+    with tenant_scope(lab.pk):
+        slots = list(SiteRound.objects.filter(round__federation_id=fed_id).select_related("site").order_by("id"))
+    assert [s.site.role for s in slots] == ["train", "train"]  # the evaluator's statistics are never merged
+    assert [rounds.run_site_round(lab.pk, s.pk) for s in slots] == ["submitted"] * 2
+    assert rounds.advance(lab.pk, fed_id) == "failed"  # two sites' own words: still no shared vocabulary

@@ -19,7 +19,13 @@ from workers.federated.rounds import (
     weighted_global,
 )
 from workers.federated.spec import FederationSpec
-from workers.federated.stats import compare_schemas, merge_statistics, site_schema_summary, site_statistics
+from workers.federated.stats import (
+    compare_schemas,
+    merge_round_0,
+    merge_statistics,
+    site_schema_summary,
+    site_statistics,
+)
 from workers.federated.strategies import make_strategy
 from workers.federated.validate import update_l2_norm
 from workers.schema import Column, DatasetSchema
@@ -94,6 +100,12 @@ def test_merged_encoders_equal_encoders_fitted_on_the_pooled_training_rows() -> 
     assert not any(v.startswith("rare") for v in merged["columns"][1]["values"])
     assert any(v.startswith("rare") for v in ref["columns"][1]["values"])  # pooled fitting would leak it
     assert merged["label"] == {"kind": "classes", "classes": ["no", "yes"]}
+    # merge_round_0 is this rule; its 2 sites hold even when one site alone reported round 0.
+    assert merge_round_0(stats, fspec.train) == merged
+    alone = merge_round_0(stats[:1], fspec.train)
+    assert alone["columns"][1]["values"] == [] and alone["columns"][0]["mean"] == pytest.approx(
+        float(np.nanmean(_train_rows(sites[0], fspec).column("age").to_numpy(zero_copy_only=False)))
+    )
 
 
 def test_schema_differences_are_named_per_site() -> None:

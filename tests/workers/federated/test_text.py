@@ -15,12 +15,13 @@ import pytest
 import torch
 
 from workers.federated.rounds import initial_state, model_input_info
-from workers.federated.simulate import VirtualSite, run, state_digest
+from workers.federated.simulate import SimulationError, VirtualSite, run, state_digest
 from workers.federated.spec import FederationSpec
 from workers.federated.stats import (
     MAX_REPORTED_TOKENS,
     TEXT_SITE_MIN_ROWS,
     compare_schemas,
+    merge_round_0,
     merge_statistics,
     site_schema_summary,
     site_statistics,
@@ -163,6 +164,24 @@ def test_the_merged_vocabulary_keeps_words_that_two_sites_and_five_notes_hold() 
     tabular = {"n_rows": 10, "columns": [], "label": stats[0]["label"]}
     with pytest.raises(DataError, match="text and others tabular"):
         merge_statistics([stats[0], tabular], min_rows=5, min_sites=2, max_categories=20, train=train)
+
+
+def test_round_0_never_builds_a_vocabulary_from_one_site() -> None:
+    train = _train()
+    stats = [_stats({"common": 9, "pair": 3}), _stats({"common": 8, "pair": 2})]
+    assert merge_round_0(stats, train) == merge_statistics(stats, min_rows=5, min_sites=2, max_categories=20,
+                                                           train=train)  # fmt: skip
+    # The others failed or timed out: one site's words (in 5 or more of its notes) stay its own.
+    with pytest.raises(DataError, match="at least 2 training sites; 1 reported"):
+        merge_round_0(stats[:1], train)
+
+
+def test_a_simulation_whose_model_reads_other_input_is_a_dataset_error() -> None:
+    fspec = FederationSpec.from_dict({"train": {**TRAIN, "model": {"name": "mlp"}}, "rounds": 1})
+    sites = [VirtualSite(i + 1, f"site-{i + 1}", t) for i, t in enumerate(_sites(40))]
+    with pytest.raises(SimulationError, match="The model 'mlp' reads tabular input; this dataset is text") as err:
+        run(fspec, sites, SCHEMA, secret=b"k" * 32)
+    assert err.value.field == "dataset"
 
 
 def test_every_site_encodes_with_the_merged_vocabulary() -> None:
