@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from apps.federation.models import Federation, Round, SiteRound
+from apps.federation.models import Round, SiteRound
 from apps.tenancy.models import Role
 from apps.tenancy.scope import tenant_scope
 from tests.apps.datasets.helpers import create_dataset, deidentify, upload_version
 from tests.apps.federation.conftest import KEEP, SPEC, hospital_splits
 from tests.conftest import write_report
-from tests.e2e.test_federation_workers import _fed, _kill9, _start_worker, _wait, fl_env  # noqa: F401
+from tests.e2e.test_federation_workers import _finished, _kill9, _start_worker, fl_env  # noqa: F401
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 N_SITES, OFFLINE, ROUNDS, DEADLINE = 10, 3, 3, 4
@@ -77,13 +77,8 @@ def test_thirty_percent_of_sites_drop_every_round_and_quorum_closes_it_on_time(
     try:
         r = c["lab_client"].post(f"/api/v1/tenants/{lab.slug}/federations/{fed['id']}/start/")
         assert r.status_code == 200, r.content
-        done = _wait(
-            "the federation to finish",
-            lambda: (f := _fed(lab.pk, fed["id"])).status in Federation.TERMINAL and f,
-            60 + (ROUNDS + 2) * DEADLINE * 3,
-            log,
-            lambda: None,  # no sweep: the deadline task alone must close the rounds
-        )
+        # no sweep: the deadline task alone must close the rounds
+        done = _finished(lab.pk, fed["id"], log, 60 + (ROUNDS + 2) * DEADLINE * 3, lambda: None)
     finally:
         _kill9(worker)
     assert done.status == "completed", (done.status_reason, log.read_text()[-4000:])

@@ -32,7 +32,7 @@ from apps.tenancy.scope import tenant_scope
 from tests.apps.federation.conftest import approve_all, create_federation
 from tests.apps.federation.test_text_federation import text_consortium
 from tests.conftest import write_report
-from tests.e2e.test_federation_workers import _fed, _kill9, _start_worker, _wait, fl_env  # noqa: F401
+from tests.e2e.test_federation_workers import _finished, _kill9, _start_worker, fl_env  # noqa: F401
 from tests.fl_data import notes_splits
 from workers.federated.stats import MAX_REPORTED_TOKENS
 
@@ -107,13 +107,7 @@ def test_three_hospitals_federate_clinical_notes_on_workers(
     try:
         r = c["lab_client"].post(f"/api/v1/tenants/{lab.slug}/federations/{fed['id']}/start/")
         assert r.status_code == 200, r.content
-        done = _wait(
-            "the notes federation to finish",
-            lambda: (f := _fed(lab.pk, fed["id"])).status in Federation.TERMINAL and f,
-            300,
-            log,
-            round_services.sweep,
-        )
+        done = _finished(lab.pk, fed["id"], log, 300, round_services.sweep)
     finally:
         for p in procs:
             _kill9(p)

@@ -73,6 +73,17 @@ def _fed(tenant_id: int, pk: int) -> Federation:
         return Federation.objects.get(pk=pk)
 
 
+def _finished(tenant_id: int, pk: int, log: Path, timeout: float, tick: Callable[[], None]) -> Federation:
+    """The federation once it reaches a terminal status (``tick`` between looks: the sweep, or nothing)."""
+    return _wait(
+        f"federation {pk} to finish",
+        lambda: (f := _fed(tenant_id, pk)).status in Federation.TERMINAL and f,
+        timeout,
+        log,
+        tick,
+    )
+
+
 @pytest.fixture
 def fl_env(settings: Any) -> dict[str, str]:
     settings.COHORT_FL_LEASE_SECONDS = 3
@@ -127,13 +138,7 @@ def test_three_hospitals_on_workers_survive_kill_9_mid_aggregation(
             sweep,
         )
         recovery = time.monotonic() - killed_at
-        done = _wait(
-            "the federation to finish",
-            lambda: (f := _fed(lab.pk, fed["id"])).status in Federation.TERMINAL and f,
-            300,
-            log,
-            sweep,
-        )
+        done = _finished(lab.pk, fed["id"], log, 300, sweep)
         assert done.status == "completed", (done.status_reason, log.read_text()[-4000:])
         whole = time.monotonic() - started
         # WRK-3: every site-task message of the last round delivered three more times.
@@ -356,13 +361,7 @@ def test_local_dp_federation_on_workers_charges_every_ledger(
     try:
         r = c["lab_client"].post(f"/api/v1/tenants/{lab.slug}/federations/{fed['id']}/start/")
         assert r.status_code == 200, r.content
-        done = _wait(
-            "the DP federation to finish",
-            lambda: (f := _fed(lab.pk, fed["id"])).status in Federation.TERMINAL and f,
-            300,
-            log,
-            round_services.sweep,
-        )
+        done = _finished(lab.pk, fed["id"], log, 300, round_services.sweep)
     finally:
         _kill9(w)
     assert done.status == "completed", (done.status_reason, log.read_text()[-4000:])
