@@ -432,6 +432,21 @@ def test_tokenizer_and_vocab() -> None:
     assert ids.tolist() == [[2, 1, 0], [0, 0, 0]]
 
 
+def test_words_are_folded_so_every_export_of_a_note_gives_the_same_tokens() -> None:
+    composed, decomposed = "Caf\u00e9 na\u00efve", "Cafe\u0301 nai\u0308ve"  # NFC vs NFD (macOS) exports
+    assert tokenize(composed) == tokenize(decomposed) == ["caf\u00e9", "na\u00efve"]
+    assert tokenize("STRASSE Stra\u00dfe") == ["strasse", "strasse"]  # case folding, not lower()
+    assert tokenize("\uff28\uff45\uff4c\uff4c\uff4f \ufb01ne") == ["hello", "fine"]  # full-width, ligature
+    # Encoders from before folding (no "normalization" key) keep encoding as they were trained.
+    assert tokenize(decomposed, "lower") == ["cafe", "nai", "ve"]
+    legacy = {"vocab": ["<pad>", "<oov>", "cafe"], "max_len": 3}
+    assert encode_text([decomposed], legacy).tolist() == [[2, 1, 1]]
+    folded = {**legacy, "vocab": ["<pad>", "<oov>", "caf\u00e9"], "normalization": "nfkc_casefold"}
+    assert encode_text([decomposed, composed], folded).tolist() == [[2, 1, 0], [2, 1, 0]]
+    with pytest.raises(DataError, match="Unknown word normalization"):
+        tokenize("x", "nfd")
+
+
 def test_text_bag_learns() -> None:
     table, schema = _text_dataset()
     spec = TrainSpec(

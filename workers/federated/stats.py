@@ -55,6 +55,7 @@ from workers.training.data import (
     FEATURE_ROLES,
     OOV_ID,
     PAD_ID,
+    WORD_NORMALIZATION,
     DataError,
     _numeric,
     _text_values,
@@ -193,7 +194,8 @@ def _text_statistics(rows: pa.Table, schema: DatasetSchema, train: TrainSpec) ->
     df: Counter[str] = Counter(w for t in _text_values(rows, columns) for w in set(tokenize(t)))
     kept = [(w, n) for w, n in df.items() if n >= TEXT_SITE_MIN_ROWS]
     top = sorted(kept, key=lambda kv: (-kv[1], kv[0]))[: min(MAX_REPORTED_TOKENS, train.data.text_max_vocab)]
-    return {"columns": columns, "tokenizer": WORDS, "tokens": [[w, n] for w, n in top]}
+    return {"columns": columns, "tokenizer": WORDS, "normalization": WORD_NORMALIZATION,
+            "tokens": [[w, n] for w, n in top]}  # fmt: skip
 
 
 def site_statistics(table: pa.Table, schema: DatasetSchema, train: TrainSpec) -> dict[str, Any]:
@@ -366,6 +368,9 @@ def _merge_text(
                 "pad_id": tok.pad_id, "max_len": max_len, "label": label}  # fmt: skip
     if any(p.get("tokenizer") != WORDS for p in parts):
         raise DataError(f"The model {train.model.name!r} needs the word vocabulary; a site used a tokenizer.")
+    for i, p in enumerate(parts, 1):
+        if p.get("normalization") != WORD_NORMALIZATION:
+            raise DataError(f"Site {i} folds its notes' words differently from the server (an older worker?).")
     totals: Counter[str] = Counter()
     sites: Counter[str] = Counter()
     for p in parts:
@@ -380,8 +385,8 @@ def _merge_text(
             f"No word is in at least {floor} notes at {min_sites} or more sites: the sites share no vocabulary."
         )
     vocab = ["<pad>", "<oov>"] + [w for w, _ in top]
-    return {"kind": "text", "columns": columns, "vocab": vocab, "pad_id": PAD_ID, "oov_id": OOV_ID,
-            "max_len": max_len, "label": label}  # fmt: skip
+    return {"kind": "text", "columns": columns, "vocab": vocab, "normalization": WORD_NORMALIZATION,
+            "pad_id": PAD_ID, "oov_id": OOV_ID, "max_len": max_len, "label": label}  # fmt: skip
 
 
 def _merge_label(stats: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ import csv
 import io
 import posixpath
 import re
+import unicodedata
 import zipfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -57,6 +58,12 @@ CLASSIFICATION_TASKS = frozenset(
 PAD_ID = 0
 OOV_ID = 1
 TOKEN_RE = re.compile(r"\w+", re.UNICODE)
+# How the word tokenizer folds text before splitting it, recorded in a word vocabulary's encoders:
+# NFKC (one code point for "é" whether a site's export composed it or not; full-width and ligature
+# forms become their plain letters) then case folding ("Straße" and "STRASSE" are one word).
+# Encoders without the key were built with ``str.lower()`` alone and keep encoding that way.
+WORD_NORMALIZATION = "nfkc_casefold"
+LEGACY_WORD_NORMALIZATION = "lower"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 OTHER = "<other>"
 _US_PER_DAY = 86_400_000_000.0
@@ -422,9 +429,16 @@ def text_input_info(encoders: dict[str, Any]) -> dict[str, Any]:
     return {"vocab_size": len(encoders["vocab"]), "pad_id": int(encoders.get("pad_id", PAD_ID)), "max_len": max_len}
 
 
-def tokenize(text: str) -> list[str]:
-    """Lower-case words (``\\w+``); deterministic and locale-free so inference matches training."""
-    return TOKEN_RE.findall(text.lower())
+def tokenize(text: str, normalization: str = WORD_NORMALIZATION) -> list[str]:
+    """Words (``\\w+``) of the folded text (see :data:`WORD_NORMALIZATION`); deterministic and
+    locale-free so inference matches training and every site splits its notes the same way."""
+    if normalization == WORD_NORMALIZATION:
+        text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    elif normalization == LEGACY_WORD_NORMALIZATION:
+        text = text.lower()
+    else:
+        raise DataError(f"Unknown word normalization {normalization!r}.")
+    return TOKEN_RE.findall(text)
 
 
 def build_vocab(texts: Iterable[str], min_freq: int, max_size: int) -> list[str]:
@@ -445,9 +459,10 @@ def encode_text(texts: Sequence[str | None], encoders: dict[str, Any]) -> torch.
         return tok.encode(texts, int(encoders["max_len"]))
     index = {t: i for i, t in enumerate(encoders["vocab"])}
     max_len = int(encoders["max_len"])
+    normalization = str(encoders.get("normalization", LEGACY_WORD_NORMALIZATION))
     out = torch.full((len(texts), max_len), PAD_ID, dtype=torch.int64)
     for r, text in enumerate(texts):
-        ids = [index.get(tok, OOV_ID) for tok in tokenize(text or "")][:max_len]
+        ids = [index.get(tok, OOV_ID) for tok in tokenize(text or "", normalization)][:max_len]
         if ids:
             out[r, : len(ids)] = torch.tensor(ids, dtype=torch.int64)
     return out
@@ -491,6 +506,7 @@ def prepare_text(data: ArrowData, schema: DatasetSchema, spec: TrainSpec) -> Pre
         "kind": "text",
         "columns": columns,
         "vocab": vocab,
+        "normalization": WORD_NORMALIZATION,
         "pad_id": PAD_ID,
         "oov_id": OOV_ID,
         "max_len": spec.data.text_max_len,

@@ -203,15 +203,22 @@ ROUND_0_TABULAR = (
 ROUND_0_TEXT = (
     "aggregates of the training split: for the text columns, in how many notes each word occurs (only words "
     "in at least 2 of this site's notes, at most 20,000; a word enters the shared vocabulary only if at least "
-    "2 sites and 5 notes hold it, every other word is unknown to the model), or nothing about the text when "
-    "the model brings its own tokenizer; label class counts. No row, no note."
+    "2 sites and 5 notes hold it, every other word is unknown to the model); label class counts. No row, no note."
+)
+ROUND_0_TEXT_TOKENIZER = (
+    "aggregates of the training split: nothing about the text (the model brings its own shipped, checksummed "
+    "tokenizer); label class counts. No row, no note."
 )
 
 
-def _reads_text(fspec: FederationSpec) -> bool:
-    from workers.training.models import model_inputs  # imports torch: only where a digest is built
+def _round_0_disclosure(fspec: FederationSpec) -> str:
+    """The round-0 sentence of the digest, for the model the spec names."""
+    from workers.training.models import model_inputs, text_tokenizer  # imports torch: only for a digest
 
-    return model_inputs(fspec.train.model.name) == "text"
+    name = fspec.train.model.name
+    if model_inputs(name) != "text":
+        return ROUND_0_TABULAR
+    return ROUND_0_TEXT if text_tokenizer(name) is None else ROUND_0_TEXT_TOKENIZER
 
 
 def site_digest(site: FederationSite, federation: Federation) -> dict[str, Any]:
@@ -236,7 +243,7 @@ def site_digest(site: FederationSite, federation: Federation) -> dict[str, Any]:
         },
         "update_bound": fspec.update_bound,
         "leaves_the_site": {
-            "round_0": ROUND_0_TEXT if _reads_text(fspec) else ROUND_0_TABULAR,
+            "round_0": _round_0_disclosure(fspec),
             "training_rounds": "the model delta (local minus global weights), example count, metrics",
         },
         "coordinator_sees": {

@@ -14,7 +14,7 @@ import pytest
 
 from apps.federation.models import Federation, Round, SiteRound
 from apps.federation.services import rounds
-from apps.federation.services.governance import ROUND_0_TABULAR, ROUND_0_TEXT
+from apps.federation.services.governance import ROUND_0_TABULAR, ROUND_0_TEXT, ROUND_0_TEXT_TOKENIZER
 from apps.tenancy.models import Role
 from apps.tenancy.scope import tenant_scope
 from tests.apps.datasets.helpers import create_dataset, deidentify, upload_version
@@ -82,6 +82,18 @@ def test_notes_need_a_text_model_and_owners_see_that_words_leave(disjoint: dict[
     shown = next(s for s in inbox if s["federation"] == r.json()["id"])["shown"]
     assert shown["leaves_the_site"]["round_0"] == ROUND_0_TEXT != ROUND_0_TABULAR
     assert shown["local"]["model"] == "text_bag"
+
+
+def test_a_model_with_its_own_tokenizer_tells_owners_nothing_about_the_text_leaves(disjoint: dict[str, Any]) -> None:
+    c = disjoint
+    spec = {**TEXT_SPEC, "train": {**TEXT_SPEC["train"], "model": {"name": "minilm", "params": {}}}}
+    r = create_federation(c, spec=spec)
+    assert r.status_code == 201, r.content
+    h = c["hospitals"][0]
+    inbox = h["client"].get(f"/api/v1/tenants/{h['tenant'].slug}/federation-sites/").json()["results"]
+    shown = next(s for s in inbox if s["federation"] == r.json()["id"])["shown"]
+    assert shown["leaves_the_site"]["round_0"] == ROUND_0_TEXT_TOKENIZER
+    assert "how many notes each word occurs" not in ROUND_0_TEXT_TOKENIZER
 
 
 def test_round_0_fails_the_federation_when_the_notes_share_no_word(disjoint: dict[str, Any]) -> None:

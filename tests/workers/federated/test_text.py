@@ -114,7 +114,7 @@ def test_a_site_reports_in_how_many_of_its_training_notes_each_word_occurs() -> 
     json.dumps(stats)  # JSON-safe, as SiteRound.statistics stores it
     assert stats["columns"] == []  # the text path reads the text columns only ("sex" is not sent)
     assert stats["n_rows"] == len(idx) and stats["text"]["columns"] == ["note"]
-    assert stats["text"]["tokenizer"] == "words"
+    assert stats["text"]["tokenizer"] == "words" and stats["text"]["normalization"] == "nfkc_casefold"
     reported = dict(stats["text"]["tokens"])
     assert reported["echo"] == 2
     assert "heldout" not in reported
@@ -132,7 +132,12 @@ def _stats(tokens: dict[str, int], classes: tuple[str, ...] = ("a", "b")) -> dic
     return {
         "n_rows": 10,
         "columns": [],
-        "text": {"columns": ["note"], "tokenizer": "words", "tokens": [[w, n] for w, n in tokens.items()]},
+        "text": {
+            "columns": ["note"],
+            "tokenizer": "words",
+            "normalization": "nfkc_casefold",
+            "tokens": [[w, n] for w, n in tokens.items()],
+        },
         "label": {"kind": "classes", "counts": [[c, 5] for c in classes]},
     }
 
@@ -147,8 +152,8 @@ def test_the_merged_vocabulary_keeps_words_that_two_sites_and_five_notes_hold() 
     enc = merge_statistics(stats, min_rows=5, min_sites=2, max_categories=20, train=train)
     # common: 24 notes at 3 sites; pair: 5 at 2. alone and only3: one site; four: 4 notes.
     assert enc["vocab"] == ["<pad>", "<oov>", "common", "pair"]
-    assert enc == {"kind": "text", "columns": ["note"], "vocab": enc["vocab"], "pad_id": 0, "oov_id": 1,
-                   "max_len": 24, "label": {"kind": "classes", "classes": ["a", "b", "c"]}}  # fmt: skip
+    assert enc == {"kind": "text", "columns": ["note"], "vocab": enc["vocab"], "normalization": "nfkc_casefold",
+                   "pad_id": 0, "oov_id": 1, "max_len": 24, "label": {"kind": "classes", "classes": ["a", "b", "c"]}}  # fmt: skip
     # data.text_min_freq raises the floor; data.text_max_vocab caps it (the specials included).
     strict = FederationSpec.from_dict({"train": {**TRAIN, "data": {"text_min_freq": 6}}, "rounds": 1}).train
     assert merge_statistics(stats, min_rows=5, min_sites=2, max_categories=20, train=strict)["vocab"][2:] == ["common"]
@@ -161,6 +166,10 @@ def test_the_merged_vocabulary_keeps_words_that_two_sites_and_five_notes_hold() 
     other["text"]["columns"] = ["summary"]
     with pytest.raises(DataError, match="text columns differ"):
         merge_statistics([stats[0], other], min_rows=5, min_sites=2, max_categories=20, train=train)
+    older = _stats({"common": 9})
+    del older["text"]["normalization"]  # a worker from before words were NFKC-folded
+    with pytest.raises(DataError, match="Site 2 folds its notes' words differently"):
+        merge_statistics([stats[0], older], min_rows=5, min_sites=2, max_categories=20, train=train)
     tabular = {"n_rows": 10, "columns": [], "label": stats[0]["label"]}
     with pytest.raises(DataError, match="text and others tabular"):
         merge_statistics([stats[0], tabular], min_rows=5, min_sites=2, max_categories=20, train=train)
