@@ -217,3 +217,26 @@ class FederationEvent(TenantOwned):
     class Meta(TenantOwned.Meta):
         ordering = ["federation_id", "seq"]
         constraints = [models.UniqueConstraint(fields=["federation", "seq"], name="federation_event_seq_once")]
+
+
+class PreparedCache(TenantOwned):
+    """A site's prepared tensors (its pinned version encoded with the federation's encoders), kept
+    encrypted with the coordinator's data key so that any ``fl`` worker's next task at the site
+    skips the decryption, the Parquet decode and the encoding (``services.prepared_store``).
+
+    Bookkeeping of the platform's own artefact, in the coordinator's scope: never shown, never
+    audited row by row (the site task that read the version is); removed, with its object, when the
+    site is dropped and when the federation ends."""
+
+    federation = models.ForeignKey(Federation, on_delete=models.CASCADE, related_name="+")
+    site = models.ForeignKey(FederationSite, on_delete=models.CASCADE, related_name="+")
+    inputs_digest = models.CharField(max_length=64)  # version, encoders and training spec
+    storage_name = models.CharField(max_length=300)
+    key = models.ForeignKey("vault.DataKey", on_delete=models.PROTECT, related_name="+")
+    sha256 = models.CharField(max_length=64)  # of the safetensors bytes
+    plaintext_bytes = models.BigIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta(TenantOwned.Meta):
+        ordering = ["federation_id", "site_id"]
+        constraints = [models.UniqueConstraint(fields=["site", "inputs_digest"], name="prepared_cache_once")]

@@ -167,6 +167,7 @@ TENANT_POLICIES: dict[str, tuple[str, str]] = {
         f"AND (site_id IS NULL OR site_id IN (SELECT s.id FROM federation_federationsite s {SITE_OF_CURRENT}))",
         "",
     ),
+    "federation_preparedcache": ("", ""),  # the coordinator's own encrypted cache (the platform's tasks)
     "tenancy_membership": (f"user_id = {CURRENT_USER_ID}", ""),
     "tenancy_invitation": (f"token_hash = {LOOKUP}", ""),
     "training_trainingjob": ("", ""),

@@ -292,6 +292,9 @@ COHORT_FL_MAX_UPDATE_BYTES = env.int("COHORT_FL_MAX_UPDATE_BYTES", default=512 *
 # tensors and each round's model, in this process only; bounded in MB (0: off) and idle seconds.
 COHORT_FL_CACHE_MB = env.float("COHORT_FL_CACHE_MB", default=512.0)
 COHORT_FL_CACHE_SECONDS = env.float("COHORT_FL_CACHE_SECONDS", default=900.0)
+# Every fl worker: sites' prepared tensors kept encrypted (coordinator's key) until the site drops or the
+# federation ends (apps.federation.services.prepared_store).
+COHORT_FL_PREPARED_STORE = env.bool("COHORT_FL_PREPARED_STORE", default=True)
 COHORT_FL_OWN_WORKER_TENANTS = env.list("COHORT_FL_OWN_WORKER_TENANTS", default=[])
 COHORT_JOB_MAX_RESTARTS = env.int("COHORT_JOB_MAX_RESTARTS", default=5)
 # Training pool capacity (slots = worker processes) and per-tenant quota defaults (overridable per

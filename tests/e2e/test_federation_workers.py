@@ -30,7 +30,7 @@ import pytest
 import redis
 
 from apps.audit.models import AuditEvent
-from apps.federation.models import Federation, Round, SiteRound
+from apps.federation.models import Federation, PreparedCache, Round, SiteRound
 from apps.federation.services import rounds as round_services
 from apps.tenancy.scope import tenant_scope
 from tests.apps.federation.conftest import SPEC, approve_all, consortium, create_federation  # noqa: F401
@@ -141,6 +141,8 @@ def test_three_hospitals_on_workers_survive_kill_9_mid_aggregation(
         done = _finished(lab.pk, fed["id"], log, 300, sweep)
         assert done.status == "completed", (done.status_reason, log.read_text()[-4000:])
         whole = time.monotonic() - started
+        with tenant_scope(lab.pk):  # the sites' encrypted prepared tensors went with the federation
+            assert not PreparedCache.objects.filter(federation_id=fed["id"]).exists()
         # WRK-3: every site-task message of the last round delivered three more times.
         with tenant_scope(lab.pk):
             slots = list(

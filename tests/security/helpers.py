@@ -183,6 +183,7 @@ def seed_datasets(client: Any, tenant: Any, *, name: str, grantee_slug: str, row
     assert r.status_code == 200, r.content
     r = client.post(f"{base}federations/{federation_id}/start/")
     assert r.status_code == 200, r.content
+    _seed_prepared_cache(tenant.pk, federation_id, site["id"])
     return DatasetSeed(
         federation_id=federation_id,
         site_id=site["id"],
@@ -214,3 +215,21 @@ def set_signed_context(conn: psycopg.Connection, **values: object) -> None:
             "SELECT set_config(%s, %s, true), set_config(%s, %s, true)",
             [f"app.{name}", text, f"app.{name}_mac", mac],
         )
+
+
+def _seed_prepared_cache(tenant_id: int, federation_id: int, site_id: int) -> None:
+    """A cached (encrypted) prepared-tensor entry, as a site task of round 1 would keep: small
+    tensors, so the probe has a row of ``federation_preparedcache`` without running the rounds."""
+    import torch
+
+    from apps.federation.models import Federation, FederationSite
+    from apps.federation.services import prepared_store
+    from apps.tenancy.scope import tenant_scope
+    from workers.training.data import Prepared
+
+    with tenant_scope(tenant_id):
+        fed = Federation.objects.get(pk=federation_id)
+        site = FederationSite.all_tenants.get(pk=site_id)
+    x, y = torch.zeros(4, 2), torch.tensor([0, 1, 0, 1])
+    prepared = Prepared("tabular", "classification", x, y, x, y, ["a", "b"], [0, 1], {}, {"n_features": 2})
+    assert prepared_store.save(fed, site, prepared_store.inputs_digest(site, "seed"), prepared)

@@ -45,7 +45,7 @@ from apps.datasets import selectors as dataset_selectors
 from apps.datasets.services import VERSION_KIND
 from apps.datasets.storage import open_decrypted
 from apps.federation.models import Federation, FederationSite, Round, SiteRound
-from apps.federation.services import site_cache, storage
+from apps.federation.services import prepared_store, site_cache, storage
 from apps.federation.services.admission import POOL, SITE_TASK, admit_if_waiting, admit_sites
 from apps.federation.services.events import append_event, append_events
 from apps.tenancy.models import Tenant
@@ -101,6 +101,7 @@ def _drop_withdrawn(fed: Federation) -> list[FederationSite]:
         if reason:
             site.active, site.dropped_reason = False, reason[:200]
             site.save(update_fields=["active", "dropped_reason"])
+            prepared_store.purge(fed, site)
             audit_record(
                 action="federation.site_dropped",
                 tenant=fed.tenant_id,
@@ -413,18 +414,29 @@ def _work(fed: Federation, fspec: FederationSpec, rnd: Round, site: FederationSi
         stats = site_statistics(table, schema, fspec.train)
         return {"state": SiteRound.State.SUBMITTED, "fields": {"statistics": stats, "n_examples": stats.get("n_rows")}}
 
+    digest = site_cache.inputs_digest(fed.encoders, fed.spec.get("train", {}))
+
     def prepare() -> Any:
+        # Another worker (or this one before a restart) may have kept them, encrypted.
+        stored = prepared_store.inputs_digest(site, digest)
+        cached = prepared_store.load(fed, site, stored)
+        if cached is not None:
+            return cached
         with tenant_scope(fed.tenant_id):
             table, schema = _load_table(fed, site)
-        return prepare_with_encoders(table, schema, fspec.train, fed.encoders)
+        prepared = prepare_with_encoders(table, schema, fspec.train, fed.encoders)
+        try:
+            prepared_store.save(fed, site, stored, prepared)
+        except Exception:  # a cache must not fail the site's task
+            logger.warning("could not cache the prepared tensors of site %s", site.pk, exc_info=True)
+        return prepared
 
     def base_model() -> dict[str, torch.Tensor]:
         with tenant_scope(fed.tenant_id):
             return load_round_model(fed, Round.objects.get(federation=fed, number=rnd.number - 1))
 
-    # The same inputs every round: kept in this worker's memory (site_cache), keyed by what they
-    # were computed from; access was checked above, as on every task.
-    digest = site_cache.inputs_digest(fed.encoders, fed.spec.get("train", {}))
+    # The same inputs every round: kept in this worker's memory (site_cache) and encrypted for any
+    # worker (prepared_store), keyed by what they were computed from; access was checked above.
     prepared = site_cache.PREPARED.get_or_compute((fed.pk, site.pk, site.version_id, digest), prepare)
     base = (
         site_cache.MODELS.get_or_compute((fed.pk, rnd.number - 1, rnd.base_digest), base_model)
@@ -946,6 +958,7 @@ def finish_locked(fed: Federation, status: str, reason: str) -> None:
     Federation.objects.filter(pk=fed.pk).update(status=status, status_reason=reason[:300], finished_at=now)
     fed.status, fed.status_reason = status, reason[:300]
     settled = _settle_budgets(fed)
+    prepared_store.purge(fed)  # what was derived from the sites' rows goes with the federation
     audit_record(
         action=f"federation.{status}", tenant=fed.tenant_id, target=fed, details={"reason": reason[:200], **settled}
     )

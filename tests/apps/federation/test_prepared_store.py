@@ -1,0 +1,169 @@
+"""Prepared tensors cached encrypted (issue 11): any worker's next task at a site reads them instead
+of the version, they decrypt to exactly the tensors the version gives, the bytes at rest are
+ciphertext, a damaged entry is recomputed, and they go when the site drops and when the federation
+ends. The site tasks and ``advance`` run here, as the workers would run them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from apps.datasets.storage import object_storage
+from apps.federation.models import Federation, FederationSite, PreparedCache, SiteRound
+from apps.federation.services import prepared_store, rounds, site_cache
+from apps.tenancy.scope import tenant_scope
+from tests.apps.federation.conftest import SPEC, approve_all, create_federation
+from workers.federated.spec import FederationSpec
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _rows(lab_id: int, fed_id: int) -> list[PreparedCache]:
+    with tenant_scope(lab_id):
+        return list(PreparedCache.objects.filter(federation_id=fed_id).order_by("site_id"))
+
+
+def _run_open_slots(lab_id: int, fed_id: int) -> list[str]:
+    with tenant_scope(lab_id):
+        slots = list(
+            SiteRound.objects.filter(round__federation_id=fed_id, state=SiteRound.State.SELECTED).order_by("id")
+        )
+    return [rounds.run_site_round(lab_id, s.pk) for s in slots]
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Site ids whose version a task decrypted and decoded; each task starts with an empty memory
+    cache, as a task on another worker (or after a restart) would."""
+    seen: list[int] = []
+    real = rounds._load_table
+
+    def counting(fed: Federation, site: FederationSite) -> Any:
+        seen.append(site.pk)
+        return real(fed, site)
+
+    monkeypatch.setattr(rounds, "_load_table", counting)
+    real_run = rounds.run_site_round
+
+    def cold(tenant_id: int, slot_id: int) -> str:
+        site_cache.PREPARED.clear()
+        return real_run(tenant_id, slot_id)
+
+    monkeypatch.setattr(rounds, "run_site_round", cold)
+    return seen
+
+
+def test_a_site_task_reads_its_version_once_and_the_cache_is_exact_and_encrypted(
+    consortium: dict[str, Any], reads: list[int]
+) -> None:
+    c, lab = consortium, consortium["lab"]
+    r = create_federation(c, spec={**SPEC, "rounds": 2})
+    assert r.status_code == 201, r.content
+    fed_id = r.json()["id"]
+    approve_all(c, fed_id)
+    assert c["lab_client"].post(f"/api/v1/tenants/{lab.slug}/federations/{fed_id}/start/").status_code == 200
+    assert _run_open_slots(lab.pk, fed_id) == ["submitted"] * 3  # round 0: statistics, from the version
+    assert rounds.advance(lab.pk, fed_id) == "closed"
+    reads.clear()
+    assert _run_open_slots(lab.pk, fed_id) == ["submitted"] * 3  # round 1: encoded, then kept
+    rows = _rows(lab.pk, fed_id)
+    assert len(rows) == 3 and len(reads) == 3
+    assert rounds.advance(lab.pk, fed_id) == "closed"
+    assert _run_open_slots(lab.pk, fed_id) == ["submitted"] * 3  # round 2: from the cache
+    assert len(reads) == 3, "round 2's tasks decrypted the versions again"
+
+    # Exactly the tensors the version gives, and nothing readable at rest.
+    from workers.training.data import prepare_with_encoders
+
+    with tenant_scope(lab.pk):
+        fed = Federation.objects.get(pk=fed_id)
+        site = FederationSite.all_tenants.get(pk=rows[0].site_id)
+        table, schema = rounds._load_table(fed, site)
+    fresh = prepare_with_encoders(table, schema, FederationSpec.from_dict(fed.spec).train, fed.encoders)
+    digest = prepared_store.inputs_digest(site, site_cache.inputs_digest(fed.encoders, fed.spec["train"]))
+    assert rows[0].inputs_digest == digest
+    cached = prepared_store.load(fed, site, digest)
+    assert cached is not None
+    for name in ("x_train", "y_train", "x_val", "y_val"):
+        a, b = getattr(cached, name), getattr(fresh, name)
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    assert (cached.train_index, cached.val_index) == (fresh.train_index, fresh.val_index)
+    assert (cached.classes, cached.feature_names, cached.input_info) == (
+        fresh.classes,
+        fresh.feature_names,
+        fresh.input_info,
+    )
+    with object_storage().open(rows[0].storage_name, "rb") as f:
+        raw = f.read()
+    assert b"x_train" not in raw and b"cohort.prepared" not in raw and raw[:8] != cached_header(cached)
+
+    # The final evaluation reads the cache too; then the federation ends: rows and objects are gone.
+    before = len(reads)
+    assert rounds.advance(lab.pk, fed_id) == "closed"
+    assert _run_open_slots(lab.pk, fed_id) == ["submitted"] * 3
+    assert len(reads) == before
+    assert rounds.advance(lab.pk, fed_id) == "completed"
+    assert _rows(lab.pk, fed_id) == []
+    assert not any(object_storage().exists(row.storage_name) for row in rows)
+
+
+def cached_header(prepared: Any) -> bytes:
+    import io
+
+    from workers.training.weights import save_weights
+
+    buf = io.BytesIO()
+    save_weights({"x": prepared.x_train}, buf, {})
+    return buf.getvalue()[:8]
+
+
+def test_a_damaged_entry_is_recomputed_and_a_dropped_site_loses_its_entry(
+    consortium: dict[str, Any], reads: list[int]
+) -> None:
+    c, lab = consortium, consortium["lab"]
+    r = create_federation(c, spec={**SPEC, "rounds": 3, "quorum": 2}, min_sites=2)
+    assert r.status_code == 201, r.content
+    fed_id = r.json()["id"]
+    approve_all(c, fed_id)
+    assert c["lab_client"].post(f"/api/v1/tenants/{lab.slug}/federations/{fed_id}/start/").status_code == 200
+    _run_open_slots(lab.pk, fed_id)
+    assert rounds.advance(lab.pk, fed_id) == "closed"
+    assert _run_open_slots(lab.pk, fed_id) == ["submitted"] * 3
+    rows = _rows(lab.pk, fed_id)
+    with tenant_scope(lab.pk):  # one entry's bytes no longer match their record
+        PreparedCache.objects.filter(pk=rows[0].pk).update(sha256="0" * 64)
+    assert rounds.advance(lab.pk, fed_id) == "closed"
+    reads.clear()
+    assert _run_open_slots(lab.pk, fed_id) == ["submitted"] * 3
+    assert reads == [rows[0].site_id]  # recomputed from the version, the others read from the cache
+    again = _rows(lab.pk, fed_id)
+    assert len(again) == 3 and again[0].pk != rows[0].pk and again[0].sha256 == rows[0].sha256
+    assert not object_storage().exists(rows[0].storage_name)
+
+    # The third hospital revokes its grant: the next round drops the site and its cached tensors.
+    h = c["hospitals"][2]
+    r = h["client"].delete(f"/api/v1/tenants/{h['tenant'].slug}/datasets/{h['dataset']}/grants/{h['grant']['id']}/")
+    assert r.status_code in (200, 204), r.content
+    outcome = rounds.advance(lab.pk, fed_id)
+    with tenant_scope(lab.pk):
+        assert outcome == "closed", Federation.objects.get(pk=fed_id).status_reason
+    left = _rows(lab.pk, fed_id)
+    dropped = next(x for x in again if x.site_id not in {y.site_id for y in left})
+    assert len(left) == 2 and not object_storage().exists(dropped.storage_name)
+    with tenant_scope(lab.pk):
+        assert FederationSite.all_tenants.get(pk=dropped.site_id).active is False
+
+
+def test_off_keeps_nothing(consortium: dict[str, Any], settings: Any) -> None:
+    settings.COHORT_FL_PREPARED_STORE = False
+    c, lab = consortium, consortium["lab"]
+    r = create_federation(c, spec={**SPEC, "rounds": 1})
+    fed_id = r.json()["id"]
+    approve_all(c, fed_id)
+    assert c["lab_client"].post(f"/api/v1/tenants/{lab.slug}/federations/{fed_id}/start/").status_code == 200
+    _run_open_slots(lab.pk, fed_id)
+    assert rounds.advance(lab.pk, fed_id) == "closed"
+    assert _run_open_slots(lab.pk, fed_id) == ["submitted"] * 3
+    assert _rows(lab.pk, fed_id) == []
