@@ -33,6 +33,19 @@ def _run_open_slots(lab_id: int, fed_id: int) -> list[str]:
     return [rounds.run_site_round(lab_id, s.pk) for s in slots]
 
 
+def _in_round_1(c: dict[str, Any], spec: dict[str, Any], **extra: Any) -> int:
+    """A started federation whose round 0 ran here: round 1 is open. Its id."""
+    lab = c["lab"]
+    r = create_federation(c, spec=spec, **extra)
+    assert r.status_code == 201, r.content
+    fed_id = int(r.json()["id"])
+    approve_all(c, fed_id)
+    assert c["lab_client"].post(f"/api/v1/tenants/{lab.slug}/federations/{fed_id}/start/").status_code == 200
+    assert _run_open_slots(lab.pk, fed_id) == ["submitted"] * 3  # round 0: statistics, from the version
+    assert rounds.advance(lab.pk, fed_id) == "closed"
+    return fed_id
+
+
 @pytest.fixture
 def reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Site ids whose version a task decrypted and decoded; each task starts with an empty memory
@@ -59,13 +72,7 @@ def test_a_site_task_reads_its_version_once_and_the_cache_is_exact_and_encrypted
     consortium: dict[str, Any], reads: list[int]
 ) -> None:
     c, lab = consortium, consortium["lab"]
-    r = create_federation(c, spec={**SPEC, "rounds": 2})
-    assert r.status_code == 201, r.content
-    fed_id = r.json()["id"]
-    approve_all(c, fed_id)
-    assert c["lab_client"].post(f"/api/v1/tenants/{lab.slug}/federations/{fed_id}/start/").status_code == 200
-    assert _run_open_slots(lab.pk, fed_id) == ["submitted"] * 3  # round 0: statistics, from the version
-    assert rounds.advance(lab.pk, fed_id) == "closed"
+    fed_id = _in_round_1(c, {**SPEC, "rounds": 2})
     reads.clear()
     assert _run_open_slots(lab.pk, fed_id) == ["submitted"] * 3  # round 1: encoded, then kept
     rows = _rows(lab.pk, fed_id)
@@ -123,13 +130,7 @@ def test_a_damaged_entry_is_recomputed_and_a_dropped_site_loses_its_entry(
     consortium: dict[str, Any], reads: list[int]
 ) -> None:
     c, lab = consortium, consortium["lab"]
-    r = create_federation(c, spec={**SPEC, "rounds": 3, "quorum": 2}, min_sites=2)
-    assert r.status_code == 201, r.content
-    fed_id = r.json()["id"]
-    approve_all(c, fed_id)
-    assert c["lab_client"].post(f"/api/v1/tenants/{lab.slug}/federations/{fed_id}/start/").status_code == 200
-    _run_open_slots(lab.pk, fed_id)
-    assert rounds.advance(lab.pk, fed_id) == "closed"
+    fed_id = _in_round_1(c, {**SPEC, "rounds": 3, "quorum": 2}, min_sites=2)
     assert _run_open_slots(lab.pk, fed_id) == ["submitted"] * 3
     rows = _rows(lab.pk, fed_id)
     with tenant_scope(lab.pk):  # one entry's bytes no longer match their record
@@ -159,11 +160,6 @@ def test_a_damaged_entry_is_recomputed_and_a_dropped_site_loses_its_entry(
 def test_off_keeps_nothing(consortium: dict[str, Any], settings: Any) -> None:
     settings.COHORT_FL_PREPARED_STORE = False
     c, lab = consortium, consortium["lab"]
-    r = create_federation(c, spec={**SPEC, "rounds": 1})
-    fed_id = r.json()["id"]
-    approve_all(c, fed_id)
-    assert c["lab_client"].post(f"/api/v1/tenants/{lab.slug}/federations/{fed_id}/start/").status_code == 200
-    _run_open_slots(lab.pk, fed_id)
-    assert rounds.advance(lab.pk, fed_id) == "closed"
+    fed_id = _in_round_1(c, {**SPEC, "rounds": 1})
     assert _run_open_slots(lab.pk, fed_id) == ["submitted"] * 3
     assert _rows(lab.pk, fed_id) == []
