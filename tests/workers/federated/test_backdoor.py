@@ -30,7 +30,7 @@ defence's own cost against the undefended clean run.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -134,8 +134,18 @@ def run(d: Digits, f: int, defence: tuple[float, float] | None) -> dict[str, flo
     return {"main": _accuracy(state, d.x_test, d.y_test), "backdoor": _accuracy(state, d.x_backdoor, target)}
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: 1 thread is faster and reproducible
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_fl3_norm_bounding_and_weak_dp_against_a_model_replacement_backdoor(digits: Digits) -> None:
-    torch.set_num_threads(1)
     cells: list[dict[str, Any]] = []
     clean: dict[tuple[float, float] | None, dict[str, float]] = {}
     for defence in (None, *POINTS):
