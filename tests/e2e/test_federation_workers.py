@@ -379,6 +379,9 @@ def test_local_dp_federation_on_workers_charges_every_ledger(
                                                   site__dataset_id=h["dataset"]).order_by("round__number"))  # fmt: skip
         eps = [s.epsilon for s in slots]
         assert len(eps) == rounds and all(e is not None for e in eps) and eps == sorted(eps), eps
+        # Only the DP accounting came with the updates: no training loss (not covered by ε).
+        assert all(s.loss is None and set(s.train_metrics) == {"dp_steps", "dp_noise_multiplier", "dp_sample_rate"}
+                   for s in slots), [(s.loss, s.train_metrics) for s in slots]  # fmt: skip
         m = slots[-1].train_metrics
         acc = RDPAccountant()
         for _ in range(int(sum(s.train_metrics["dp_steps"] for s in slots))):

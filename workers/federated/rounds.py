@@ -187,6 +187,9 @@ def local_update(
         metrics["loss"] = metrics["train_loss"]
     if privacy is None:
         return LocalUpdate(delta, int(result.n_train), metrics, result.steps, bool(clipped), norm)
+    # Under local DP only the privatised delta (and its accounting) leaves the site: the training
+    # loss and metrics are computed on the private rows outside the DP guarantee, so none is sent.
+    metrics = {}
     done = sum(n for _s, _q, n in result.privacy_history) - sum(int(n) for _s, _q, n in prior)
     return LocalUpdate(delta, int(result.n_train), metrics, result.steps, bool(clipped), norm,
                        epsilon=result.epsilon, privacy_history=list(result.privacy_history), dp_steps=done,

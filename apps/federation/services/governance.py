@@ -244,7 +244,12 @@ def site_digest(site: FederationSite, federation: Federation) -> dict[str, Any]:
         "update_bound": fspec.update_bound,
         "leaves_the_site": {
             "round_0": _round_0_disclosure(fspec),
-            "training_rounds": "the model delta (local minus global weights), example count, metrics",
+            "training_rounds": (
+                "the DP-SGD model delta (local minus global weights), example count and the DP accounting "
+                "(steps, noise multiplier, sampling rate); no training loss or metric"
+                if fspec.dp.mode == "local"
+                else "the model delta (local minus global weights), example count, training loss and metrics"
+            ),
         },
         "coordinator_sees": {
             "global_metrics": True,

@@ -49,6 +49,7 @@ def test_draft_invites_each_owner_and_needs_k_approvals_to_start(consortium: dic
     assert shown["spec_hash"] == fed["spec_hash"] and shown["strategy"]["name"] == "fedavg"
     assert shown["coordinator_sees"]["rows"] is False and shown["coordinator_sees"]["site_statistics"] is False
     assert "No row" in shown["leaves_the_site"]["round_0"]
+    assert "training loss and metrics" in shown["leaves_the_site"]["training_rounds"]
     # A stale or made-up digest is refused.
     r = h["client"].post(
         f"/api/v1/tenants/{h['tenant'].slug}/federation-sites/{inbox[0]['id']}/approve/", {"digest": "0" * 64},
@@ -157,7 +158,8 @@ def test_local_dp_start_reserves_the_projection_on_every_ledger_or_nothing(conso
     r = create_federation(c, spec=spec)
     assert r.status_code == 201, r.content
     fed = r.json()
-    approve_all(c, fed["id"])
+    shown = approve_all(c, fed["id"])[0]["shown"]["leaves_the_site"]["training_rounds"]
+    assert "no training loss" in shown and "DP accounting" in shown  # the owner is told what leaves
     start = f"/api/v1/tenants/{c['lab'].slug}/federations/{fed['id']}/start/"
     first = c["hospitals"][0]
     r = c["lab_client"].post(start)  # no budget on any dataset yet

@@ -256,6 +256,7 @@ def test_local_dp_rounds_compose_to_the_projection_and_retries_are_bit_for_bit()
                                      dp_history=histories[i])  # fmt: skip
                 assert all(torch.equal(u.delta[k], again.delta[k]) for k in state) and again.epsilon == u.epsilon
             assert u.dp_steps == 10 and u.epsilon is not None and u.epsilon > eps[i]
+            assert u.metrics == {}  # no training loss leaves a DP site: it is not covered by ε
             histories[i], eps[i] = u.privacy_history, u.epsilon
             ups.append(u)
         state = aggregate_round(fspec, strategy, state, [(u.delta, u.n_train) for u in ups])
