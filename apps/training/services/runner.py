@@ -136,10 +136,11 @@ def finish(
 
 
 def settle_privacy(job: TrainingJob, status: str, epsilon: float | None) -> None:
-    """A DP job's ledger reservation when it ends: a succeeded job commits the ε its accountant
-    composed; a job that ran and then failed or was cancelled commits the whole reservation (the
-    steps it took are not all known after a crash: the conservative charge); one that never ran
-    releases it."""
+    """A DP job's ledger reservation when it ends: a job whose engine returned (succeeded, or
+    stopped cleanly by a cancel) commits the ε its accountant composed over every step it took,
+    resumed ones included; a job that ran and then failed without a result (a crash, an error,
+    attempts exhausted) commits the whole reservation (its steps are not all known: the
+    conservative charge); one that never ran releases it."""
     from apps.datasets.models import BudgetReservation
     from apps.datasets.services import budget_settle
     from apps.tenancy.models import Tenant
@@ -150,7 +151,7 @@ def settle_privacy(job: TrainingJob, status: str, epsilon: float | None) -> None
     if res is None or res.state != BudgetReservation.State.RESERVED:
         return
     consumer = Tenant(pk=job.tenant_id)
-    if status == TrainingJob.Status.SUCCEEDED and epsilon is not None:
+    if epsilon is not None and job.started_at is not None:
         spent = min(Decimal(str(round(float(epsilon), 6))), res.epsilon)
         budget_settle(consumer=consumer, reservation=res, commit=True, epsilon_spent=spent)
     elif job.started_at is not None:
@@ -267,7 +268,10 @@ def run_job(tenant_id: int, job_id: int) -> str:
             lease.account()
             return "superseded"
         status = TrainingJob.Status.CANCELLED if reason == "cancelled" else TrainingJob.Status.FAILED
-        finish(job, status, reason, result={"steps": result.steps, "epochs": result.epochs}, lease=lease)
+        stopped: dict[str, Any] = {"steps": result.steps, "epochs": result.epochs}
+        if spec.privacy is not None and result.epsilon is not None:  # a clean stop knows its steps
+            stopped |= {"epsilon": result.epsilon, "delta": spec.privacy.delta}
+        finish(job, status, reason, result=stopped, lease=lease)
         return status
     if not lease.renew(force=True):
         lease.account()

@@ -114,3 +114,38 @@ def test_cancelling_a_queued_dp_job_releases_its_reservation(world: dict[str, An
     r = world["owner"].delete(f"/api/v1/tenants/{world['tenant'].slug}/jobs/{job_id}/")
     assert r.status_code == 200 and r.json()["status"] == "cancelled", r.content
     assert _reservation(job_id, world["tenant"].pk).state == "released"
+
+
+def test_a_dp_job_cancelled_while_training_commits_the_epsilon_of_the_steps_it_took(
+    world: dict[str, Any],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A clean stop returns the accountant's ε: that is charged, not the whole reservation."""
+    from apps.training.services import runner
+    from apps.training.services.sink import DjangoSink
+
+    _budget(world)
+    spec = {**DP_SPEC, "epochs": 6}
+    tid, job_id = world["tenant"].pk, _post(world, spec).json()["id"]
+    reserved = _reservation(job_id, tid).epsilon
+    monkeypatch.setattr(runner, "STOP_CHECK_SECONDS", 0.0)  # the cancel is seen at the next step
+    real_epoch_end = DjangoSink.on_epoch_end
+
+    def cancel_after_the_first_epoch(self: DjangoSink, epoch: int, metrics: dict[str, float]) -> None:
+        real_epoch_end(self, epoch, metrics)
+        with tenant_scope(tid):
+            TrainingJob.objects.filter(pk=job_id).update(cancel_requested=True)
+
+    monkeypatch.setattr(DjangoSink, "on_epoch_end", cancel_after_the_first_epoch)
+    assert services.run_job(tid, job_id) == "cancelled"
+    with tenant_scope(tid):
+        job = TrainingJob.objects.get(pk=job_id)
+    config = job_dp_config(TrainSpec.from_dict(spec), int(world["deid"]["rows"]))
+    acc = RDPAccountant()
+    for _ in range(int(job.result["steps"])):
+        acc.step(noise_multiplier=config.noise_multiplier, sample_rate=config.sample_rate)
+    eps = job.result["epsilon"]
+    assert eps == pytest.approx(acc.get_epsilon(delta=1e-4), rel=0.01)
+    res = _reservation(job_id, tid)
+    assert res.state == "committed" and res.epsilon_spent == Decimal(str(round(eps, 6)))
+    assert 0 < res.epsilon_spent < reserved  # 1 epoch of 6 was charged, not the whole reservation
