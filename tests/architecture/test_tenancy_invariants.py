@@ -74,6 +74,7 @@ ALL_TENANTS_ALLOWED: dict[str, str] = {
     "apps/federation/services/governance.py::federation_start": "the sites of the coordinator's federation: " + _FED,
     "apps/federation/services/governance.py::site_decide": "the owner reads the coordinator's federation: " + _FED,
     "apps/federation/services/governance.py::site_revoke": "the owner reads the coordinator's federation: " + _FED,
+    "apps/federation/services/prepared_store.py::save": "is the owner's site still active: " + _FED,
     "apps/federation/services/rounds.py::_drop_withdrawn": "the coordinator drops owners' sites: " + _FED,
     "apps/federation/services/rounds.py::_settle_budgets": "reservations on the owners' ledgers: " + _FED,
     "apps/federation/services/rounds.py::_site_of": "the slot's site (an owner's row): " + _FED,

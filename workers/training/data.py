@@ -10,7 +10,8 @@ Three paths, one result type (:class:`Prepared`):
   "other" slot. A null becomes 0 and, when the train split had nulls in that column, a
   ``<col>__missing`` indicator carries the fact. ``text`` and ``image`` columns are left to
   their own paths.
-* **text** (:func:`prepare_text`): a deterministic tokenizer (lower-case, ``\\w+`` words) and a
+* **text** (:func:`prepare_text`): a deterministic tokenizer (``\\w+`` words of the NFKC-normalised,
+  case-folded text) and a
   vocabulary from the train split (``min_freq``, ``max_vocab``; id 0 = PAD, 1 = OOV) — unless the
   spec's model declares its own tokenizer (a pretrained model such as ``minilm`` must read its own
   vocabulary): then that tokenizer encodes, and the encoders name it and its vocabulary's SHA-256

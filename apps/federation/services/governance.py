@@ -244,6 +244,12 @@ def site_digest(site: FederationSite, federation: Federation) -> dict[str, Any]:
         "update_bound": fspec.update_bound,
         "leaves_the_site": {
             "round_0": _round_0_disclosure(fspec),
+            "kept_by_the_platform": (
+                "on the platform's workers (not your own fl worker), while the federation runs: this site's "
+                "encoded training and validation rows, encrypted with the coordinator's data key, so the next "
+                "round skips decoding the version; never used once your key is destroyed or the grant ends; "
+                "deleted when the site is dropped or the federation ends"
+            ),
             "training_rounds": (
                 "the DP-SGD model delta (local minus global weights), example count and the DP accounting "
                 "(steps, noise multiplier, sampling rate); no training loss or metric"

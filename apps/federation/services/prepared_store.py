@@ -46,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 TENSORS = ("x_train", "y_train", "x_val", "y_val")
 FORMAT = "cohort.prepared/1"
+# Bumped whenever the data path's encoding changes (prepare_with_encoders, site_split, tokenizers):
+# entries outlive deploys, and an entry written by older code must not be read by newer code.
+PREPARE_VERSION = "2026-12-07"
 
 
 def enabled() -> bool:
@@ -53,9 +56,9 @@ def enabled() -> bool:
 
 
 def inputs_digest(site: FederationSite, tensors_digest: str) -> str:
-    """The store's key for a site: its pinned version (id and content hash) and what the tensors
-    were computed from besides the data (:func:`site_cache.inputs_digest`)."""
-    blob = f"{site.version_id}:{site.version_sha256}:{tensors_digest}"
+    """The store's key for a site: the encoding code's version, its pinned version (id and content
+    hash) and what the tensors were computed from besides the data (:func:`site_cache.inputs_digest`)."""
+    blob = f"{PREPARE_VERSION}:{site.version_id}:{site.version_sha256}:{tensors_digest}"
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -106,55 +109,83 @@ def _decode(data: bytes) -> Any:
     )
 
 
+def owner_still_holds_the_key(fed: Federation, site: FederationSite) -> None:
+    """Raise as reading the version itself would: the cache never outlives the owner's key (a
+    crypto-shred of the owner's tenant, a destroyed version key) or the coordinator's grant."""
+    from apps.datasets import selectors as dataset_selectors
+    from apps.tenancy.models import Tenant
+    from apps.vault import services as vault
+
+    version = site.version
+    assert version is not None
+    with tenant_scope(fed.tenant_id):
+        key = dataset_selectors.version_key(consumer=Tenant(pk=fed.tenant_id), version=version, permission="federate")
+        vault.material(key)  # ShreddedError when the owner's key was destroyed
+
+
 def load(fed: Federation, site: FederationSite, digest: str) -> Any | None:
-    """The cached tensors for these inputs, or None (never cached, or unreadable: then removed)."""
+    """The cached tensors for these inputs, or None (never cached, or unreadable: then removed).
+    Raises what reading the version would raise when the owner's key is gone."""
     if not enabled():
         return None
     with tenant_scope(fed.tenant_id):
         row = PreparedCache.objects.filter(site=site, inputs_digest=digest).select_related("key").first()
         if row is None:
             return None
-        try:
-            with open_decrypted(fed.tenant_id, KIND, object_id(fed.pk, _what(site.pk, digest)), row.storage_name,
-                                row.key) as reader:  # fmt: skip
-                data = bytes(reader.read())
-            if hashlib.sha256(data).hexdigest() != row.sha256:
-                raise ValueError("the cached bytes' SHA-256 differs from the recorded one")
-            return _decode(data)
-        except Exception:
-            logger.warning("prepared tensors of site %s (federation %s) unreadable; recomputing", site.pk, fed.pk,
-                           exc_info=True)  # fmt: skip
+        owner_still_holds_the_key(fed, site)
+    try:  # the transfer and decryption outside any transaction
+        with open_decrypted(fed.tenant_id, KIND, object_id(fed.pk, _what(site.pk, digest)), row.storage_name,
+                            row.key) as reader:  # fmt: skip
+            data = bytes(reader.read())
+        if hashlib.sha256(data).hexdigest() != row.sha256:
+            raise ValueError("the cached bytes' SHA-256 differs from the recorded one")
+        return _decode(data)
+    except Exception:
+        logger.warning("prepared tensors of site %s (federation %s) unreadable; recomputing", site.pk, fed.pk,
+                       exc_info=True)  # fmt: skip
+        with tenant_scope(fed.tenant_id):
             PreparedCache.objects.filter(pk=row.pk).delete()
             _delete_after_commit([row.storage_name])
-            return None
+        return None
 
 
 def save(fed: Federation, site: FederationSite, digest: str, prepared: Any) -> bool:
-    """Keep ``prepared`` for the next task at this site; False if another task kept it first (or off)."""
+    """Keep ``prepared`` for the next task at this site. False (and nothing kept) when it is off,
+    when another task kept the same inputs first, or when the federation ended or the site was
+    dropped meanwhile (a slow task must not leave an entry that no purge will see)."""
     if not enabled():
         return False
     data, sha = _encode(prepared)
     what = _what(site.pk, digest)
-    with tenant_scope(fed.tenant_id):
+    with tenant_scope(fed.tenant_id):  # the key's nonce reservations are rows in the tenant's scope
         up = EncryptedUpload(fed.tenant_id, KIND, object_id(fed.pk, what), size_hint=len(data))
         up.write(data)
         stored = up.finish()
-        try:
-            with transaction.atomic():
-                PreparedCache.objects.create(
-                    tenant_id=fed.tenant_id,
-                    federation=fed,
-                    site=site,
-                    inputs_digest=digest,
-                    storage_name=stored.name,
-                    key=stored.key,
-                    sha256=sha,
-                    plaintext_bytes=len(data),
-                )
-        except IntegrityError:  # the same inputs kept by a concurrent task: one object is enough
-            delete_object(stored.name)
-            return False
+    try:
+        with tenant_scope(fed.tenant_id), transaction.atomic():
+            # The federation's row lock orders this after a finish_locked or _drop_withdrawn that
+            # holds it: then the status or the site's flag says no, and nothing is kept.
+            running = Federation.objects.select_for_update().filter(pk=fed.pk, status=Federation.Status.RUNNING)
+            if not running.exists() or not FederationSite.all_tenants.filter(pk=site.pk, active=True).exists():
+                raise _Ended
+            PreparedCache.objects.create(
+                tenant_id=fed.tenant_id,
+                federation=fed,
+                site=site,
+                inputs_digest=digest,
+                storage_name=stored.name,
+                key=stored.key,
+                sha256=sha,
+                plaintext_bytes=len(data),
+            )
+    except (IntegrityError, _Ended):  # kept by a concurrent task, or no longer wanted
+        delete_object(stored.name)
+        return False
     return True
+
+
+class _Ended(Exception):
+    """The federation ended or the site was dropped while the tensors were being kept."""
 
 
 def purge(fed: Federation, site: FederationSite | None = None) -> int:

@@ -419,14 +419,24 @@ def _work(fed: Federation, fspec: FederationSpec, rnd: Round, site: FederationSi
     def prepare() -> Any:
         # Another worker (or this one before a restart) may have kept them, encrypted.
         stored = prepared_store.inputs_digest(site, digest)
-        cached = prepared_store.load(fed, site, stored)
-        if cached is not None:
-            return cached
+        keep = slot.queue == POOL  # an owner's own worker keeps nothing in the platform's storage
+        if keep:
+            # The owner's key and the grant first, outside the try: when they are gone the task
+            # fails as reading the version would (a crypto-shred reaches the cache too).
+            prepared_store.owner_still_holds_the_key(fed, site)
+            try:
+                cached = prepared_store.load(fed, site, stored)
+            except Exception:  # a cache must not fail the site's task
+                logger.warning("could not read the cached tensors of site %s", site.pk, exc_info=True)
+                cached = None
+            if cached is not None:
+                return cached
         with tenant_scope(fed.tenant_id):
             table, schema = _load_table(fed, site)
         prepared = prepare_with_encoders(table, schema, fspec.train, fed.encoders)
         try:
-            prepared_store.save(fed, site, stored, prepared)
+            if keep:
+                prepared_store.save(fed, site, stored, prepared)
         except Exception:  # a cache must not fail the site's task
             logger.warning("could not cache the prepared tensors of site %s", site.pk, exc_info=True)
         return prepared

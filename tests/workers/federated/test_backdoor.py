@@ -22,8 +22,12 @@ held-out images of other classes that, stamped with the trigger, are classified 
 
 Gates: without a defence the backdoor succeeds (>= 90% at f = 1: otherwise the harness attacks
 nothing), and clean runs show none (<= 2%); at the operating point (M = 0.1, sigma = 1) with f = 1
-of 20 (5%), backdoor success <= 10% and main accuracy within 1 point of the clean run under the
-same defence. Reported, not gated: f = 2 (10%) at every point, where this persistent attacker
+of 20 (5%), over ``NOISE_SEEDS`` draws of the noise, the mean backdoor success <= 10% and the mean
+main accuracy within 1 point of the clean run under the same defence (the worst draw and the draws
+over 10% are reported: single draws do pass 10%). Once clipped, the boost changes nothing (every
+attacker delta has norm M): under the defence this is data poisoning at the largest accepted norm.
+The harness clips the attackers' deltas itself, so the platform's rejection path is not exercised
+here (``test_validate`` covers it). Reported, not gated: f = 2 (10%) at every point, where this persistent attacker
 still implants the trigger unless the noise also costs the main task more than 10 points, and the
 defence's own cost against the undefended clean run.
 """
@@ -63,6 +67,7 @@ MAX_BACKDOOR = 0.10
 MAX_MAIN_DROP_PP = 1.0
 MIN_UNDEFENDED_BACKDOOR = 0.90
 MAX_CLEAN_BACKDOOR = 0.02
+NOISE_SEEDS = 10  # the operating point is gated on the mean over this many noise draws
 
 
 class Digits:
@@ -107,7 +112,7 @@ def _accuracy(state: Mapping[str, Tensor], x: Tensor, y: Tensor) -> float:
     return float((F.linear(x, state["linear.weight"], state["linear.bias"]).argmax(1) == y).double().mean())
 
 
-def run(d: Digits, f: int, defence: tuple[float, float] | None) -> dict[str, float]:
+def run(d: Digits, f: int, defence: tuple[float, float] | None, noise_seed: int = 0) -> dict[str, float]:
     spec: dict[str, Any] = {"train": {"model": {"name": "mlp"}}, "rounds": ROUNDS, "min_participants": N_SITES}
     if defence is not None:
         bound, sigma = defence
@@ -129,7 +134,9 @@ def run(d: Digits, f: int, defence: tuple[float, float] | None) -> dict[str, flo
                 delta = clip_update(delta, fspec.update_bound)
                 assert update_l2_norm(delta) <= fspec.update_bound * (1 + 1e-6)
             updates.append((delta, d.per_site))
-        state = aggregate_round(fspec, strategy, state, updates, central_noise_seed=r, selected=N_SITES)
+        state = aggregate_round(
+            fspec, strategy, state, updates, central_noise_seed=1000 * noise_seed + r, selected=N_SITES
+        )
     target = torch.full((len(d.x_backdoor),), TARGET)
     return {"main": _accuracy(state, d.x_test, d.y_test), "backdoor": _accuracy(state, d.x_backdoor, target)}
 
@@ -161,15 +168,27 @@ def test_fl3_norm_bounding_and_weak_dp_against_a_model_replacement_backdoor(digi
                 "main_delta_pp_vs_undefended_clean": round(100 * (got["main"] - clean[None]["main"]), 2),
             })  # fmt: skip
     undefended = next(c for c in cells if c["defence"] is None and c["f"] == 1)
-    gated = next(
-        c for c in cells if c["defence"] == {"update_bound": OPERATING_POINT[0], "noise_multiplier": OPERATING_POINT[1]}
-        and c["f"] == 1
-    )  # fmt: skip
+    # The operating point over NOISE_SEEDS draws of the noise: one draw is not a property.
+    draws = []
+    for seed in range(NOISE_SEEDS):
+        base, got = run(digits, 0, OPERATING_POINT, seed), run(digits, 1, OPERATING_POINT, seed)
+        draws.append({"seed": seed, "backdoor_success": round(got["backdoor"], 4),
+                      "main_delta_pp_vs_clean_same_defence": round(100 * (got["main"] - base["main"]), 2),
+                      "clean_backdoor": round(base["backdoor"], 4)})  # fmt: skip
+    gated = {
+        "backdoor_success_mean": round(sum(d["backdoor_success"] for d in draws) / NOISE_SEEDS, 4),
+        "backdoor_success_max": max(d["backdoor_success"] for d in draws),
+        "draws_over_10pct": sum(d["backdoor_success"] > MAX_BACKDOOR for d in draws),
+        "main_delta_pp_mean": round(sum(d["main_delta_pp_vs_clean_same_defence"] for d in draws) / NOISE_SEEDS, 2),
+        "main_delta_pp_worst": min(d["main_delta_pp_vs_clean_same_defence"] for d in draws),
+        "draws": draws,
+    }
     checks = {
         "harness_undefended_backdoor_succeeds": undefended["backdoor_success"] >= MIN_UNDEFENDED_BACKDOOR,
-        "clean_runs_show_no_backdoor": all(v["backdoor"] <= MAX_CLEAN_BACKDOOR for v in clean.values()),
-        "operating_point_backdoor_at_most_10pct": gated["backdoor_success"] <= MAX_BACKDOOR,
-        "operating_point_main_within_1pp": gated["main_delta_pp_vs_clean_same_defence"] >= -MAX_MAIN_DROP_PP,
+        "clean_runs_show_no_backdoor": all(v["backdoor"] <= MAX_CLEAN_BACKDOOR for v in clean.values())
+        and all(d["clean_backdoor"] <= MAX_CLEAN_BACKDOOR for d in draws),
+        "operating_point_mean_backdoor_at_most_10pct": gated["backdoor_success_mean"] <= MAX_BACKDOOR,
+        "operating_point_mean_main_within_1pp": gated["main_delta_pp_mean"] >= -MAX_MAIN_DROP_PP,
     }
     passed = all(checks.values())
     write_report(
@@ -179,7 +198,7 @@ def test_fl3_norm_bounding_and_weak_dp_against_a_model_replacement_backdoor(digi
             "trigger": "bottom-right 2x2 pixels at full ink, label 0",
             "operating_point": {"update_bound": OPERATING_POINT[0], "noise_multiplier": OPERATING_POINT[1]},
             "clean": {("none" if k is None else f"M={k[0]},sigma={k[1]}"): v for k, v in clean.items()},
-            "cells": cells, "checks": checks,
+            "operating_point_f1_over_noise_seeds": gated, "cells": cells, "checks": checks,
             "f2_backdoor_at_most_10pct_with_main_within_10pp": [
                 c for c in cells if c["f"] == 2 and c["backdoor_success"] <= MAX_BACKDOOR
                 and c["main_delta_pp_vs_undefended_clean"] >= -10.0
