@@ -109,7 +109,7 @@ def _decode(data: bytes) -> Any:
     )
 
 
-def owner_still_holds_the_key(fed: Federation, site: FederationSite) -> None:
+def _owner_still_holds_the_key(fed: Federation, site: FederationSite) -> None:
     """Raise as reading the version itself would: the cache never outlives the owner's key (a
     crypto-shred of the owner's tenant, a destroyed version key) or the coordinator's grant."""
     from apps.datasets import selectors as dataset_selectors
@@ -132,7 +132,7 @@ def load(fed: Federation, site: FederationSite, digest: str) -> Any | None:
         row = PreparedCache.objects.filter(site=site, inputs_digest=digest).select_related("key").first()
         if row is None:
             return None
-        owner_still_holds_the_key(fed, site)
+        _owner_still_holds_the_key(fed, site)
     try:  # the transfer and decryption outside any transaction
         with open_decrypted(fed.tenant_id, KIND, object_id(fed.pk, _what(site.pk, digest)), row.storage_name,
                             row.key) as reader:  # fmt: skip

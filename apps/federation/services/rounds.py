@@ -420,17 +420,11 @@ def _work(fed: Federation, fspec: FederationSpec, rnd: Round, site: FederationSi
         # Another worker (or this one before a restart) may have kept them, encrypted.
         stored = prepared_store.inputs_digest(site, digest)
         keep = slot.queue == POOL  # an owner's own worker keeps nothing in the platform's storage
-        if keep:
-            # The owner's key and the grant first, outside the try: when they are gone the task
-            # fails as reading the version would (a crypto-shred reaches the cache too).
-            prepared_store.owner_still_holds_the_key(fed, site)
-            try:
-                cached = prepared_store.load(fed, site, stored)
-            except Exception:  # a cache must not fail the site's task
-                logger.warning("could not read the cached tensors of site %s", site.pk, exc_info=True)
-                cached = None
-            if cached is not None:
-                return cached
+        # A hit checks the owner's key and the grant once, and raises as reading the version would
+        # when they are gone (a crypto-shred reaches the cache too); an unreadable entry is a miss.
+        cached = prepared_store.load(fed, site, stored) if keep else None
+        if cached is not None:
+            return cached
         with tenant_scope(fed.tenant_id):
             table, schema = _load_table(fed, site)
         prepared = prepare_with_encoders(table, schema, fspec.train, fed.encoders)

@@ -46,6 +46,15 @@ def _in_round_1(c: dict[str, Any], spec: dict[str, Any], **extra: Any) -> int:
     return fed_id
 
 
+def _cached(c: dict[str, Any], rounds_: int = 3) -> tuple[int, list[PreparedCache]]:
+    """A federation (quorum 2 of 3) whose round 1 ran here: every site's tensors are kept."""
+    fed_id = _in_round_1(c, {**SPEC, "rounds": rounds_, "quorum": 2}, min_sites=2)
+    assert _run_open_slots(c["lab"].pk, fed_id) == ["submitted"] * 3
+    rows = _rows(c["lab"].pk, fed_id)
+    assert len(rows) == 3
+    return fed_id, rows
+
+
 @pytest.fixture
 def reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Site ids whose version a task decrypted and decoded; each task starts with an empty memory
@@ -120,9 +129,7 @@ def test_a_damaged_entry_is_recomputed_and_a_dropped_site_loses_its_entry(
     consortium: dict[str, Any], reads: list[int]
 ) -> None:
     c, lab = consortium, consortium["lab"]
-    fed_id = _in_round_1(c, {**SPEC, "rounds": 3, "quorum": 2}, min_sites=2)
-    assert _run_open_slots(lab.pk, fed_id) == ["submitted"] * 3
-    rows = _rows(lab.pk, fed_id)
+    fed_id, rows = _cached(c)
     with tenant_scope(lab.pk):  # one entry's bytes no longer match their record
         PreparedCache.objects.filter(pk=rows[0].pk).update(sha256="0" * 64)
     assert rounds.advance(lab.pk, fed_id) == "closed"
@@ -161,9 +168,7 @@ def test_the_cache_never_outlives_the_owners_key_and_a_flipped_byte_is_recompute
     from apps.vault.services import shred_tenant
 
     c, lab = consortium, consortium["lab"]
-    fed_id = _in_round_1(c, {**SPEC, "rounds": 3, "quorum": 2}, min_sites=2)
-    assert _run_open_slots(lab.pk, fed_id) == ["submitted"] * 3
-    rows = _rows(lab.pk, fed_id)
+    fed_id, rows = _cached(c)
     with object_storage().open(rows[1].storage_name, "rb") as f:  # one ciphertext byte flipped
         raw = bytearray(f.read())
     raw[len(raw) // 2] ^= 0x01
