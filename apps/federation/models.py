@@ -71,6 +71,9 @@ class FederationSite(TenantOwned):
     class Role(models.TextChoices):
         TRAIN = "train", "Trains and evaluates"
         EVALUATE = "evaluate", "Evaluates only"
+        # The coordinator's own held-out set (``evaluation.central``): every round's global model is
+        # scored on all its rows; reported apart, seen by the coordinator only.
+        CENTRAL = "central", "Central evaluation set (the coordinator's)"
 
     class Approval(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -142,6 +145,8 @@ class Round(TenantOwned):
     strategy_key = models.ForeignKey("vault.DataKey", on_delete=models.PROTECT, null=True, related_name="+")
     # Example-weighted metrics of the base model over the sites' validation splits.
     metrics = models.JSONField(default=dict, blank=True)
+    # The base model's metrics on the coordinator's central set (``evaluation.central``), apart.
+    central_metrics = models.JSONField(default=dict, blank=True)
     epsilon = models.FloatField(null=True, blank=True)
     seconds = models.FloatField(null=True, blank=True)
 

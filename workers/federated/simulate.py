@@ -151,6 +151,12 @@ class SimulationResult:
         )
 
 
+NO_CENTRAL_SET = (
+    "A simulation has no central set (a hosted federation names one as a site with role 'central'): "
+    "hold out virtual sites with split.evaluation_sites instead (their metrics are evaluation_only)."
+)
+
+
 def finite_json(v: Any) -> Any:
     """``v`` with every non-finite float (an AUROC on a one-class split) as None: strict JSON."""
     if isinstance(v, float):
@@ -248,6 +254,8 @@ def run(
     """Run ``fspec`` over ``sites`` as a hosted federation would (see the module docstring)."""
     started = time.monotonic()
     fspec.validate(n_sites=sum(1 for s in sites if s.role == "train"))
+    if fspec.evaluation.central:
+        raise SimulationError(NO_CENTRAL_SET, "spec.evaluation.central")
     ordered = sorted(sites, key=lambda s: s.site_id)
     if len({s.site_id for s in ordered}) != len(ordered):
         raise SimulationError("Site ids must be distinct.", "sites")

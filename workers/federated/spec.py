@@ -88,10 +88,14 @@ class EvaluationSpec:
     """Evaluate the global model after every ``every_rounds`` rounds (and after the last)."""
 
     every_rounds: int = 1
-    central: bool = False  # reserved: True (evaluation on the server's own data) is refused for now
+    # True: the federation names one site with role "central", a dataset of the coordinator's own,
+    # on which the platform scores every round's global model (all its rows: it never trains and
+    # sends nothing in round 0); its metrics are reported apart and "best" is chosen on them.
+    central: bool = False
     metrics: tuple[str, ...] = ()  # empty: the task's defaults
     # Which global model enters the coordinator's registry at the end: the last round's ("final"),
-    # the one that scored best on ``best_metric`` at the sites ("best"), or none.
+    # the one that scored best on ``best_metric`` (on the central set with ``central``, else at the
+    # sites) ("best"), or none.
     register: str = "final"  # "final" | "best" | "none"
     best_metric: str = "loss"  # lower is better for loss/mse/rmse/mae, higher for the others
     # At the final evaluation each training site also trains a local-only model (same initial
@@ -418,12 +422,6 @@ class FederationSpec:
             bad("evaluation.every_rounds", "At most rounds (the last round is always evaluated).")
         if not isinstance(ev.central, bool):
             bad("evaluation.central", "Expected true or false.")
-        elif ev.central:
-            bad(
-                "evaluation.central",
-                "Central evaluation on the server is not offered: add the held-out dataset as a site with "
-                "role 'evaluate' (it never trains; its metrics are the result's evaluation_only).",
-            )
         if not isinstance(ev.metrics, tuple):
             bad("evaluation.metrics", "Expected a list of metric names.")
         else:

@@ -76,6 +76,9 @@ class FederationOutput(serializers.ModelSerializer):
             result.pop("per_site", None)
             result.pop("evaluation_only", None)
             result.pop("local_only", None)
+            result.pop("central", None)  # the coordinator's own data: its figures are the coordinator's
+            if "rounds" in result:
+                result["rounds"] = [{k: v for k, v in r.items() if k != "central_metrics"} for r in result["rounds"]]
         else:
             shared = set(self.context.get("shared_labels", ()))
             for key in ("per_site", "local_only"):  # per-site figures: where the owner allows
@@ -127,13 +130,18 @@ class InboxOutput(serializers.ModelSerializer):
 class RoundOutput(serializers.ModelSerializer):
     selected = serializers.SerializerMethodField()
     participants = serializers.SerializerMethodField()
+    central_metrics = serializers.SerializerMethodField()
 
     class Meta:
         model = Round
         fields = [
             "number", "kind", "status", "selected", "participants", "deadline", "opened_at", "closed_at",
-            "base_digest", "model_digest", "metrics", "epsilon", "seconds",
+            "base_digest", "model_digest", "metrics", "central_metrics", "epsilon", "seconds",
         ]  # fmt: skip
+
+    def get_central_metrics(self, obj: Round) -> dict[str, float]:
+        """The base model's metrics on the coordinator's central set: for the coordinator only."""
+        return dict(obj.central_metrics or {}) if _side(self.context, obj.tenant_id) == "coordinator" else {}
 
     def _labels(self, ids: list[int]) -> list[str]:
         labels = self.context.get("labels", {})

@@ -103,7 +103,18 @@ def federation_create(
         role = s.get("role") or FederationSite.Role.TRAIN
         if role not in FederationSite.Role.values:
             raise Invalid(fields={"sites": [f"role must be one of {', '.join(FederationSite.Role.values)}."]})
+        if role == FederationSite.Role.CENTRAL and ds.tenant_id != tenant.pk:
+            raise Invalid(fields={"sites": [
+                f"Dataset {ds.pk}: a central set is a dataset of your own; another tenant's held-out data "
+                "takes part as a site with role 'evaluate', with its owner's approval."]})  # fmt: skip
         chosen.append((ds, version, role))
+    centrals = [c for c in chosen if c[2] == FederationSite.Role.CENTRAL]
+    if fspec.evaluation.central and len(centrals) != 1:
+        raise Invalid(fields={"sites": [
+            f"evaluation.central needs exactly one site with role 'central' ({len(centrals)} named)."]})  # fmt: skip
+    if centrals and not fspec.evaluation.central:
+        raise Invalid(fields={"spec.evaluation.central": [
+            "A site with role 'central' is named: set evaluation.central to true."]})  # fmt: skip
     labels = {f"site-{i + 1}": v for i, (_ds, v, _r) in enumerate(chosen)}
     diffs = schema_differences(fspec, labels)
     if diffs:
@@ -221,6 +232,19 @@ def _round_0_disclosure(fspec: FederationSpec) -> str:
     return ROUND_0_TEXT if text_tokenizer(name) is None else ROUND_0_TEXT_TOKENIZER
 
 
+def _evaluator_disclosure(site: FederationSite) -> dict[str, str]:
+    rows = "all this dataset's rows" if site.role == FederationSite.Role.CENTRAL else "this site's validation split"
+    return {
+        "round_0": "nothing (this site does not train)",
+        "kept_by_the_platform": (
+            "on the platform's workers (not your own fl worker), while the federation runs: the encoded rows it "
+            "scores, encrypted with the coordinator's data key; deleted when the site is dropped or the "
+            "federation ends"
+        ),
+        "training_rounds": f"the global model's loss and metrics on {rows}, and their count; no model delta",
+    }
+
+
 def site_digest(site: FederationSite, federation: Federation) -> dict[str, Any]:
     """What the owner is asked to approve, and its SHA-256: the spec (by hash) and the parts of
     it that decide what leaves the site, the privacy asked for, and what the coordinator sees."""
@@ -242,7 +266,9 @@ def site_digest(site: FederationSite, federation: Federation) -> dict[str, Any]:
             "noise_multiplier": fspec.dp.noise_multiplier,
         },
         "update_bound": fspec.update_bound,
-        "leaves_the_site": {
+        "leaves_the_site": _evaluator_disclosure(site)
+        if site.role != FederationSite.Role.TRAIN
+        else {
             "round_0": _round_0_disclosure(fspec),
             "kept_by_the_platform": (
                 "on the platform's workers (not your own fl worker), while the federation runs: this site's "
@@ -361,6 +387,14 @@ def federation_start(*, tenant: Tenant, federation: Federation, started_by: Any)
             f"{len(trainers)} of the {fed.min_sites} training sites needed hold a valid approval.",
             code="approvals_missing",
             details={"not_approved": waiting},
+            http_status=409,
+        )
+    central = [s for s in sites if s.role == FederationSite.Role.CENTRAL]
+    if central and central[0] not in approved:
+        raise Unprocessable(
+            f"The central set ({central[0].label}) holds no valid approval.",
+            code="approvals_missing",
+            details={"not_approved": {central[0].label: central[0].approval}},
             http_status=409,
         )
     try:

@@ -28,6 +28,7 @@ import socket
 import threading
 import time
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -56,6 +57,9 @@ from workers.federated.spec import FederationSpec
 logger = logging.getLogger(__name__)
 
 ADVANCE_TASK = "federation.advance"
+
+# Sites that score the global model and never train.
+EVALUATORS = (FederationSite.Role.EVALUATE, FederationSite.Role.CENTRAL)
 
 
 def lease_seconds() -> int:
@@ -122,7 +126,7 @@ def open_round(fed: Federation, number: int, kind: str) -> Round | None:
     with audited_change():
         active = _drop_withdrawn(fed)
         trainers = [s for s in active if s.role == FederationSite.Role.TRAIN]
-        evaluators = [s for s in active if s.role == FederationSite.Role.EVALUATE]
+        evaluators = [s for s in active if s.role in EVALUATORS]
         if len(trainers) < max(1, min(fspec.min_participants, fed.min_sites)):
             audit_record(action="federation.round_refused", tenant=fed.tenant_id, target=fed,
                          details={"round": number, "trainers": len(trainers)})  # fmt: skip
@@ -360,6 +364,8 @@ def run_site_round(tenant_id: int, slot_id: int) -> str:
     public = {
         k: outcome["fields"].get(k) for k in ("n_examples", "n_eval", "loss", "update_norm", "seconds", "epsilon")
     }
+    if outcome["fields"].get("eval_metrics"):  # the base model's, on this site's rows (filtered like counts)
+        public["metrics"] = outcome["fields"]["eval_metrics"]
     _after_slot(
         fed,
         site,
@@ -449,6 +455,8 @@ def _work(fed: Federation, fspec: FederationSpec, rnd: Round, site: FederationSi
     )
     from workers.federated.rounds import evaluate_state
 
+    if site.role == FederationSite.Role.CENTRAL:  # a central set is held out whole: all its rows
+        prepared = all_rows(prepared)
     eval_metrics = evaluate_state(fspec, prepared, base)
     fields: dict[str, Any] = {"eval_metrics": eval_metrics, "n_eval": len(prepared.y_val)}
     if rnd.kind == "evaluate" and site.role == FederationSite.Role.TRAIN and fspec.evaluation.local_baseline:
@@ -746,7 +754,10 @@ def _close_train(
         central_noise_seed=central_seed(bytes.fromhex(fed.seed_secret), fed.pk, rnd.number), selected=selected_trainers,
     )  # fmt: skip
     fault_point("aggregate")
-    metrics = weighted_metrics([(s.eval_metrics, int(s.n_eval or 0)) for s in slots if s.eval_metrics])
+    metrics = weighted_metrics(
+        [(s.eval_metrics, int(s.n_eval or 0)) for s in slots if s.eval_metrics and not _is_central(sites, s)]
+    )
+    central = _central_metrics(slots, sites)
     if fspec.dp.mode == "central":  # each participant's site-level ε, composed over its rounds so far
         _central_epsilons(fed, fspec, rnd, ordered)
     eps = [s.epsilon for s in ordered if s.epsilon is not None]
@@ -755,6 +766,7 @@ def _close_train(
         rnd.status, rnd.closed_at = Round.Status.CLOSED, timezone.now()
         rnd.participants = [s.site_id for s in ordered]
         rnd.metrics = metrics  # the base model's, over the sites that evaluated it
+        rnd.central_metrics = central  # the base model's, on the coordinator's central set
         rnd.epsilon = max(eps) if eps else None
         rnd.seconds = round(time.monotonic() - started, 3)
         rnd.save()
@@ -806,9 +818,11 @@ def _close_evaluation(
     train_sites = [s for s in evaluated if sites[s.site_id].role == FederationSite.Role.TRAIN]
     eval_only = [s for s in evaluated if sites[s.site_id].role == FederationSite.Role.EVALUATE]
     final = weighted_metrics([(s.eval_metrics, int(s.n_eval or 0)) for s in train_sites])
+    final_central = _central_metrics(slots, sites)
     history = [
         {"round": r.number, "metrics": r.metrics, "participants": len(r.participants), "seconds": r.seconds,
-         "epsilon": r.epsilon, "model_digest": r.model_digest}
+         "epsilon": r.epsilon, "model_digest": r.model_digest,
+         **({"central_metrics": r.central_metrics} if fspec.evaluation.central else {})}
         for r in Round.objects.filter(federation=fed, kind="train").order_by("number")
     ]  # fmt: skip
     base_round = Round.objects.get(federation=fed, number=rnd.number - 1)
@@ -829,14 +843,24 @@ def _close_evaluation(
         },
         "final_round": base_round.number,
     }
-    chosen = _registered_round(fspec, base_round, final)
+    if fspec.evaluation.central:  # the coordinator's own set: every model's score on all its rows
+        central_site = next((s for s in sites.values() if s.role == FederationSite.Role.CENTRAL), None)
+        central_slot = next((s for s in evaluated if _is_central(sites, s)), None)
+        result["central"] = {
+            "site": central_site.label if central_site else None,
+            "metrics": final_central,
+            "n": int(central_slot.n_eval or 0) if central_slot else 0,
+        }
+    chosen = _registered_round(fspec, base_round, final_central if fspec.evaluation.central else final)
     result["registered_round"] = chosen.number
     with audited_change():
         rnd.status, rnd.closed_at, rnd.metrics = Round.Status.CLOSED, timezone.now(), final
+        rnd.central_metrics = final_central
         rnd.participants = [s.site_id for s in evaluated]
         rnd.save()
         if fspec.evaluation.register != "none":
-            fed.model_version = _register_model(fed, fspec, chosen, final if chosen is base_round else None)
+            chosen_metrics = (final if chosen is base_round else None) if not fspec.evaluation.central else None
+            fed.model_version = _register_model(fed, fspec, chosen, chosen_metrics)
             result["model_version"] = fed.model_version.pk
         fed.result = result
         fed.save(update_fields=["result", "model_version"])
@@ -848,15 +872,16 @@ def _close_evaluation(
 
 def _registered_round(fspec: FederationSpec, final_round: Round, final_metrics: dict[str, float]) -> Round:
     """The round whose model enters the registry: the last one, or with ``evaluation.register:
-    "best"`` the one whose model scored best on ``evaluation.best_metric`` at the sites (round r's
-    ``metrics`` are its *base* model's, i.e. round r-1's; the last model's are the final evaluation)."""
+    "best"`` the one whose model scored best on ``evaluation.best_metric`` on the central set
+    (``evaluation.central``) or else at the sites (round r's metrics are its *base* model's, i.e.
+    round r-1's; the last model's are the final evaluation's, ``final_metrics``)."""
     if fspec.evaluation.register != "best":
         return final_round
     metric = fspec.evaluation.best_metric
     lower = metric in LOWER_IS_BETTER
     scored: list[tuple[float, int]] = []  # (score, round number of the model)
     for r in Round.objects.filter(federation_id=final_round.federation_id, kind="train").order_by("number"):
-        value = (r.metrics or {}).get(metric)
+        value = ((r.central_metrics if fspec.evaluation.central else r.metrics) or {}).get(metric)
         if r.number > 1 and isinstance(value, int | float) and math.isfinite(value):
             scored.append((float(value), r.number - 1))
     if isinstance(final_metrics.get(metric), int | float) and math.isfinite(final_metrics[metric]):
@@ -925,9 +950,35 @@ def _register_model(fed: Federation, fspec: FederationSpec, rnd: Round, final_me
 
 
 def _next_round_metrics(fed: Federation, rnd: Round) -> dict[str, float]:
-    """Round r's model was evaluated at the sites as round r+1's base."""
+    """Round r's model was evaluated at the sites (and on the central set) as round r+1's base:
+    the registry records the central set's metrics when there is one, else the sites'."""
     nxt = Round.objects.filter(federation=fed, number=rnd.number + 1).first()
-    return dict(nxt.metrics) if nxt is not None and nxt.metrics else {}
+    if nxt is None:
+        return {}
+    chosen = nxt.central_metrics if FederationSpec.from_dict(fed.spec).evaluation.central else nxt.metrics
+    return dict(chosen or {})
+
+
+def _is_central(sites: dict[int, FederationSite], slot: SiteRound) -> bool:
+    return sites[slot.site_id].role == FederationSite.Role.CENTRAL
+
+
+def _central_metrics(slots: list[SiteRound], sites: dict[int, FederationSite]) -> dict[str, float]:
+    """The central set's metrics of the round's base model ({} without one, or if it failed)."""
+    for s in slots:
+        if _is_central(sites, s) and s.state == SiteRound.State.SUBMITTED and s.eval_metrics:
+            return dict(s.eval_metrics)
+    return {}
+
+
+def all_rows(prepared: Any) -> Any:
+    """``prepared`` with every row as the evaluation split (a central set is held out whole)."""
+    return replace(
+        prepared,
+        x_val=torch.cat([prepared.x_train, prepared.x_val]),
+        y_val=torch.cat([prepared.y_train, prepared.y_val]),
+        val_index=[*prepared.train_index, *prepared.val_index],
+    )
 
 
 # --- finishing -------------------------------------------------------------------------------------

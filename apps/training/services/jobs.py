@@ -113,7 +113,7 @@ def simulation_create(
     """A federation spec as a job on the tenant's **own** version, split into seeded virtual sites
     (``workers.federated.simulate``). The spec is validated for the split's training sites; the
     job is admitted and runs like any other (quotas, fair share, cancel, the job stream)."""
-    from workers.federated.simulate import SimulationError, SplitSpec
+    from workers.federated.simulate import NO_CENTRAL_SET, SimulationError, SplitSpec
     from workers.federated.spec import FederationSpec
 
     try:
@@ -128,6 +128,8 @@ def simulation_create(
         fspec.validate(n_sites=trainers)
     except SpecError as exc:
         raise Invalid(fields={f"spec.{k}": v for k, v in exc.fields.items()} or {"spec": [str(exc)]}) from exc
+    if fspec.evaluation.central:
+        raise Invalid(fields={"spec.evaluation.central": [NO_CENTRAL_SET]})
     version = _usable(tenant, dataset_version_id)
     if version.tenant_id != tenant.pk:
         raise Invalid(

@@ -94,6 +94,7 @@ def test_simulation_job_runs_streams_rounds_and_registers_the_global_model(world
         ({"spec": {**FSPEC, "strategy": {"name": "krum", "params": {"f": 1}}}}, "spec.strategy"),
         ({"spec": {**FSPEC, "rounds": 0}}, "spec.rounds"),
         ({"spec": {**FSPEC, "lr": 1}}, "spec.lr"),
+        ({"spec": {**FSPEC, "evaluation": {"central": True}}}, "spec.evaluation.central"),
         ({"local_baseline": "maybe"}, "local_baseline"),
     ],
 )

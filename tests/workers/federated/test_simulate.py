@@ -220,8 +220,11 @@ def test_command_line_runs_from_a_csv_and_exits_2_on_bad_input(tmp_path: Path) -
 
     bad_spec = tmp_path / "bad.json"
     bad_spec.write_text(json.dumps({"train": TRAIN, "rounds": 0}))
+    central_spec = tmp_path / "central.json"  # a simulation has no central set: hold out virtual sites
+    central_spec.write_text(json.dumps({"train": TRAIN, "rounds": 2, "evaluation": {"central": True}}))
     for args, needle in [
         (["--spec", str(bad_spec)], "spec.rounds"),
+        (["--spec", str(central_spec)], "evaluation.central"),
         (["--sites", "1"], "sites"),
         (["--label", "nope"], "label"),
     ]:

@@ -223,7 +223,7 @@ IMPOSSIBLE: list[tuple[str, FederationSpec, int | None, str]] = [
         "evaluation.every_rounds",
     ),
     ("register what", _s(evaluation=EvaluationSpec(register="latest")), None, "evaluation.register"),
-    ("evaluation on the server", _s(evaluation=EvaluationSpec(central=True)), None, "evaluation.central"),
+    ("central not a bool", _s(evaluation=EvaluationSpec(central="yes")), None, "evaluation.central"),  # type: ignore[arg-type]
     (
         "local baseline under local DP",
         _s(evaluation=EvaluationSpec(local_baseline=True), dp=DPSpec(mode="local", noise_multiplier=1.0)),
