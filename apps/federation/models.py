@@ -226,7 +226,7 @@ class FederationEvent(TenantOwned):
 
 class PreparedCache(TenantOwned):
     """A site's prepared tensors (its pinned version encoded with the federation's encoders), kept
-    encrypted with the coordinator's data key so that any ``fl`` worker's next task at the site
+    sealed under a key derived from the owner's version key so that any ``fl`` worker's next task at the site
     skips the decryption, the Parquet decode and the encoding (``services.prepared_store``).
 
     Bookkeeping of the platform's own artefact, in the coordinator's scope: never shown, never
@@ -237,7 +237,10 @@ class PreparedCache(TenantOwned):
     site = models.ForeignKey(FederationSite, on_delete=models.CASCADE, related_name="+")
     inputs_digest = models.CharField(max_length=64)  # version, encoders and training spec
     storage_name = models.CharField(max_length=300)
+    # The owner's key the entry's own key is derived from (HKDF with ``salt``): the pinned
+    # version's data key, so a crypto-shred of the owner leaves the entry unreadable.
     key = models.ForeignKey("vault.DataKey", on_delete=models.PROTECT, related_name="+")
+    salt = models.CharField(max_length=64, blank=True, default="")  # hex; "" = sealed before derivation
     sha256 = models.CharField(max_length=64)  # of the safetensors bytes
     plaintext_bytes = models.BigIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)

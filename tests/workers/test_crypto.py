@@ -11,6 +11,7 @@ import io
 import json
 import random
 import re
+import secrets
 import shutil
 import stat
 from pathlib import Path
@@ -30,6 +31,7 @@ from workers.crypto import (
     LocalKeyring,
     WrappedKey,
     decrypt_bytes,
+    derive_key,
     encrypt_bytes,
     generate_data_key,
     load_provider,
@@ -626,3 +628,19 @@ def test_writer_without_digest_encrypts_the_same_and_reports_no_hash() -> None:
     assert w.sha256 == "" and w.plaintext_bytes == len(data)
     sink.seek(0)
     assert DecryptingReader(sink, key, ctx).read() == data
+
+
+def test_derive_key_is_a_key_per_salt_and_context_and_refuses_a_weak_salt() -> None:
+    material, salt = generate_data_key(), secrets.token_bytes(32)
+    key = derive_key(material, salt, b"ctx")
+    assert len(key) == 32 and key == derive_key(material, salt, b"ctx") and key != material
+    others = {derive_key(material, secrets.token_bytes(32), b"ctx"), derive_key(material, salt, b"other"),
+              derive_key(generate_data_key(), salt, b"ctx")}  # fmt: skip
+    assert key not in others and len(others) == 3
+    sealed = encrypt_bytes(b"rows", key, b"ctx")
+    assert decrypt_bytes(sealed, key, b"ctx") == b"rows"
+    with pytest.raises(IntegrityError):
+        decrypt_bytes(sealed, material, b"ctx")  # the data key itself does not open it
+    for bad_material, bad_salt in ((material[:16], salt), (material, b"short")):
+        with pytest.raises(ValueError):
+            derive_key(bad_material, bad_salt, b"ctx")

@@ -50,7 +50,9 @@ from pathlib import Path
 from typing import NoReturn, Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from workers.crypto.frames import KEY_SIZE, NONCE_SIZE, TAG_SIZE, CryptoError, IntegrityError
 from workers.durable import fsync_dir, write_atomic
@@ -62,6 +64,15 @@ _WRAPPED_SIZE = NONCE_SIZE + KEY_SIZE + TAG_SIZE
 def generate_data_key() -> bytes:
     """A fresh 256-bit data key from the OS CSPRNG."""
     return secrets.token_bytes(KEY_SIZE)
+
+
+def derive_key(material: bytes, salt: bytes, info: bytes) -> bytes:
+    """A 256-bit key derived from a data key (HKDF-SHA256, RFC 5869): with a fresh random ``salt``
+    per object, a key of its own for that object, usable only while ``material`` exists (a
+    crypto-shred of the data key leaves whatever was sealed under it unreadable)."""
+    if len(material) != KEY_SIZE or len(salt) < 16:
+        raise ValueError("derive_key needs a 256-bit key and a salt of at least 16 bytes")
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=salt, info=info).derive(material)
 
 
 @dataclass(frozen=True)

@@ -238,8 +238,8 @@ def _evaluator_disclosure(site: FederationSite) -> dict[str, str]:
         "round_0": "nothing (this site does not train)",
         "kept_by_the_platform": (
             "on the platform's workers (not your own fl worker), while the federation runs: the encoded rows it "
-            "scores, encrypted with the coordinator's data key; deleted when the site is dropped or the "
-            "federation ends"
+            "scores, sealed under a key derived from your version's data key (unreadable once your key is "
+            "destroyed); deleted when the site is dropped or the federation ends"
         ),
         "training_rounds": f"the global model's loss and metrics on {rows}, and their count; no model delta",
     }
@@ -272,9 +272,9 @@ def site_digest(site: FederationSite, federation: Federation) -> dict[str, Any]:
             "round_0": _round_0_disclosure(fspec),
             "kept_by_the_platform": (
                 "on the platform's workers (not your own fl worker), while the federation runs: this site's "
-                "encoded training and validation rows, encrypted with the coordinator's data key, so the next "
-                "round skips decoding the version; never used once your key is destroyed or the grant ends; "
-                "deleted when the site is dropped or the federation ends"
+                "encoded training and validation rows, sealed under a key derived from your version's data key, "
+                "so the next round skips decoding the version; unreadable once your key is destroyed, never used "
+                "once the grant ends; deleted when the site is dropped or the federation ends"
             ),
             "training_rounds": (
                 "the DP-SGD model delta (local minus global weights), example count and the DP accounting "

@@ -6,16 +6,19 @@ with the federation's merged encoders; the same inputs give the same tensors. Th
 (``site_cache``) keeps them for the next task *in that process*; this store keeps them for any
 ``fl`` worker, and across restarts:
 
-* **Encrypted at rest** with the coordinator's data key (``EncryptedUpload``: framed AEAD bound
-  to the tenant, the kind and the object id), like the federation's models and updates: the
-  platform runs the hosted sites, so what it derives from a site's rows is its to keep safe. The
-  plaintext never touches the disk (the upload spools ciphertext).
+* **Sealed under the owner's key**: each entry is framed AES-256-GCM (bound to the coordinator's
+  tenant, the kind and the object id) under a key of its own, derived by HKDF from the data key
+  of the site's pinned version (the owner's) with a fresh random salt kept on the row. The
+  tensors are the owner's rows, encoded: once the owner's key is destroyed (a crypto-shred) no
+  one, the platform included, can read them, whether or not the purge below has run. The
+  plaintext never touches the disk (the ciphertext is spooled).
 * **Keyed by what the tensors were computed from**: the site, its pinned version, and the digest
   of the encoders and the training spec (:func:`site_cache.inputs_digest`). A row for other
   inputs is never returned; a second writer of the same inputs loses the unique constraint and
   removes its object.
 * **Read only after the task's access check**, exactly as the version itself: a withdrawn site's
-  task stops before it reads anything, cached or not.
+  task stops before it reads anything, cached or not; the owner's key is fetched under the
+  coordinator's live ``federate`` grant, as reading the version does.
 * **Removed** with its object when the site is dropped (approval or grant gone) and when the
   federation ends, whatever the ending (after the transaction commits).
 * **Authenticated**: ``open_decrypted`` checks every frame, and the safetensors bytes' SHA-256 is
@@ -31,16 +34,21 @@ import hashlib
 import io
 import json
 import logging
-from typing import Any
+import os
+import secrets
+import tempfile
+from typing import IO, Any, BinaryIO, cast
 
 import torch
 from django.conf import settings
+from django.core.files import File
 from django.db import IntegrityError, transaction
 
-from apps.datasets.storage import EncryptedUpload, delete_object, open_decrypted
+from apps.datasets.storage import context_for, delete_object, object_storage
 from apps.federation.models import Federation, FederationSite, PreparedCache
 from apps.federation.services.storage import KIND, object_id
 from apps.tenancy.scope import tenant_scope
+from workers.crypto import DecryptingReader, EncryptingWriter, derive_key
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +57,7 @@ FORMAT = "cohort.prepared/1"
 # Bumped whenever the data path's encoding changes (prepare_with_encoders, site_split, tokenizers):
 # entries outlive deploys, and an entry written by older code must not be read by newer code.
 PREPARE_VERSION = "2026-12-07"
+SALT_BYTES = 32
 
 
 def enabled() -> bool:
@@ -109,18 +118,22 @@ def _decode(data: bytes) -> Any:
     )
 
 
-def _owner_still_holds_the_key(fed: Federation, site: FederationSite) -> None:
-    """Raise as reading the version itself would: the cache never outlives the owner's key (a
-    crypto-shred of the owner's tenant, a destroyed version key) or the coordinator's grant."""
+def _owner_key(fed: Federation, site: FederationSite) -> tuple[Any, bytes]:
+    """The site's pinned version's data key (the owner's) and its material, fetched as reading the
+    version itself does: under the coordinator's live grant; ShreddedError once it is destroyed."""
     from apps.datasets import selectors as dataset_selectors
     from apps.tenancy.models import Tenant
     from apps.vault import services as vault
 
-    version = site.version
-    assert version is not None
     with tenant_scope(fed.tenant_id):
+        version = site.version
+        assert version is not None
         key = dataset_selectors.version_key(consumer=Tenant(pk=fed.tenant_id), version=version, permission="federate")
-        vault.material(key)  # ShreddedError when the owner's key was destroyed
+        return key, vault.material(key)
+
+
+def _entry_key(material: bytes, salt: bytes, context: bytes) -> bytes:
+    return derive_key(material, salt, b"cohort.prepared/1|" + context)
 
 
 def load(fed: Federation, site: FederationSite, digest: str) -> Any | None:
@@ -129,13 +142,17 @@ def load(fed: Federation, site: FederationSite, digest: str) -> Any | None:
     if not enabled():
         return None
     with tenant_scope(fed.tenant_id):
-        row = PreparedCache.objects.filter(site=site, inputs_digest=digest).select_related("key").first()
+        row = PreparedCache.objects.filter(site=site, inputs_digest=digest).first()
         if row is None:
             return None
-        _owner_still_holds_the_key(fed, site)
+    _key, material = _owner_key(fed, site)  # raises as the version's own read would
     try:  # the transfer and decryption outside any transaction
-        with open_decrypted(fed.tenant_id, KIND, object_id(fed.pk, _what(site.pk, digest)), row.storage_name,
-                            row.key) as reader:  # fmt: skip
+        if not row.salt:
+            raise ValueError("an entry sealed under the coordinator's key (before keys were derived)")
+        context = context_for(fed.tenant_id, KIND, object_id(fed.pk, _what(site.pk, digest)))
+        raw = object_storage().open(row.storage_name, "rb")
+        with DecryptingReader(cast(BinaryIO, raw), _entry_key(material, bytes.fromhex(row.salt), context),
+                              context) as reader:  # fmt: skip
             data = bytes(reader.read())
         if hashlib.sha256(data).hexdigest() != row.sha256:
             raise ValueError("the cached bytes' SHA-256 differs from the recorded one")
@@ -155,12 +172,13 @@ def save(fed: Federation, site: FederationSite, digest: str, prepared: Any) -> b
     dropped meanwhile (a slow task must not leave an entry that no purge will see)."""
     if not enabled():
         return False
+    key, material = _owner_key(fed, site)
     data, sha = _encode(prepared)
     what = _what(site.pk, digest)
-    with tenant_scope(fed.tenant_id):  # the key's nonce reservations are rows in the tenant's scope
-        up = EncryptedUpload(fed.tenant_id, KIND, object_id(fed.pk, what), size_hint=len(data))
-        up.write(data)
-        stored = up.finish()
+    salt = secrets.token_bytes(SALT_BYTES)  # a key of this entry's own: its frames alone are sealed under it
+    oid = object_id(fed.pk, what)
+    context = context_for(fed.tenant_id, KIND, oid)
+    name = _store(_entry_key(material, salt, context), context, data, f"t{fed.tenant_id}/{KIND}/{oid}")
     try:
         with tenant_scope(fed.tenant_id), transaction.atomic():
             # The federation's row lock orders this after a finish_locked or _drop_withdrawn that
@@ -173,15 +191,28 @@ def save(fed: Federation, site: FederationSite, digest: str, prepared: Any) -> b
                 federation=fed,
                 site=site,
                 inputs_digest=digest,
-                storage_name=stored.name,
-                key=stored.key,
+                storage_name=name,
+                key=key,
+                salt=salt.hex(),
                 sha256=sha,
                 plaintext_bytes=len(data),
             )
     except (IntegrityError, _Ended):  # kept by a concurrent task, or no longer wanted
-        delete_object(stored.name)
+        delete_object(name)
         return False
     return True
+
+
+def _store(key: bytes, context: bytes, data: bytes, prefix: str) -> str:
+    """Seal ``data`` into a new object (ciphertext spooled to a temporary file); its name."""
+    os.makedirs(settings.COHORT_TMP_DIR, mode=0o700, exist_ok=True)
+    with tempfile.TemporaryFile(dir=settings.COHORT_TMP_DIR) as spool:
+        with EncryptingWriter(cast(BinaryIO, spool), key, context, frame_size=settings.COHORT_ENCRYPTION_FRAME_BYTES,
+                              digest=False) as writer:  # fmt: skip
+            writer.write(data)
+        spool.seek(0)
+        name = f"{prefix}-{secrets.token_hex(8)}.enc"
+        return str(object_storage().save(name, File(cast(IO[bytes], spool), name=name)))
 
 
 class _Ended(Exception):

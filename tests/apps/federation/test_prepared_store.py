@@ -10,11 +10,18 @@ from typing import Any
 import pytest
 import torch
 
-from apps.datasets.storage import object_storage
+from apps.datasets.models import DatasetVersion
+from apps.datasets.storage import context_for, object_storage
 from apps.federation.models import Federation, FederationSite, PreparedCache, SiteRound
 from apps.federation.services import prepared_store, rounds, site_cache
+from apps.federation.services.storage import KIND, object_id
 from apps.tenancy.scope import tenant_scope
+from apps.vault import services as vault
+from apps.vault.models import DataKey
+from apps.vault.services import ShreddedError
 from tests.apps.federation.conftest import SPEC, approve_all, create_federation
+from workers.crypto import IntegrityError as CryptoIntegrityError
+from workers.crypto import decrypt_bytes
 from workers.federated.spec import FederationSpec
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -130,15 +137,17 @@ def test_a_damaged_entry_is_recomputed_and_a_dropped_site_loses_its_entry(
 ) -> None:
     c, lab = consortium, consortium["lab"]
     fed_id, rows = _cached(c)
-    with tenant_scope(lab.pk):  # one entry's bytes no longer match their record
+    with tenant_scope(lab.pk):  # one entry's bytes no longer match their record; one has no salt
         PreparedCache.objects.filter(pk=rows[0].pk).update(sha256="0" * 64)
+        PreparedCache.objects.filter(pk=rows[1].pk).update(salt="")  # as sealed before keys were derived
     assert rounds.advance(lab.pk, fed_id) == "closed"
     reads.clear()
     assert _run_open_slots(lab.pk, fed_id) == ["submitted"] * 3
-    assert reads == [rows[0].site_id]  # recomputed from the version, the others read from the cache
+    assert sorted(reads) == [rows[0].site_id, rows[1].site_id]  # recomputed; the third read the cache
     again = _rows(lab.pk, fed_id)
     assert len(again) == 3 and again[0].pk != rows[0].pk and again[0].sha256 == rows[0].sha256
-    assert not object_storage().exists(rows[0].storage_name)
+    assert again[1].pk != rows[1].pk and again[1].salt
+    assert not object_storage().exists(rows[0].storage_name) and not object_storage().exists(rows[1].storage_name)
 
     # The third hospital revokes its grant: the next round drops the site and its cached tensors.
     h = c["hospitals"][2]
@@ -181,8 +190,18 @@ def test_the_cache_never_outlives_the_owners_key_and_a_flipped_byte_is_recompute
     assert _run_open_slots(lab.pk, fed_id) == ["submitted"] * 3
     assert reads == [rows[1].site_id]  # AEAD refused the damaged entry: recomputed from the version
 
-    # The first hospital crypto-shreds its tenant: its site fails as without the cache.
-    shred_tenant(c["hospitals"][0]["tenant"].pk, reason="erasure request")
+    # Each entry is sealed under a key of its own, derived from the owner's version key.
+    owner = c["hospitals"][0]["tenant"]
+    with tenant_scope(lab.pk):
+        site = FederationSite.all_tenants.get(pk=rows[0].site_id)
+    with tenant_scope(owner.pk):
+        version_key_id = DatasetVersion.objects.get(pk=site.version_id).data_key_id
+    assert rows[0].key_id == version_key_id and len(bytes.fromhex(rows[0].salt)) == 32
+    assert len({r.salt for r in rows}) == 3
+
+    # The first hospital crypto-shreds its tenant: its site fails as without the cache, and the
+    # entry still on disk is unreadable by anyone, the coordinator's key included.
+    shred_tenant(owner.pk, reason="erasure request")
     assert rounds.advance(lab.pk, fed_id) == "closed"
     reads.clear()
     states = _run_open_slots(lab.pk, fed_id)
@@ -190,6 +209,15 @@ def test_the_cache_never_outlives_the_owners_key_and_a_flipped_byte_is_recompute
         slot = SiteRound.objects.filter(round__federation_id=fed_id, site_id=rows[0].site_id).order_by("-id").first()
     assert slot is not None and slot.state == "failed", (states, slot and slot.reason)
     assert reads == []  # the shredded site never reached its version; the others read the cache
+    with tenant_scope(owner.pk), pytest.raises(ShreddedError):
+        vault.material(DataKey.objects.get(pk=version_key_id))
+    context = context_for(lab.pk, KIND, object_id(fed_id, f"prepared/site{site.pk}-{rows[0].inputs_digest[:16]}"))
+    with object_storage().open(rows[0].storage_name, "rb") as f:
+        sealed = f.read()
+    with tenant_scope(lab.pk):
+        coordinators = vault.material(vault.active_key(lab.pk))
+    with pytest.raises(CryptoIntegrityError):
+        decrypt_bytes(sealed, coordinators, context)
 
 
 def test_a_task_that_finishes_after_the_federation_ended_keeps_nothing(
