@@ -1,4 +1,5 @@
-"""ASGI entry point: HTTP through Django, websockets through Channels (origin-checked, session auth)."""
+"""ASGI entry point: HTTP through Django, websockets through Channels (an API key, or a session
+behind the Origin check: ``apps.accounts.websocket``)."""
 
 import asyncio
 import os
@@ -10,10 +11,9 @@ from django.core.asgi import get_asgi_application
 
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from apps.accounts.websocket import ApiKeyOrSessionMiddleware  # noqa: E402
 from apps.tenancy.db import assert_safe_app_role  # noqa: E402
 from config.routing import websocket_urlpatterns  # noqa: E402
 
@@ -38,6 +38,6 @@ _check_app_role()
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": ApiKeyOrSessionMiddleware(URLRouter(websocket_urlpatterns)),
     }
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.utils import timezone
 from rest_framework import authentication, exceptions
@@ -26,6 +26,7 @@ class ApiKeyPrincipal:
     name: str
     scopes: list[str] = field(default_factory=list)
     created_by_id: int | None = None
+    expires_at: datetime | None = None  # a websocket opened with the key closes then
     is_authenticated: bool = True
     is_active: bool = True
     is_staff: bool = False
@@ -63,45 +64,50 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         return 'Bearer realm="cohort"'
 
     def authenticate(self, request: Request) -> tuple[ApiKeyPrincipal, ApiKey] | None:
-        header = request.META.get("HTTP_AUTHORIZATION", "")
-        if not header:
-            return None
-        parts = header.split()
-        if parts[0].lower() != "bearer":
-            return None
-        if len(parts) != 2:
-            raise _deny("malformed_header", None, None)
-        raw = parts[1]
-        prefix = keys.parse(raw)
-        if prefix is None:
-            raise _deny("malformed_key", None, None)
-        with lookup_scope(prefix):
-            key = ApiKey.all_tenants.filter(prefix=prefix).first()
-        if key is None or not keys.matches(raw, key.key_hash):
-            raise _deny("unknown_key", None, prefix)
-        if key.revoked_at is not None:
-            raise _deny("revoked", key.tenant_id, prefix)
-        now = timezone.now()
-        if key.expires_at is not None and key.expires_at <= now:
-            raise _deny("expired", key.tenant_id, prefix)
-        tenant = Tenant.objects.get(pk=key.tenant_id)
-        if not tenant.is_active:
-            raise _deny("tenant_suspended", key.tenant_id, prefix)
-        if key.last_used_at is None or now - key.last_used_at > timedelta(minutes=1):
-            # Throttled bookkeeping; declared so row-capture does not log every use.
-            set_db_context(tenant_id=key.tenant_id, audit_context="api_key.last_used")
-            ApiKey.all_tenants.filter(pk=key.pk).update(last_used_at=now)
-            set_db_context(tenant_id=None, audit_context=None)
-        principal = ApiKeyPrincipal(
-            key_id=key.pk,
-            tenant_id=key.tenant_id,
-            prefix=key.prefix,
-            name=key.name,
-            scopes=list(key.scopes),
-            created_by_id=key.created_by_id,
-        )
-        set_actor(principal.actor)
-        return principal, key
+        return authenticate_bearer(request.META.get("HTTP_AUTHORIZATION", ""))
+
+
+def authenticate_bearer(header: str) -> tuple[ApiKeyPrincipal, ApiKey] | None:
+    """An ``Authorization`` header's API key: None when it is not a bearer header; raises
+    (``AuthenticationFailed``, audited as ``api_key.use_denied``) for a malformed, unknown, revoked
+    or expired key or a suspended tenant. The REST API and the websocket handshake both use it."""
+    parts = header.split()
+    if not parts or parts[0].lower() != "bearer":
+        return None
+    if len(parts) != 2:
+        raise _deny("malformed_header", None, None)
+    raw = parts[1]
+    prefix = keys.parse(raw)
+    if prefix is None:
+        raise _deny("malformed_key", None, None)
+    with lookup_scope(prefix):
+        key = ApiKey.all_tenants.filter(prefix=prefix).first()
+    if key is None or not keys.matches(raw, key.key_hash):
+        raise _deny("unknown_key", None, prefix)
+    if key.revoked_at is not None:
+        raise _deny("revoked", key.tenant_id, prefix)
+    now = timezone.now()
+    if key.expires_at is not None and key.expires_at <= now:
+        raise _deny("expired", key.tenant_id, prefix)
+    tenant = Tenant.objects.get(pk=key.tenant_id)
+    if not tenant.is_active:
+        raise _deny("tenant_suspended", key.tenant_id, prefix)
+    if key.last_used_at is None or now - key.last_used_at > timedelta(minutes=1):
+        # Throttled bookkeeping; declared so row-capture does not log every use.
+        set_db_context(tenant_id=key.tenant_id, audit_context="api_key.last_used")
+        ApiKey.all_tenants.filter(pk=key.pk).update(last_used_at=now)
+        set_db_context(tenant_id=None, audit_context=None)
+    principal = ApiKeyPrincipal(
+        key_id=key.pk,
+        tenant_id=key.tenant_id,
+        prefix=key.prefix,
+        name=key.name,
+        scopes=list(key.scopes),
+        created_by_id=key.created_by_id,
+        expires_at=key.expires_at,
+    )
+    set_actor(principal.actor)
+    return principal, key
 
 
 class CsrfSessionAuthentication(authentication.SessionAuthentication):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
 from django.contrib.auth import authenticate, login, logout
+from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
 from rest_framework import exceptions
@@ -19,6 +21,8 @@ from apps.common import ratelimit
 from apps.common.context import Actor, get_context
 from apps.common.exceptions import Conflict, Invalid
 from apps.tenancy.models import Tenant
+
+logger = logging.getLogger(__name__)
 
 
 def user_create(
@@ -137,4 +141,16 @@ def api_key_revoke(*, tenant: Tenant, key: ApiKey) -> ApiKey:
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])
         audit_record(action="api_key.revoked", tenant=tenant, target=key, details={"key_prefix": key.prefix})
+        # Its open websockets close (their user is ``key:<prefix>``, ``ApiKeyPrincipal.pk``).
+        tenant_id, principal = tenant.pk, f"key:{key.prefix}"
+        transaction.on_commit(lambda: _close_key_sockets(tenant_id, principal))
     return key
+
+
+def _close_key_sockets(tenant_id: int, principal: str) -> None:
+    from apps.audit.live import publish_tenant_control
+
+    try:  # after the commit: the revocation stands; the handshake refuses the key from now on anyway
+        publish_tenant_control(tenant_id, {"action": "close", "reason": "api_key_revoked", "user_id": principal})
+    except Exception:
+        logger.warning("could not close the revoked key's websockets", exc_info=True)

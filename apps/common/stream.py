@@ -10,19 +10,25 @@ A subclass names the role ``permission`` it needs and may override:
 * :meth:`TenantStreamConsumer.replay` (sync): persisted events after ``after``, oldest first;
 * :meth:`TenantStreamConsumer.on_open` / :meth:`TenantStreamConsumer.on_close`.
 
-Close codes: 4401 unauthenticated; 4404 unknown tenant, non-member or unknown object (alike, so a
-socket is no oracle); 4403 suspended tenant, a role without the permission, or — later — a
-``tenant.control`` close (membership ended, tenant suspended).
+Who: a member's session or an API key (``apps.accounts.websocket``); a key's socket closes with 4401
+when the key expires and with 4403 when it is revoked.
+
+Close codes: 4401 unauthenticated (or the API key expired); 4404 unknown tenant, non-member or
+unknown object (alike, so a socket is no oracle); 4403 suspended tenant, a role without the
+permission, or — later — a ``tenant.control`` close (membership ended, tenant suspended, the API
+key revoked).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.db import transaction
+from django.utils import timezone
 
 from apps.audit.live import control_group
 from apps.tenancy import policy
@@ -37,11 +43,19 @@ CLOSE_NOT_FOUND = 4404
 
 def authorize_member(user: Any, slug: str, action: str) -> tuple[int | None, int]:
     """The handshake check of every tenant stream: (tenant_id, close code). An unknown tenant and
-    a non-member answer alike (4404); a suspended tenant or a role without ``action``: 4403."""
+    a non-member answer alike (4404); a suspended tenant or a role without ``action``: 4403. An
+    API key (``ApiKeyPrincipal``) acts as the REST API lets it: its own tenant only (another is
+    4404), as the integrator role within its scopes (else 4403)."""
     with transaction.atomic():
         tenant = Tenant.objects.filter(slug=slug).first()
         if tenant is None:
             return None, CLOSE_NOT_FOUND
+        if getattr(user, "key_id", None) is not None:
+            if user.tenant_id != tenant.pk:
+                return None, CLOSE_NOT_FOUND
+            if not tenant.is_active or not policy.api_key_allows(user.scopes, action):
+                return None, CLOSE_FORBIDDEN
+            return tenant.pk, 0
         m = membership_for(tenant_id=tenant.pk, user_id=user.pk)
         if m is None or not user.is_active:
             return None, CLOSE_NOT_FOUND
@@ -59,6 +73,7 @@ class TenantStreamConsumer(AsyncJsonWebsocketConsumer):
     user_id: Any = None
     last_seq = 0
     groups_joined: tuple[str, ...] = ()
+    _expiry: asyncio.TimerHandle | None = None
 
     # --- hooks -----------------------------------------------------------------------------------
     def parse_route(self, kwargs: dict[str, Any]) -> None:
@@ -113,6 +128,12 @@ class TenantStreamConsumer(AsyncJsonWebsocketConsumer):
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
+        expires = getattr(user, "expires_at", None)  # an API key's: the socket does not outlive it
+        if expires is not None:
+            delay = max(0.0, (expires - timezone.now()).total_seconds())
+            self._expiry = asyncio.get_running_loop().call_later(
+                delay, lambda: asyncio.ensure_future(self.close(code=CLOSE_UNAUTHENTICATED))
+            )
         await self.on_open()
         if self.replays:
             self.last_seq = max(0, after)
@@ -124,6 +145,8 @@ class TenantStreamConsumer(AsyncJsonWebsocketConsumer):
             return self.replay(tenant_id, after)
 
     async def disconnect(self, code: int) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self.tenant_id is not None:
             await self.on_close()
             for group in self.groups_joined:
