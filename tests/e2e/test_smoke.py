@@ -17,10 +17,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,6 +120,23 @@ def _exercise(base: str, state: Path, redis_url: str | None) -> None:
                 assert msg["type"] == "audit.event", msg
                 seen.append(msg["event"]["action"])
             assert "api_key.created" in seen, seen
+
+        # An integrator's client streams with the key alone (no cookie, no Origin), and the key's
+        # revocation closes the socket (a real client against uvicorn).
+        created_key = r.json()
+        jobs = owner.get("/api/v1/tenants/st-marys/jobs/").json()["results"]
+        assert jobs, "the demo seeds a training job"
+        job_url = base.replace("http://", "ws://") + f"/ws/v1/tenants/st-marys/jobs/{jobs[0]['id']}/"
+        with ws_connect(job_url, additional_headers={"Authorization": f"Bearer {created_key['key']}"},
+                        open_timeout=10) as ws:  # fmt: skip
+            csrf = owner.cookies["csrftoken"]
+            gone = owner.delete(f"/api/v1/tenants/st-marys/api-keys/{created_key['id']}/",
+                                headers={"X-CSRFToken": csrf, "Referer": base + "/"})  # fmt: skip
+            assert gone.status_code in (200, 204), gone.text
+            started = time.monotonic()
+            closed = _until_closed(ws, timeout=5)
+            assert closed.rcvd is not None and closed.rcvd.code == 4403, closed
+            assert time.monotonic() - started <= 5
 
         if redis_url:  # a real Celery worker process picks up a task and records its outcome
             from celery import Celery
@@ -235,3 +254,13 @@ def test_external_servers(tmp_path: Path) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier("cohort_e2e")))
     env.update({"DATABASE_URL": admin, "COHORT_DB_NAME": "cohort_e2e", "COHORT_STATE_DIR": str(state)})
     _run_twice(env, state, tmp_path, redis_url)
+
+
+def _until_closed(ws: Any, timeout: float) -> ConnectionClosed:
+    """Read (replayed events may come first) until the server closes the socket."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ws.recv(timeout=max(0.01, deadline - time.monotonic()))
+        except ConnectionClosed as closed:
+            return closed
