@@ -121,17 +121,22 @@ def _exercise(base: str, state: Path, redis_url: str | None) -> None:
                 seen.append(msg["event"]["action"])
             assert "api_key.created" in seen, seen
 
-        # An integrator's client streams with the key alone (no cookie, no Origin), and the key's
-        # revocation closes the socket (a real client against uvicorn).
+        # An integrator's client streams a job with the key alone (no cookie, no Origin) through the
+        # real router and uvicorn, and the key's revocation closes the open socket with 4403.
         created_key = r.json()
-        jobs = owner.get("/api/v1/tenants/st-marys/jobs/").json()["results"]
-        assert jobs, "the demo seeds a training job"
-        job_url = base.replace("http://", "ws://") + f"/ws/v1/tenants/st-marys/jobs/{jobs[0]['id']}/"
+        csrf = owner.cookies["csrftoken"]
+        hdr = {"X-CSRFToken": csrf, "Referer": base + "/"}
+        notes = owner.get("/api/v1/tenants/st-marys/datasets/", params={"q": "Discharge"}).json()["results"]
+        versions = owner.get(f"/api/v1/tenants/st-marys/datasets/{notes[0]['id']}/versions/").json()["results"]
+        deid = next(x for x in versions if x["kind"] == "deidentified")
+        spec = {"model": {"name": "text_bag", "params": {"dim": 8}}, "epochs": 1}
+        job = owner.post("/api/v1/tenants/st-marys/jobs/", headers=hdr,
+                         json={"name": "e2e key stream", "dataset_version": deid["id"], "spec": spec})  # fmt: skip
+        assert job.status_code == 201, job.text
+        job_url = base.replace("http://", "ws://") + f"/ws/v1/tenants/st-marys/jobs/{job.json()['id']}/"
         with ws_connect(job_url, additional_headers={"Authorization": f"Bearer {created_key['key']}"},
                         open_timeout=10) as ws:  # fmt: skip
-            csrf = owner.cookies["csrftoken"]
-            gone = owner.delete(f"/api/v1/tenants/st-marys/api-keys/{created_key['id']}/",
-                                headers={"X-CSRFToken": csrf, "Referer": base + "/"})  # fmt: skip
+            gone = owner.delete(f"/api/v1/tenants/st-marys/api-keys/{created_key['id']}/", headers=hdr)
             assert gone.status_code in (200, 204), gone.text
             started = time.monotonic()
             closed = _until_closed(ws, timeout=5)
