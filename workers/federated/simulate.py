@@ -305,13 +305,14 @@ def run(
             last_selected[sid] = number
         selected = sorted(chosen) + [s.site_id for s in evaluators]
         by_id = {s.site_id: s for s in ordered}
-        evals: list[tuple[dict[str, float], int]] = []
+        evals: list[tuple[dict[str, float], int]] = []  # the training sites' (the round's metrics)
+        eval_only: list[tuple[dict[str, float], int]] = []  # reported apart, as at the end
         updates: list[tuple[dict[str, torch.Tensor], int]] = []
         site_rows: list[dict[str, Any]] = []
         for sid in sorted(selected):
             site, prep = by_id[sid], prepared[sid]
             ev = evaluate_state(fspec, prep, state)
-            evals.append((ev, len(prep.y_val)))
+            (evals if site.role == "train" else eval_only).append((ev, len(prep.y_val)))
             if site.role != "train":
                 continue
             rows = site.n_rows if site.n_rows is not None else site.table.num_rows
@@ -354,6 +355,7 @@ def run(
             "round": number,
             "participants": [r["site"] for r in site_rows if r["state"] == "submitted"],
             "metrics": _weighted(evals),
+            **({"evaluation_only": _weighted(eval_only)} if eval_only else {}),
             "sites": site_rows,
             "epsilon": max(eps) if eps else None,
             "seconds": round(time.monotonic() - t0, 3),

@@ -754,9 +754,12 @@ def _close_train(
         central_noise_seed=central_seed(bytes.fromhex(fed.seed_secret), fed.pk, rnd.number), selected=selected_trainers,
     )  # fmt: skip
     fault_point("aggregate")
+    # The training sites' only: evaluation-only sites and the central set are reported apart (as in
+    # the final result), so "best" compares like with like across rounds and the final evaluation.
     metrics = weighted_metrics(
-        [(s.eval_metrics, int(s.n_eval or 0)) for s in slots if s.eval_metrics and not _is_central(sites, s)]
-    )
+        [(s.eval_metrics, int(s.n_eval or 0)) for s in slots
+         if s.eval_metrics and sites[s.site_id].role == FederationSite.Role.TRAIN]
+    )  # fmt: skip
     central = _central_metrics(slots, sites)
     if fspec.dp.mode == "central":  # each participant's site-level ε, composed over its rounds so far
         _central_epsilons(fed, fspec, rnd, ordered)

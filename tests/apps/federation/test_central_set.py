@@ -30,8 +30,11 @@ def _lab_dataset(c: dict[str, Any], name: str = "held-out set") -> tuple[int, di
     return ds, deidentify(client, slug, ds, raw["id"], KEEP)
 
 
-def _sites(c: dict[str, Any], central: int) -> list[dict[str, Any]]:
-    return [{"dataset_id": h["dataset"]} for h in c["hospitals"]] + [{"dataset_id": central, "role": "central"}]
+def _sites(c: dict[str, Any], central: int, evaluate_last: bool = False) -> list[dict[str, Any]]:
+    sites: list[dict[str, Any]] = [{"dataset_id": h["dataset"]} for h in c["hospitals"]]
+    if evaluate_last:
+        sites[-1]["role"] = "evaluate"
+    return [*sites, {"dataset_id": central, "role": "central"}]
 
 
 def _approve_own(c: dict[str, Any], fed_id: int) -> None:
@@ -72,7 +75,8 @@ def test_every_model_is_scored_on_the_central_set_apart_and_best_is_chosen_on_it
 ) -> None:
     c, lab = consortium, consortium["lab"]
     central_ds, central_version = _lab_dataset(c)
-    r = create_federation(c, spec=CENTRAL_SPEC, sites=_sites(c, central_ds))
+    # Two hospitals train, the third only evaluates, and the lab's own set is the central one.
+    r = create_federation(c, spec=CENTRAL_SPEC, sites=_sites(c, central_ds, evaluate_last=True))
     assert r.status_code == 201, r.content
     fed_id = r.json()["id"]
     approve_all(c, fed_id)
@@ -84,7 +88,7 @@ def test_every_model_is_scored_on_the_central_set_apart_and_best_is_chosen_on_it
     assert c["lab_client"].post(start).status_code == 200
     with tenant_scope(lab.pk):
         round_0 = list(SiteRound.objects.filter(round__federation_id=fed_id).select_related("site"))
-    assert sorted(s.site.role for s in round_0) == ["train"] * 3  # the central set sends nothing in round 0
+    assert sorted(s.site.role for s in round_0) == ["train"] * 2  # evaluators send nothing in round 0
 
     assert _run_to_the_end(lab.pk, fed_id) == ["closed"] * 4 + ["completed"]
     with tenant_scope(lab.pk):
@@ -102,19 +106,24 @@ def test_every_model_is_scored_on_the_central_set_apart_and_best_is_chosen_on_it
         r.central_metrics == s.eval_metrics for r, s in zip([*train_rounds, final_round], central_slots, strict=True)
     )
     assert all(central.pk not in r.participants for r in train_rounds)
-    # Apart from the sites' metrics: the global figures are the training sites' only.
-    for r in train_rounds:
-        assert set(r.central_metrics) >= {"loss", "accuracy"} and r.metrics != r.central_metrics
+    # Apart from the sites' metrics: the round's figures are the training sites' only (the
+    # evaluation-only site and the central set are reported apart), as the final ones are.
+    with tenant_scope(lab.pk):
+        for r in [*train_rounds, final_round]:
+            trained = SiteRound.objects.filter(round=r, site__role="train")
+            assert r.metrics == rounds.weighted_metrics([(s.eval_metrics, int(s.n_eval or 0)) for s in trained])
+            assert set(r.central_metrics) >= {"loss", "accuracy"} and r.metrics != r.central_metrics
     result = fed.result
     assert result["central"] == {"site": central.label, "metrics": final_round.central_metrics, "n": rows}
     assert central.label not in result["per_site"] and central.label not in result["evaluation_only"]["per_site"]
+    assert set(result["evaluation_only"]["per_site"]) == {"site-3"} and "site-3" not in result["per_site"]
     # "best" is chosen on the central set: round r's central metrics are round r-1's model's.
     scored = [(r.central_metrics["loss"], r.number - 1) for r in train_rounds[1:]]
     scored.append((final_round.central_metrics["loss"], final_round.number - 1))
     best = min(scored, key=lambda p: (p[0], -p[1]))
     assert result["registered_round"] == best[1]
     assert math.isclose(model.metrics["loss"], best[0])  # the registry records the central set's score
-    assert {d["role"] for d in model.lineage["datasets"]} == {"train", "central"}
+    assert {d["role"] for d in model.lineage["datasets"]} == {"train", "evaluate", "central"}
 
     # The coordinator sees the central figures; a hospital sees none of them.
     lab_rounds = c["lab_client"].get(f"/api/v1/tenants/{lab.slug}/federations/{fed_id}/rounds/").json()

@@ -147,6 +147,8 @@ def test_fraction_selection_evaluation_sites_and_rounds_report() -> None:
     for r in result.rounds:
         assert {s["state"] for s in r["sites"]} == {"submitted"}
         assert all(s["n_examples"] > 0 and s["update_norm"] > 0 for s in r["sites"])
+        # The round's metrics are the selected training sites'; the evaluation-only site's apart.
+        assert set(r["evaluation_only"]) == set(r["metrics"]) and r["evaluation_only"] != r["metrics"]
 
 
 def test_local_only_comparison_shows_what_one_class_sites_cannot_learn() -> None:
