@@ -5,8 +5,9 @@
   expired keys and suspended tenants refused, and audited as ``api_key.use_denied``). No cookie
   is read and no ``Origin`` is required: a key is no ambient credential a page could borrow. A
   refused key opens nothing: the stream closes with 4401, never falling back to a session.
-* Otherwise the session cookie, behind the allowed-hosts ``Origin`` check (a cookie *is* ambient:
-  another site's page must not open a socket with it).
+* Otherwise (no ``Authorization`` header, or another scheme such as a proxy's Basic auth) the
+  session cookie, behind the allowed-hosts ``Origin`` check (a cookie *is* ambient: another
+  site's page must not open a socket with it).
 
 The stream then checks the key's tenant and scope like the REST API (``apps.common.stream``), and
 closes the socket when the key is revoked (the tenant's control group) or expires.
@@ -47,8 +48,9 @@ class ApiKeyOrSessionMiddleware:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         headers = [v for k, v in scope.get("headers", []) if k.lower() == b"authorization"]
-        if not headers:
+        bearer = [v for v in headers if v.split()[:1] and v.split()[0].lower() == b"bearer"]
+        if not bearer:  # none, or another scheme (a proxy's Basic auth): the browser's session path
             return await self.session(scope, receive, send)
-        # A second Authorization header or a non-bearer one opens nothing.
-        user = await _key_principal(headers[0].decode("latin-1")) if len(headers) == 1 else AnonymousUser()
+        # Two Authorization headers with a key among them open nothing.
+        user = await _key_principal(bearer[0].decode("latin-1")) if len(headers) == 1 else AnonymousUser()
         return await self.inner({**scope, "user": user}, receive, send)

@@ -64,6 +64,19 @@ def authorize_member(user: Any, slug: str, action: str) -> tuple[int | None, int
         return tenant.pk, 0
 
 
+def _key_live(prefix: str) -> bool:
+    """The API key is neither revoked nor expired (its row, by its visible prefix, as the
+    authentication reads it)."""
+    from apps.accounts.models import ApiKey
+    from apps.tenancy.scope import lookup_scope
+
+    with lookup_scope(prefix):
+        key = ApiKey.all_tenants.filter(prefix=prefix).values("revoked_at", "expires_at").first()
+    if key is None:
+        return False
+    return key["revoked_at"] is None and (key["expires_at"] is None or key["expires_at"] > timezone.now())
+
+
 class TenantStreamConsumer(AsyncJsonWebsocketConsumer):
     """Read-only tenant stream; see the module docstring for the hooks."""
 
@@ -73,7 +86,7 @@ class TenantStreamConsumer(AsyncJsonWebsocketConsumer):
     user_id: Any = None
     last_seq = 0
     groups_joined: tuple[str, ...] = ()
-    _expiry: asyncio.TimerHandle | None = None
+    _expiry: asyncio.Task[None] | None = None  # an API key's expiry (kept: a task nobody holds may vanish)
 
     # --- hooks -----------------------------------------------------------------------------------
     def parse_route(self, kwargs: dict[str, Any]) -> None:
@@ -127,13 +140,15 @@ class TenantStreamConsumer(AsyncJsonWebsocketConsumer):
         self.groups_joined = (*self.stream_groups(tenant_id), control_group(tenant_id))
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
+        # A key revoked between the middleware's check and joining the control group was announced
+        # to nobody: look again now that a revocation can reach this socket.
+        if getattr(user, "key_id", None) is not None and not await database_sync_to_async(_key_live)(user.prefix):
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
         await self.accept()
         expires = getattr(user, "expires_at", None)  # an API key's: the socket does not outlive it
         if expires is not None:
-            delay = max(0.0, (expires - timezone.now()).total_seconds())
-            self._expiry = asyncio.get_running_loop().call_later(
-                delay, lambda: asyncio.ensure_future(self.close(code=CLOSE_UNAUTHENTICATED))
-            )
+            self._expiry = asyncio.create_task(self._close_at(expires))
         await self.on_open()
         if self.replays:
             self.last_seq = max(0, after)
@@ -144,8 +159,12 @@ class TenantStreamConsumer(AsyncJsonWebsocketConsumer):
         with tenant_scope(tenant_id):
             return self.replay(tenant_id, after)
 
+    async def _close_at(self, when: Any) -> None:
+        await asyncio.sleep(max(0.0, (when - timezone.now()).total_seconds()))
+        await self.close(code=CLOSE_UNAUTHENTICATED)
+
     async def disconnect(self, code: int) -> None:
-        if self._expiry is not None:
+        if self._expiry is not None and self._expiry is not asyncio.current_task():
             self._expiry.cancel()
         if self.tenant_id is not None:
             await self.on_close()

@@ -77,6 +77,9 @@ class FederationOutput(serializers.ModelSerializer):
             result.pop("evaluation_only", None)
             result.pop("local_only", None)
             result.pop("central", None)  # the coordinator's own data: its figures are the coordinator's
+            if result.get("registered_metrics_on") == "central":  # chosen on the coordinator's data
+                result.pop("registered_round", None)
+            result.pop("registered_metrics_on", None)
             if "rounds" in result:
                 result["rounds"] = [{k: v for k, v in r.items() if k != "central_metrics"} for r in result["rounds"]]
         else:

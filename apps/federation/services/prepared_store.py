@@ -145,14 +145,18 @@ def load(fed: Federation, site: FederationSite, digest: str) -> Any | None:
         row = PreparedCache.objects.filter(site=site, inputs_digest=digest).first()
         if row is None:
             return None
+    if not row.salt:  # sealed under the coordinator's key, before keys were derived: never read
+        _remove(fed, row)
+        return None
     _key, material = _owner_key(fed, site)  # raises as the version's own read would
     try:  # the transfer and decryption outside any transaction
-        if not row.salt:
-            raise ValueError("an entry sealed under the coordinator's key (before keys were derived)")
         context = context_for(fed.tenant_id, KIND, object_id(fed.pk, _what(site.pk, digest)))
-        raw = object_storage().open(row.storage_name, "rb")
-        with DecryptingReader(cast(BinaryIO, raw), _entry_key(material, bytes.fromhex(row.salt), context),
-                              context) as reader:  # fmt: skip
+        with (
+            object_storage().open(row.storage_name, "rb") as raw,
+            DecryptingReader(
+                cast(BinaryIO, raw), _entry_key(material, bytes.fromhex(row.salt), context), context
+            ) as reader,
+        ):
             data = bytes(reader.read())
         if hashlib.sha256(data).hexdigest() != row.sha256:
             raise ValueError("the cached bytes' SHA-256 differs from the recorded one")
@@ -160,10 +164,14 @@ def load(fed: Federation, site: FederationSite, digest: str) -> Any | None:
     except Exception:
         logger.warning("prepared tensors of site %s (federation %s) unreadable; recomputing", site.pk, fed.pk,
                        exc_info=True)  # fmt: skip
-        with tenant_scope(fed.tenant_id):
-            PreparedCache.objects.filter(pk=row.pk).delete()
-            _delete_after_commit([row.storage_name])
+        _remove(fed, row)
         return None
+
+
+def _remove(fed: Federation, row: PreparedCache) -> None:
+    with tenant_scope(fed.tenant_id):
+        PreparedCache.objects.filter(pk=row.pk).delete()
+        _delete_after_commit([row.storage_name])
 
 
 def save(fed: Federation, site: FederationSite, digest: str, prepared: Any) -> bool:

@@ -846,6 +846,7 @@ def _close_evaluation(
         },
         "final_round": base_round.number,
     }
+    complete = False
     if fspec.evaluation.central:  # the coordinator's own set: every model's score on all its rows
         central_site = next((s for s in sites.values() if s.role == FederationSite.Role.CENTRAL), None)
         central_slot = next((s for s in evaluated if _is_central(sites, s)), None)
@@ -853,17 +854,22 @@ def _close_evaluation(
             "site": central_site.label if central_site else None,
             "metrics": final_central,
             "n": int(central_slot.n_eval or 0) if central_slot else 0,
+            # It scores every model only while it stays in (a dropped or failed central site leaves
+            # later models unscored): if not, "best" and the registry's figures are the sites'.
+            "complete": (complete := _central_complete(fed, fspec, final_central)),
         }
-    chosen = _registered_round(fspec, base_round, final_central if fspec.evaluation.central else final)
+    on_central = bool(fspec.evaluation.central and complete)
+    chosen = _registered_round(fspec, base_round, final_central if on_central else final, on_central=on_central)
     result["registered_round"] = chosen.number
+    result["registered_metrics_on"] = "central" if on_central else "sites"
     with audited_change():
         rnd.status, rnd.closed_at, rnd.metrics = Round.Status.CLOSED, timezone.now(), final
         rnd.central_metrics = final_central
         rnd.participants = [s.site_id for s in evaluated]
         rnd.save()
         if fspec.evaluation.register != "none":
-            chosen_metrics = (final if chosen is base_round else None) if not fspec.evaluation.central else None
-            fed.model_version = _register_model(fed, fspec, chosen, chosen_metrics)
+            chosen_metrics = (final_central if on_central else final) if chosen is base_round else None
+            fed.model_version = _register_model(fed, fspec, chosen, chosen_metrics, on_central=on_central)
             result["model_version"] = fed.model_version.pk
         fed.result = result
         fed.save(update_fields=["result", "model_version"])
@@ -873,10 +879,21 @@ def _close_evaluation(
     return "completed"
 
 
-def _registered_round(fspec: FederationSpec, final_round: Round, final_metrics: dict[str, float]) -> Round:
+def _central_complete(fed: Federation, fspec: FederationSpec, final_central: dict[str, float]) -> bool:
+    """Every model the registry could take (rounds 1..R) was scored on the central set."""
+    metric = fspec.evaluation.best_metric if fspec.evaluation.register == "best" else "loss"
+    if final_central.get(metric) is None:
+        return False
+    later = Round.objects.filter(federation=fed, kind="train", number__gt=1)
+    return all((r.central_metrics or {}).get(metric) is not None for r in later)
+
+
+def _registered_round(
+    fspec: FederationSpec, final_round: Round, final_metrics: dict[str, float], *, on_central: bool = False
+) -> Round:
     """The round whose model enters the registry: the last one, or with ``evaluation.register:
     "best"`` the one whose model scored best on ``evaluation.best_metric`` on the central set
-    (``evaluation.central``) or else at the sites (round r's metrics are its *base* model's, i.e.
+    (``on_central``: it scored every candidate) or else at the sites (round r's metrics are its *base* model's, i.e.
     round r-1's; the last model's are the final evaluation's, ``final_metrics``)."""
     if fspec.evaluation.register != "best":
         return final_round
@@ -884,7 +901,7 @@ def _registered_round(fspec: FederationSpec, final_round: Round, final_metrics: 
     lower = metric in LOWER_IS_BETTER
     scored: list[tuple[float, int]] = []  # (score, round number of the model)
     for r in Round.objects.filter(federation_id=final_round.federation_id, kind="train").order_by("number"):
-        value = ((r.central_metrics if fspec.evaluation.central else r.metrics) or {}).get(metric)
+        value = ((r.central_metrics if on_central else r.metrics) or {}).get(metric)
         if r.number > 1 and isinstance(value, int | float) and math.isfinite(value):
             scored.append((float(value), r.number - 1))
     if isinstance(final_metrics.get(metric), int | float) and math.isfinite(final_metrics[metric]):
@@ -899,7 +916,9 @@ def _registered_round(fspec: FederationSpec, final_round: Round, final_metrics: 
 LOWER_IS_BETTER = frozenset({"loss", "mse", "rmse", "mae", "log_loss"})
 
 
-def _register_model(fed: Federation, fspec: FederationSpec, rnd: Round, final_metrics: dict[str, float] | None) -> Any:
+def _register_model(
+    fed: Federation, fspec: FederationSpec, rnd: Round, final_metrics: dict[str, float] | None, *, on_central: bool
+) -> Any:
     """The chosen round's global model in the coordinator's registry, with the lineage of every
     dataset version that trained or evaluated it."""
     from apps.training.services import register_federation_model
@@ -928,7 +947,7 @@ def _register_model(fed: Federation, fspec: FederationSpec, rnd: Round, final_me
         }
         for s in FederationSite.all_tenants.filter(federation=fed, version__isnull=False).order_by("id")
     ]
-    metrics = final_metrics if final_metrics is not None else dict(_next_round_metrics(fed, rnd))
+    metrics = final_metrics if final_metrics is not None else _next_round_metrics(fed, rnd, on_central=on_central)
     label = fed.encoders.get("label") or {}
     problem = "classification" if label.get("kind") == "classes" else "regression"
     return register_federation_model(
@@ -945,6 +964,7 @@ def _register_model(fed: Federation, fspec: FederationSpec, rnd: Round, final_me
             "round": rnd.number,
             "rounds": fspec.rounds,
             "model_digest": rnd.model_digest,
+            "metrics_on": "central" if on_central else "sites",  # what ``metrics`` were measured on
             "datasets": datasets,
         },
         encoders=dict(fed.encoders),
@@ -952,14 +972,13 @@ def _register_model(fed: Federation, fspec: FederationSpec, rnd: Round, final_me
     )
 
 
-def _next_round_metrics(fed: Federation, rnd: Round) -> dict[str, float]:
+def _next_round_metrics(fed: Federation, rnd: Round, *, on_central: bool = False) -> dict[str, float]:
     """Round r's model was evaluated at the sites (and on the central set) as round r+1's base:
-    the registry records the central set's metrics when there is one, else the sites'."""
+    the registry records the central set's metrics (``on_central``) or the sites'."""
     nxt = Round.objects.filter(federation=fed, number=rnd.number + 1).first()
     if nxt is None:
         return {}
-    chosen = nxt.central_metrics if FederationSpec.from_dict(fed.spec).evaluation.central else nxt.metrics
-    return dict(chosen or {})
+    return dict((nxt.central_metrics if on_central else nxt.metrics) or {})
 
 
 def _is_central(sites: dict[int, FederationSite], slot: SiteRound) -> bool:

@@ -49,12 +49,12 @@ def _approve_own(c: dict[str, Any], fed_id: int) -> None:
     assert r.status_code == 200, r.content
 
 
-def _run_to_the_end(lab_id: int, fed_id: int) -> list[str]:
+def _run_to_the_end(lab_id: int, fed_id: int, ran: tuple[str, ...] = ("submitted",)) -> list[str]:
     outcomes = []
     for _ in range(10):
         with tenant_scope(lab_id):
             slots = list(SiteRound.objects.filter(round__federation_id=fed_id, state=SiteRound.State.SELECTED))
-        assert all(rounds.run_site_round(lab_id, s.pk) == "submitted" for s in slots)
+        assert all(rounds.run_site_round(lab_id, s.pk) in ran for s in slots)
         outcomes.append(rounds.advance(lab_id, fed_id))
         if outcomes[-1] != "closed":
             return outcomes
@@ -114,7 +114,9 @@ def test_every_model_is_scored_on_the_central_set_apart_and_best_is_chosen_on_it
             assert r.metrics == rounds.weighted_metrics([(s.eval_metrics, int(s.n_eval or 0)) for s in trained])
             assert set(r.central_metrics) >= {"loss", "accuracy"} and r.metrics != r.central_metrics
     result = fed.result
-    assert result["central"] == {"site": central.label, "metrics": final_round.central_metrics, "n": rows}
+    assert result["central"] == {"site": central.label, "metrics": final_round.central_metrics, "n": rows,
+                                 "complete": True}  # fmt: skip
+    assert result["registered_metrics_on"] == "central" and model.lineage["metrics_on"] == "central"
     assert central.label not in result["per_site"] and central.label not in result["evaluation_only"]["per_site"]
     assert set(result["evaluation_only"]["per_site"]) == {"site-3"} and "site-3" not in result["per_site"]
     # "best" is chosen on the central set: round r's central metrics are round r-1's model's.
@@ -137,9 +139,10 @@ def test_every_model_is_scored_on_the_central_set_apart_and_best_is_chosen_on_it
     base = f"/api/v1/tenants/{h['tenant'].slug}/federations/{fed_id}/"
     seen = h["client"].get(base).json()
     assert "central" not in seen["result"] and all("central_metrics" not in x for x in seen["result"]["rounds"])
+    assert "registered_round" not in seen["result"]  # chosen on the coordinator's data
     assert all(x["central_metrics"] == {} for x in h["client"].get(base + "rounds/").json())
     events = _events(h["client"], base + "events/")
-    assert all("metrics" not in e["data"] for e in events if e["site"] == central.pk)
+    assert not any(e["site"] == central.pk for e in events)  # the central site's events: none at all
     with tenant_scope(lab.pk):
         own = FederationSite.all_tenants.get(federation_id=fed_id, dataset_id=h["dataset"]).pk
     assert any(e["data"].get("metrics") for e in events if e["site"] == own)  # its own site's, in full
@@ -167,3 +170,39 @@ def test_central_set_input_errors_are_400s_naming_the_field(consortium: dict[str
     assert "exactly one" in str(fields(create_federation(c, spec=CENTRAL_SPEC, sites=two))["sites"])
     with tenant_scope(c["lab"].pk):
         assert not Federation.objects.exists()  # nothing was created
+
+
+def test_a_central_set_that_leaves_mid_run_hands_best_back_to_the_sites(consortium: dict[str, Any]) -> None:
+    """Revoked after round 1: later models are not scored on it, so "best" and the registry's
+    figures are the training sites' (said in the result), never a pick among the early models."""
+    from apps.federation.services.governance import site_revoke
+
+    c, lab = consortium, consortium["lab"]
+    central_ds, _ = _lab_dataset(c)
+    fed_id = create_federation(c, spec=CENTRAL_SPEC, sites=_sites(c, central_ds)).json()["id"]
+    approve_all(c, fed_id)
+    _approve_own(c, fed_id)
+    assert c["lab_client"].post(f"/api/v1/tenants/{lab.slug}/federations/{fed_id}/start/").status_code == 200
+    outcomes = []
+    for _ in range(2):  # round 0 and round 1 (scored on the central set)
+        with tenant_scope(lab.pk):
+            slots = list(SiteRound.objects.filter(round__federation_id=fed_id, state=SiteRound.State.SELECTED))
+        assert all(rounds.run_site_round(lab.pk, s.pk) == "submitted" for s in slots)
+        outcomes.append(rounds.advance(lab.pk, fed_id))
+    with tenant_scope(lab.pk):
+        central = FederationSite.all_tenants.get(federation_id=fed_id, role="central")
+        site_revoke(tenant=lab, site=central, revoked_by=c["lab_user"])
+    outcomes += _run_to_the_end(lab.pk, fed_id, ran=("submitted", "excluded"))  # round 2's central slot
+    assert outcomes == ["closed"] * 4 + ["completed"]
+    with tenant_scope(lab.pk):
+        fed = Federation.objects.get(pk=fed_id)
+        train_rounds = list(Round.objects.filter(federation_id=fed_id, kind="train").order_by("number"))
+        final_round = Round.objects.get(federation_id=fed_id, kind="evaluate")
+        model = ModelVersion.objects.get(pk=fed.model_version_id)
+    assert train_rounds[0].central_metrics and not any(r.central_metrics for r in train_rounds[1:])
+    assert fed.result["central"]["complete"] is False and fed.result["registered_metrics_on"] == "sites"
+    scored = [(r.metrics["loss"], r.number - 1) for r in train_rounds[1:]]
+    scored.append((final_round.metrics["loss"], final_round.number - 1))
+    best = min(scored, key=lambda p: (p[0], -p[1]))
+    assert fed.result["registered_round"] == best[1] and model.lineage["metrics_on"] == "sites"
+    assert math.isclose(model.metrics["loss"], best[0])

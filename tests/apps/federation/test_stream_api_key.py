@@ -65,13 +65,11 @@ async def test_an_api_key_streams_its_tenants_federation_and_nothing_else(
     assert (await comm.connect(timeout=5))[0]
     await comm.disconnect()
 
-    # Refused: a wrong secret, a malformed header, another scheme, two headers (4401, no session
-    # fallback), and the lab's key on another tenant's slug (4404, like a missing stream).
+    # Refused: a wrong secret, a malformed header, two headers (4401, no session fallback), and the lab's key on another tenant's slug (4404, like a missing stream).
     wrong = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
     for auth, code in [
         ((f"Bearer {wrong}".encode(),), 4401),
         ((b"Bearer",), 4401),
-        ((b"Basic dXNlcjpwYXNz",), 4401),
         ((bearer, bearer), 4401),
     ]:
         connected, got = await _ws(asgi_app, lab.slug, fed_id, *auth).connect(timeout=5)
@@ -79,13 +77,29 @@ async def test_an_api_key_streams_its_tenants_federation_and_nothing_else(
     connected, got = await _ws(asgi_app, hospital.slug, fed_id, bearer).connect(timeout=5)
     assert not connected and got == 4404
 
+    # A key already expired, and the audit stream (the integrator role may not read the audit log).
+    expired = await sync_to_async(_expired_key)(api_key_for, lab)
+    connected, got = await _ws(asgi_app, lab.slug, fed_id, f"Bearer {expired}".encode()).connect(timeout=5)
+    assert not connected and got == 4401
+    audit = WebsocketCommunicator(asgi_app, f"/ws/v1/tenants/{lab.slug}/audit/",
+                                  headers=[(b"host", b"127.0.0.1:8000"), (b"authorization", bearer)])  # fmt: skip
+    connected, got = await audit.connect(timeout=5)
+    assert not connected and got == 4403
+    # Another scheme (a proxy's Basic auth) is not a key: the browser's session path, cookie and Origin.
+    session = await sync_to_async(_session_cookie)(c["lab_user"])
+    comm = WebsocketCommunicator(asgi_app, f"/ws/v1/tenants/{lab.slug}/federations/{fed_id}/", headers=[
+        (b"host", b"127.0.0.1:8000"), (b"origin", b"http://127.0.0.1:8000"), (b"authorization", b"Basic dXNlcjpwYXNz"),
+        (b"cookie", session)])  # fmt: skip
+    assert (await comm.connect(timeout=5))[0]
+    await comm.disconnect()
+
     def denials() -> list[str]:
         with platform_scope():
             rows = AuditEvent.all_tenants.filter(action="api_key.use_denied").order_by("id")
             return [e.details_dict["reason"] for e in rows]
 
-    # Audited as on REST (the two-header and Basic cases never reach a key).
-    assert await sync_to_async(denials)() == ["unknown_key", "malformed_header"]
+    # Audited as on REST (the two-header case never reaches a key).
+    assert await sync_to_async(denials)() == ["unknown_key", "malformed_header", "expired"]
 
 
 async def test_revoking_a_key_closes_its_sockets_and_an_expiring_key_closes_on_time(
@@ -138,3 +152,20 @@ def _row_for(tenant_id: int, secret: str) -> ApiKey:
     prefix = keys.parse(secret)
     with tenant_scope(tenant_id):
         return ApiKey.objects.get(prefix=prefix)
+
+
+def _expired_key(api_key_for: Any, tenant: Any) -> str:
+    secret = str(api_key_for(tenant, ("read",), expires_at=timezone.now() + timedelta(seconds=30)))
+    with tenant_scope(tenant.pk):
+        ApiKey.objects.filter(pk=_row_for(tenant.pk, secret).pk).update(
+            expires_at=timezone.now() - timedelta(seconds=1)
+        )
+    return secret
+
+
+def _session_cookie(user: Any) -> bytes:
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
