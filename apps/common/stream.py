@@ -27,6 +27,7 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -64,17 +65,25 @@ def authorize_member(user: Any, slug: str, action: str) -> tuple[int | None, int
         return tenant.pk, 0
 
 
-def _key_live(prefix: str) -> bool:
-    """The API key is neither revoked nor expired (its row, by its visible prefix, as the
-    authentication reads it)."""
+def _key_state(prefix: str) -> str:
+    """``"live"``, ``"revoked"`` (or gone) or ``"expired"``: the API key's row, by its visible
+    prefix, as the authentication reads it."""
     from apps.accounts.models import ApiKey
     from apps.tenancy.scope import lookup_scope
 
     with lookup_scope(prefix):
         key = ApiKey.all_tenants.filter(prefix=prefix).values("revoked_at", "expires_at").first()
-    if key is None:
-        return False
-    return key["revoked_at"] is None and (key["expires_at"] is None or key["expires_at"] > timezone.now())
+    if key is None or key["revoked_at"] is not None:
+        return "revoked"
+    if key["expires_at"] is not None and key["expires_at"] <= timezone.now():
+        return "expired"
+    return "live"
+
+
+def key_recheck_seconds() -> float:
+    """How often an API key's open socket looks at the key again (the backstop of the control
+    group's revocation message, which the channel layer may drop)."""
+    return float(getattr(settings, "COHORT_WS_KEY_RECHECK_SECONDS", 5.0))
 
 
 class TenantStreamConsumer(AsyncJsonWebsocketConsumer):
@@ -86,7 +95,7 @@ class TenantStreamConsumer(AsyncJsonWebsocketConsumer):
     user_id: Any = None
     last_seq = 0
     groups_joined: tuple[str, ...] = ()
-    _expiry: asyncio.Task[None] | None = None  # an API key's expiry (kept: a task nobody holds may vanish)
+    _key_watch: asyncio.Task[None] | None = None  # an API key's (kept: a task nobody holds may vanish)
 
     # --- hooks -----------------------------------------------------------------------------------
     def parse_route(self, kwargs: dict[str, Any]) -> None:
@@ -142,13 +151,13 @@ class TenantStreamConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_add(group, self.channel_name)
         # A key revoked between the middleware's check and joining the control group was announced
         # to nobody: look again now that a revocation can reach this socket.
-        if getattr(user, "key_id", None) is not None and not await database_sync_to_async(_key_live)(user.prefix):
+        is_key = getattr(user, "key_id", None) is not None
+        if is_key and await database_sync_to_async(_key_state)(user.prefix) != "live":
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         await self.accept()
-        expires = getattr(user, "expires_at", None)  # an API key's: the socket does not outlive it
-        if expires is not None:
-            self._expiry = asyncio.create_task(self._close_at(expires))
+        if is_key:  # the socket does not outlive the key: its expiry, or a revocation message lost
+            self._key_watch = asyncio.create_task(self._watch_key(user.prefix, user.expires_at))
         await self.on_open()
         if self.replays:
             self.last_seq = max(0, after)
@@ -159,13 +168,24 @@ class TenantStreamConsumer(AsyncJsonWebsocketConsumer):
         with tenant_scope(tenant_id):
             return self.replay(tenant_id, after)
 
-    async def _close_at(self, when: Any) -> None:
-        await asyncio.sleep(max(0.0, (when - timezone.now()).total_seconds()))
-        await self.close(code=CLOSE_UNAUTHENTICATED)
+    async def _watch_key(self, prefix: str, expires: Any) -> None:
+        """Every :func:`key_recheck_seconds` (and at the key's expiry) look at the key again: a
+        revoked key's socket closes with 4403 even if the control group's message was lost, an
+        expired one's with 4401."""
+        every = key_recheck_seconds()
+        while True:
+            wait = every
+            if expires is not None:
+                wait = min(wait, max(0.0, (expires - timezone.now()).total_seconds()))
+            await asyncio.sleep(wait)
+            state = await database_sync_to_async(_key_state)(prefix)
+            if state != "live":
+                await self.close(code=CLOSE_UNAUTHENTICATED if state == "expired" else CLOSE_FORBIDDEN)
+                return
 
     async def disconnect(self, code: int) -> None:
-        if self._expiry is not None and self._expiry is not asyncio.current_task():
-            self._expiry.cancel()
+        if self._key_watch is not None and self._key_watch is not asyncio.current_task():
+            self._key_watch.cancel()
         if self.tenant_id is not None:
             await self.on_close()
             for group in self.groups_joined:

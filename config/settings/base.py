@@ -295,6 +295,8 @@ COHORT_FL_CACHE_SECONDS = env.float("COHORT_FL_CACHE_SECONDS", default=900.0)
 # Every fl worker: sites' prepared tensors kept encrypted (coordinator's key) until the site drops or the
 # federation ends (apps.federation.services.prepared_store).
 COHORT_FL_PREPARED_STORE = env.bool("COHORT_FL_PREPARED_STORE", default=True)
+# How often an API key's open websocket looks at the key again (revoked or expired: it closes).
+COHORT_WS_KEY_RECHECK_SECONDS = env.float("COHORT_WS_KEY_RECHECK_SECONDS", default=5.0)
 COHORT_FL_OWN_WORKER_TENANTS = env.list("COHORT_FL_OWN_WORKER_TENANTS", default=[])
 COHORT_JOB_MAX_RESTARTS = env.int("COHORT_JOB_MAX_RESTARTS", default=5)
 # Training pool capacity (slots = worker processes) and per-tenant quota defaults (overridable per

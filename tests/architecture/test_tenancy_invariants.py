@@ -37,7 +37,7 @@ _GRANTED = "rows of another tenant shared with the tenant in scope (RLS: cohort_
 _FED = "RLS: the coordinator and the sites' owners of the same federation"
 ALL_TENANTS_ALLOWED: dict[str, str] = {
     "apps/accounts/authentication.py::authenticate_bearer": "API key by prefix (REST and websocket): " + _LOOKUP,
-    "apps/common/stream.py::_key_live": "a websocket's API key, revoked since its check? " + _LOOKUP,
+    "apps/common/stream.py::_key_state": "a websocket's API key, revoked since its check? " + _LOOKUP,
     "apps/tenancy/services.py::invitation_accept": "invitation by token hash: " + _LOOKUP,
     "apps/tenancy/selectors.py::membership_for": "the user's own membership (RLS user_id clause)",
     "apps/tenancy/selectors.py::tenant_list_for_user": "the user's own memberships in every tenant (user_id clause)",
