@@ -47,22 +47,52 @@ def authorize_member(user: Any, slug: str, action: str) -> tuple[int | None, int
     a non-member answer alike (4404); a suspended tenant or a role without ``action``: 4403. An
     API key (``ApiKeyPrincipal``) acts as the REST API lets it: its own tenant only (another is
     4404), as the integrator role within its scopes (else 4403)."""
+    tenant_id, code, _reason, _url_tenant = _check_member(user, slug, action)
+    return tenant_id, code
+
+
+def _check_member(user: Any, slug: str, action: str) -> tuple[int | None, int, str, int | None]:
+    """:func:`authorize_member`, with the refusal's reason and the URL's tenant (for the audit)."""
     with transaction.atomic():
         tenant = Tenant.objects.filter(slug=slug).first()
         if tenant is None:
-            return None, CLOSE_NOT_FOUND
+            return None, CLOSE_NOT_FOUND, "unknown_tenant", None
         if getattr(user, "key_id", None) is not None:
             if user.tenant_id != tenant.pk:
-                return None, CLOSE_NOT_FOUND
-            if not tenant.is_active or not policy.api_key_allows(user.scopes, action):
-                return None, CLOSE_FORBIDDEN
-            return tenant.pk, 0
+                return None, CLOSE_NOT_FOUND, "api_key_other_tenant", tenant.pk
+            if not tenant.is_active:
+                return None, CLOSE_FORBIDDEN, "tenant_suspended", tenant.pk
+            if not policy.api_key_allows(user.scopes, action):
+                return None, CLOSE_FORBIDDEN, "api_key_scope", tenant.pk
+            return tenant.pk, 0, "", tenant.pk
         m = membership_for(tenant_id=tenant.pk, user_id=user.pk)
         if m is None or not user.is_active:
-            return None, CLOSE_NOT_FOUND
-        if not tenant.is_active or not policy.role_allows(m.role, action):
-            return None, CLOSE_FORBIDDEN
-        return tenant.pk, 0
+            return None, CLOSE_NOT_FOUND, "not_a_member" if m is None else "inactive_user", tenant.pk
+        if not tenant.is_active:
+            return None, CLOSE_FORBIDDEN, "tenant_suspended", tenant.pk
+        if not policy.role_allows(m.role, action):
+            return None, CLOSE_FORBIDDEN, "role", tenant.pk
+        return tenant.pk, 0, "", tenant.pk
+
+
+def _audit_refusal(user: Any, tenant_id: int | None, reason: str, action: str, path: str) -> None:
+    """A refused handshake is an ``access.denied`` event, as a refused REST request is."""
+    from apps.audit.services import audit_record
+    from apps.common.context import Actor
+
+    actor = (
+        user.actor
+        if getattr(user, "key_id", None) is not None
+        else Actor(type="user", id=str(user.pk), label=getattr(user, "email", "") or None)
+    )
+    with transaction.atomic():
+        audit_record(
+            action="access.denied",
+            tenant=tenant_id,
+            outcome="denied",
+            actor=actor,
+            details={"reason": reason, "permission": action, "method": "WEBSOCKET", "route": path[:200]},
+        )
 
 
 def _key_state(prefix: str) -> str:
@@ -119,12 +149,15 @@ class TenantStreamConsumer(AsyncJsonWebsocketConsumer):
 
     # --- the handshake ---------------------------------------------------------------------------
     def _authorize(self, user: Any, slug: str) -> tuple[int | None, int]:
-        tenant_id, code = authorize_member(user, slug, self.permission)
+        tenant_id, code, reason, url_tenant = _check_member(user, slug, self.permission)
         if tenant_id is None:
+            _audit_refusal(user, url_tenant, reason, self.permission, self.scope.get("path", ""))
             return None, code
         with tenant_scope(tenant_id):
-            if not self.authorize_target(tenant_id):
-                return None, CLOSE_NOT_FOUND
+            found = self.authorize_target(tenant_id)
+        if not found:
+            _audit_refusal(user, tenant_id, "not_found", self.permission, self.scope.get("path", ""))
+            return None, CLOSE_NOT_FOUND
         return tenant_id, 0
 
     async def connect(self) -> None:

@@ -101,6 +101,18 @@ async def test_an_api_key_streams_its_tenants_federation_and_nothing_else(
     # Audited as on REST (the two-header case never reaches a key).
     assert await sync_to_async(denials)() == ["unknown_key", "malformed_header", "expired"]
 
+    def refusals() -> list[tuple[int | None, str, str]]:
+        with platform_scope():
+            rows = AuditEvent.all_tenants.filter(action="access.denied").order_by("id")
+            return [(e.tenant_id, e.details_dict["reason"], e.details_dict["method"]) for e in rows]
+
+    # A valid key refused by the stream (another tenant's slug, a permission its role lacks): an
+    # access.denied event in the URL's tenant, as a refused REST request gets.
+    assert await sync_to_async(refusals)() == [
+        (hospital.pk, "api_key_other_tenant", "WEBSOCKET"),
+        (lab.pk, "api_key_scope", "WEBSOCKET"),
+    ]
+
 
 async def test_revoking_a_key_closes_its_sockets_and_an_expiring_key_closes_on_time(
     asgi_app: Any,  # noqa: F811
