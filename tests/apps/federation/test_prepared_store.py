@@ -252,3 +252,21 @@ def test_a_task_that_finishes_after_the_federation_ended_keeps_nothing(
     # A slow task of the cancelled federation now tries to keep its tensors: refused, no orphan.
     assert prepared_store.save(fed, site, "late" + rows[0].inputs_digest[4:], cached) is False
     assert _rows(lab.pk, fed_id) == []
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "owner", "platform"])
+def test_migration_0007_purges_the_entries_sealed_before_keys_were_derived(consortium: dict[str, Any]) -> None:
+    """Run as the table's owner, whom row-level security also filters (FORCE): every entry and its
+    object goes."""
+    import importlib
+
+    from django.db import connections
+
+    purge = importlib.import_module("apps.federation.migrations.0007_prepared_cache_salt").purge_coordinator_sealed
+    fed_id, rows = _cached(consortium)
+    owner = connections["owner"]
+    with owner.schema_editor() as editor:
+        purge(None, editor)
+    owner.close()
+    assert _rows(consortium["lab"].pk, fed_id) == []
+    assert not any(object_storage().exists(r.storage_name) for r in rows)
