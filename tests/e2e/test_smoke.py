@@ -127,8 +127,14 @@ def _exercise(base: str, state: Path, redis_url: str | None) -> None:
         csrf = owner.cookies["csrftoken"]
         hdr = {"X-CSRFToken": csrf, "Referer": base + "/"}
         notes = owner.get("/api/v1/tenants/st-marys/datasets/", params={"q": "Discharge"}).json()["results"]
-        versions = owner.get(f"/api/v1/tenants/st-marys/datasets/{notes[0]['id']}/versions/").json()["results"]
-        deid = next(x for x in versions if x["kind"] == "deidentified")
+        deadline = time.monotonic() + 120  # the seeded notes may still be de-identified by the worker
+        while True:
+            versions = owner.get(f"/api/v1/tenants/st-marys/datasets/{notes[0]['id']}/versions/").json()["results"]
+            deid = next((x for x in versions if x["kind"] == "deidentified" and x["status"] == "ready"), None)
+            if deid is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert deid is not None, versions
         spec = {"model": {"name": "text_bag", "params": {"dim": 8}}, "epochs": 1}
         job = owner.post("/api/v1/tenants/st-marys/jobs/", headers=hdr,
                          json={"name": "e2e key stream", "dataset_version": deid["id"], "spec": spec})  # fmt: skip
