@@ -644,3 +644,13 @@ def test_derive_key_is_a_key_per_salt_and_context_and_refuses_a_weak_salt() -> N
     for bad_material, bad_salt in ((material[:16], salt), (material, b"short")):
         with pytest.raises(ValueError):
             derive_key(bad_material, bad_salt, b"ctx")
+
+
+def test_a_reader_closes_its_source_only_when_it_owns_it() -> None:
+    key = generate_data_key()
+    sealed = encrypt_bytes(b"rows", key, b"ctx")
+    for owns in (False, True):
+        source = io.BytesIO(sealed)
+        with DecryptingReader(source, key, b"ctx", close_source=owns) as reader:
+            assert reader.read() == b"rows"
+        assert source.closed is owns

@@ -277,13 +277,15 @@ class DecryptingReader(io.RawIOBase):
     ``size`` is trustworthy and a truncated or extended file fails at once. With a non-seekable
     source it streams: frames are read in order and end of file is only accepted after a frame
     sealed as final with nothing behind it. Nothing is returned from a frame before its tag checks.
-    The source is not closed: its owner closes it.
+    The source is not closed (its owner closes it) unless ``close_source``: then closing the reader
+    closes it too.
     """
 
-    def __init__(self, source: BinaryIO, key: bytes, context: bytes) -> None:
+    def __init__(self, source: BinaryIO, key: bytes, context: bytes, *, close_source: bool = False) -> None:
         super().__init__()
         self._aead = _aead(key)
         self._source = source
+        self._close_source = close_source
         self._seekable = bool(source.seekable())
         self._base = source.tell() if self._seekable else 0
         header = self._read_exact(HEADER_SIZE)
@@ -368,6 +370,8 @@ class DecryptingReader(io.RawIOBase):
         self._plain = b""
         self._frame_index = -1
         super().close()
+        if self._close_source:
+            self._source.close()
 
     def _check_open(self) -> None:
         if self.closed:

@@ -34,21 +34,17 @@ import hashlib
 import io
 import json
 import logging
-import os
 import secrets
-import tempfile
-from typing import IO, Any, BinaryIO, cast
+from typing import Any
 
 import torch
 from django.conf import settings
-from django.core.files import File
 from django.db import IntegrityError, transaction
 
-from apps.datasets.storage import context_for, delete_object, object_storage
+from apps.datasets.storage import EncryptedUpload, context_for, delete_object, object_key, open_decrypted
 from apps.federation.models import Federation, FederationSite, PreparedCache
 from apps.federation.services.storage import KIND, object_id
 from apps.tenancy.scope import tenant_scope
-from workers.crypto import DecryptingReader, EncryptingWriter, derive_key
 
 logger = logging.getLogger(__name__)
 
@@ -132,10 +128,6 @@ def _owner_key(fed: Federation, site: FederationSite) -> tuple[Any, bytes]:
         return key, vault.material(key)
 
 
-def _entry_key(material: bytes, salt: bytes, context: bytes) -> bytes:
-    return derive_key(material, salt, b"cohort.prepared/1|" + context)
-
-
 def load(fed: Federation, site: FederationSite, digest: str) -> Any | None:
     """The cached tensors for these inputs, or None (never cached, or unreadable: then removed).
     Raises what reading the version would raise when the owner's key is gone."""
@@ -150,13 +142,9 @@ def load(fed: Federation, site: FederationSite, digest: str) -> Any | None:
         return None
     _key, material = _owner_key(fed, site)  # raises as the version's own read would
     try:  # the transfer and decryption outside any transaction
-        context = context_for(fed.tenant_id, KIND, object_id(fed.pk, _what(site.pk, digest)))
-        with (
-            object_storage().open(row.storage_name, "rb") as raw,
-            DecryptingReader(
-                cast(BinaryIO, raw), _entry_key(material, bytes.fromhex(row.salt), context), context
-            ) as reader,
-        ):
+        oid = object_id(fed.pk, _what(site.pk, digest))
+        own = object_key(material, bytes.fromhex(row.salt), context_for(fed.tenant_id, KIND, oid))
+        with open_decrypted(fed.tenant_id, KIND, oid, row.storage_name, None, material=own) as reader:
             data = bytes(reader.read())
         if hashlib.sha256(data).hexdigest() != row.sha256:
             raise ValueError("the cached bytes' SHA-256 differs from the recorded one")
@@ -185,8 +173,10 @@ def save(fed: Federation, site: FederationSite, digest: str, prepared: Any) -> b
     what = _what(site.pk, digest)
     salt = secrets.token_bytes(SALT_BYTES)  # a key of this entry's own: its frames alone are sealed under it
     oid = object_id(fed.pk, what)
-    context = context_for(fed.tenant_id, KIND, oid)
-    name = _store(_entry_key(material, salt, context), context, data, f"t{fed.tenant_id}/{KIND}/{oid}")
+    own = object_key(material, salt, context_for(fed.tenant_id, KIND, oid))
+    up = EncryptedUpload(fed.tenant_id, KIND, oid, size_hint=len(data), sealed_under=(key, own), digest=False)
+    up.write(data)
+    name = up.finish().name
     try:
         with tenant_scope(fed.tenant_id), transaction.atomic():
             # The federation's row lock orders this after a finish_locked or _drop_withdrawn that
@@ -209,18 +199,6 @@ def save(fed: Federation, site: FederationSite, digest: str, prepared: Any) -> b
         delete_object(name)
         return False
     return True
-
-
-def _store(key: bytes, context: bytes, data: bytes, prefix: str) -> str:
-    """Seal ``data`` into a new object (ciphertext spooled to a temporary file); its name."""
-    os.makedirs(settings.COHORT_TMP_DIR, mode=0o700, exist_ok=True)
-    with tempfile.TemporaryFile(dir=settings.COHORT_TMP_DIR) as spool:
-        with EncryptingWriter(cast(BinaryIO, spool), key, context, frame_size=settings.COHORT_ENCRYPTION_FRAME_BYTES,
-                              digest=False) as writer:  # fmt: skip
-            writer.write(data)
-        spool.seek(0)
-        name = f"{prefix}-{secrets.token_hex(8)}.enc"
-        return str(object_storage().save(name, File(cast(IO[bytes], spool), name=name)))
 
 
 class _Ended(Exception):
