@@ -420,9 +420,13 @@ class Platform:
             r.delete(key)
         r.delete("unacked", "unacked_index")
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "bench.settings")}
+        # FL_ROUNDS_PROFILE=<dir>: each worker runs under cProfile and writes <dir>/worker<i>.prof
+        # when it stops (a diagnostic: the figures of a profiled run are not comparable).
+        profile = os.environ.get("FL_ROUNDS_PROFILE", "")
         for i in range(n):
+            prof = ["-m", "cProfile", "-o", str(Path(profile) / f"worker{i}.prof")] if profile else []
             self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "fl,default", "--pool", "solo",
+                [sys.executable, *prof, "-m", "celery", "-A", "config", "worker", "-Q", "fl,default", "--pool", "solo",
                  "-n", f"flr{i}-{self.tag}@%h", "--without-gossip", "--without-mingle", "--loglevel", "WARNING"],
                 cwd=ROOT, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
             ))  # fmt: skip

@@ -43,3 +43,13 @@ def _logged_out(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
 
     if user is not None:
         audit_record(action="auth.logout", actor=Actor(type="user", id=str(user.pk), label=user.email), target=user)
+        # The session's open websockets close (after the logout's commit; the socket's own look at
+        # its session every few seconds is the backstop).
+        key = getattr(getattr(request, "session", None), "session_key", None)
+        if key:
+            from django.db import transaction
+
+            from apps.common.socket import close_session_sockets
+
+            uid = user.pk
+            transaction.on_commit(lambda: close_session_sockets(uid, key))

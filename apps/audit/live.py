@@ -51,7 +51,8 @@ def publish_audit_event(tenant_id: int, event: dict[str, Any]) -> None:
     if layer is None:
         return
     try:
-        async_to_sync(layer.group_send)(audit_group(tenant_id), {"type": "audit.event", "event": event})
+        group = audit_group(tenant_id)
+        async_to_sync(layer.group_send)(group, {"type": "audit.event", "event": event, "group": group})
     except Exception:  # live view is best effort; the event itself is already committed
         logger.warning("could not publish audit event to the live channel", exc_info=True)
 
@@ -60,4 +61,5 @@ def publish_tenant_control(tenant_id: int, message: dict[str, Any]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    async_to_sync(layer.group_send)(control_group(tenant_id), {"type": "tenant.control", **message})
+    group = control_group(tenant_id)
+    async_to_sync(layer.group_send)(group, {"type": "tenant.control", **message, "group": group})

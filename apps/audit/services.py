@@ -107,8 +107,10 @@ def audit_record(
     if pending is not None:
         pending.append(seq)
     tid = _tenant_id(tenant)
-    if tid is not None and outcome == "success":
-        _publish_after_commit(tid, action, who, target_type, None if target_id is None else str(target_id), using)
+    if tid is not None:
+        _publish_after_commit(
+            tid, seq, action, outcome, who, target_type, None if target_id is None else str(target_id), using
+        )
     return seq
 
 
@@ -145,16 +147,30 @@ def audit_record_both(
 
 
 def _publish_after_commit(
-    tenant_id: int, action: str, actor: Actor, target_type: str | None, target_id: str | None, using: str
+    tenant_id: int,
+    seq: int,
+    action: str,
+    outcome: str,
+    actor: Actor,
+    target_type: str | None,
+    target_id: str | None,
+    using: str,
 ) -> None:
+    from django.utils import timezone
+
     from apps.audit.live import has_listeners, publish_audit_event
 
+    # A summary (no details, no PHI), numbered by the tenant's chain: the activity stream
+    # (apps.audit.consumers.ActivityStream) replays the same fields from the log.
     event = {
+        "seq": seq,
         "action": action,
+        "outcome": outcome,
         "actor_type": actor.type,
         "actor_label": actor.label,
         "target_type": target_type,
         "target_id": target_id,
+        "created_at": timezone.now().isoformat(),
     }
 
     def publish() -> None:

@@ -91,10 +91,13 @@ _sender = _Sender()
 
 
 def publish(group: str, message: dict[str, Any]) -> None:
-    """Send ``message`` to the channel group ``group`` soon, in order with earlier calls."""
+    """Send ``message`` to the channel group ``group`` soon, in order with earlier calls. The
+    message names its group (``"group"``): a socket subscribed to several streams
+    (``apps.common.socket``) routes it by that."""
     layer = get_channel_layer()
     if layer is None:
         return
+    message = {**message, "group": group}
     if isinstance(layer, InMemoryChannelLayer):
         # In-process only (tests): its queues belong to the consumers' loop and are not thread-safe,
         # so it is sent from here, as before.

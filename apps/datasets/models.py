@@ -172,6 +172,24 @@ class DatasetGrant(TenantOwned):
         return "active" if self.is_live() else "expired"
 
 
+class DatasetEvent(TenantOwned):
+    """The dataset's live stream for its owner (``tenants/<slug>/datasets/<id>`` on the websocket):
+    versions uploaded, processed, de-identified or failed, and grants given or revoked. ``seq``
+    increases per dataset without gaps, so a client resumes after any number
+    (``services.events``). A summary only: the reports themselves are read over REST."""
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="events")
+    seq = models.PositiveIntegerField()
+    kind = models.CharField(max_length=32)  # "version" | "grant"
+    version = models.ForeignKey(DatasetVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    data = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta(TenantOwned.Meta):
+        ordering = ["dataset_id", "seq"]
+        constraints = [models.UniqueConstraint(fields=["dataset", "seq"], name="dataset_event_seq_once")]
+
+
 class DatasetQuota(TenantOwned):
     """Per-tenant overrides of the dataset quotas (defaults come from settings)."""
 

@@ -29,6 +29,7 @@ from channels.db import database_sync_to_async
 from django.db.models import Q, QuerySet
 
 from apps.common.exceptions import NotFound
+from apps.common.socket import Event, StreamHandler
 from apps.common.stream import TenantStreamConsumer
 from apps.federation import selectors
 from apps.federation.access import access_federation
@@ -128,3 +129,66 @@ class FederationStreamConsumer(TenantStreamConsumer):
         if self.shows(event):
             await self.send_event(seq, self.visible_event(event))
         self.last_seq = max(self.last_seq, seq)  # a hidden event still moves the cursor
+
+
+# --- the one endpoint's federation stream (apps.common.socket) -------------------------------------
+def _federation_event(e: dict[str, Any]) -> Event:
+    return Event(seq=int(e["seq"]), type=f"federation.{e['kind']}", time=e["created_at"],
+                 payload={"round": e.get("round"), "site": e.get("site"), "data": e.get("data") or {}})  # fmt: skip
+
+
+class FederationStream(StreamHandler):
+    """``tenants/<slug>/federations/<id>``: what the REST events list shows the same caller
+    (``federation.<kind>``: state, round, site, metrics). The coordinator sees every event, and a
+    site's figures where its owner allowed it; a site's owner the federation's own events and its
+    own sites' (the numbers of others' events are skipped: ``prev`` tells the client it missed
+    nothing)."""
+
+    kind = "federations"
+    permission = "federation.list"
+    federation: Federation | None = None
+    shown_sites: frozenset[int] | None = None
+    metric_sites: frozenset[int] = frozenset()
+
+    def authorize(self) -> bool:
+        try:
+            fed = access_federation(tenant=Tenant(pk=self.tenant_id), federation_id=self.object_id)
+        except NotFound:
+            return False
+        self.federation = fed
+        self.shown_sites, self.metric_sites = site_visibility(self.tenant_id, fed)
+        return True
+
+    def refresh(self) -> None:
+        assert self.federation is not None
+        self.shown_sites, self.metric_sites = site_visibility(self.tenant_id, self.federation)
+
+    def groups(self) -> list[str]:
+        assert self.federation is not None
+        return [federation_group(self.federation.tenant_id, self.object_id)]
+
+    def between(self, after: int, before: int | None, limit: int) -> list[Event]:
+        assert self.federation is not None
+        events = selectors.event_list(federation=self.federation, after=after)
+        if before is not None:
+            events = events.filter(seq__lt=before)
+        if self.shown_sites is not None:  # RLS already hides other sites' events from an owner
+            events = events.filter(Q(site_id__isnull=True) | Q(site_id__in=self.shown_sites))
+        return [_federation_event(event_dict(e)) for e in events[:limit]]
+
+    def latest(self) -> int:
+        return int(Federation.objects.filter(pk=self.object_id).values_list("event_seq", flat=True).first() or 0)
+
+    def from_message(self, message: dict[str, Any]) -> Event | None:
+        return _federation_event(message["event"]) if message.get("type") == "federation.event" else None
+
+    def needs_refresh(self, event: Event) -> bool:
+        # An owner's decision may change whose figures the coordinator sees (share_metrics).
+        return event.type == "federation.site" and "approval" in event.payload["data"]
+
+    def visible(self, event: Event) -> Event | None:
+        site = event.payload.get("site")
+        if site is not None and self.shown_sites is not None and site not in self.shown_sites:
+            return None
+        shown = filter_event(event.payload, self.metric_sites)
+        return event if shown is event.payload else Event(event.seq, event.type, event.time, shown)

@@ -145,6 +145,7 @@ TENANT_POLICIES: dict[str, tuple[str, str]] = {
     "datasets_uploadsession": ("", ""),
     "datasets_uploadpart": ("", ""),
     "datasets_datasetquota": ("", ""),
+    "datasets_datasetevent": ("", ""),  # the owner's own stream
     "datasets_privacybudget": ("cohort_dataset_granted(dataset_id, ARRAY['process', 'federate'])", ""),
     "datasets_budgetreservation": (
         f"consumer_id = {CURRENT}",

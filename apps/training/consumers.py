@@ -17,6 +17,7 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 
+from apps.common.socket import Event, StreamHandler
 from apps.common.stream import CLOSE_FORBIDDEN, TenantStreamConsumer
 from apps.datasets.live import dataset_group
 from apps.tenancy.models import Tenant
@@ -80,3 +81,51 @@ class JobStreamConsumer(TenantStreamConsumer):
         tenant may still use it (another live grant)."""
         if self.tenant_id is not None and not await _still_usable(self.tenant_id, self.job_id):
             await self.close(code=CLOSE_FORBIDDEN)
+
+
+# --- the one endpoint's job stream (apps.common.socket) --------------------------------------------
+def _job_event(e: dict[str, Any]) -> Event:
+    return Event(seq=int(e["seq"]), type=f"job.{e['kind']}", time=e["created_at"],
+                 payload={"step": e.get("step"), "epoch": e.get("epoch"), "data": e.get("payload") or {}})  # fmt: skip
+
+
+class JobStream(StreamHandler):
+    """``tenants/<slug>/jobs/<id>``: the job's persisted events (``job.<kind>``: state, metric,
+    log, …). Ends when the tenant loses the job's dataset (a revoked or expired grant, a deleted
+    dataset), as the per-job endpoint closes."""
+
+    kind = "jobs"
+    permission = "job.list"
+    dataset_id: int | None = None
+
+    def authorize(self) -> bool:
+        version_id = TrainingJob.objects.filter(pk=self.object_id).values_list("dataset_version_id", flat=True).first()
+        if version_id is None:
+            return False
+        self.version_id = version_id
+        self.dataset_id = _usable_dataset(self.tenant_id, version_id)
+        return True
+
+    def still_allowed(self) -> bool:
+        if not TrainingJob.objects.filter(pk=self.object_id).exists():
+            return False
+        # A job whose dataset was already out of reach at subscribe has nothing more to lose.
+        return self.dataset_id is None or _usable_dataset(self.tenant_id, self.version_id) is not None
+
+    def groups(self) -> list[str]:
+        out = [job_group(self.tenant_id, self.object_id)]
+        if self.dataset_id is not None:
+            out.append(dataset_group(self.tenant_id, self.dataset_id))
+        return out
+
+    def between(self, after: int, before: int | None, limit: int) -> list[Event]:
+        events = JobEvent.objects.filter(job_id=self.object_id, seq__gt=after)
+        if before is not None:
+            events = events.filter(seq__lt=before)
+        return [_job_event(event_dict(e)) for e in events.order_by("seq")[:limit]]
+
+    def latest(self) -> int:
+        return int(TrainingJob.objects.filter(pk=self.object_id).values_list("event_seq", flat=True).first() or 0)
+
+    def from_message(self, message: dict[str, Any]) -> Event | None:
+        return _job_event(message["event"]) if message.get("type") == "job.event" else None

@@ -33,8 +33,7 @@ def publish_job_event(event: JobEvent) -> None:
     if layer is None:
         return
     try:
-        async_to_sync(layer.group_send)(
-            job_group(event.tenant_id, event.job_id), {"type": "job.event", "event": event_dict(event)}
-        )
+        group = job_group(event.tenant_id, event.job_id)
+        async_to_sync(layer.group_send)(group, {"type": "job.event", "event": event_dict(event), "group": group})
     except Exception:  # best effort: the event is persisted; clients resync by sequence number
         logger.warning("could not publish a job event to the live channel", exc_info=True)

@@ -297,6 +297,16 @@ COHORT_FL_CACHE_SECONDS = env.float("COHORT_FL_CACHE_SECONDS", default=900.0)
 COHORT_FL_PREPARED_STORE = env.bool("COHORT_FL_PREPARED_STORE", default=True)
 # How often an API key's open websocket looks at the key again (revoked or expired: it closes).
 COHORT_WS_KEY_RECHECK_SECONDS = env.float("COHORT_WS_KEY_RECHECK_SECONDS", default=5.0)
+# The one websocket endpoint (/ws/v1/, apps.common.socket): how often an open socket looks at its
+# session or key, and at each subscription's access, again (the backstop of control messages), and
+# the stream kinds it serves (each app's handler).
+COHORT_WS_RECHECK_SECONDS = env.float("COHORT_WS_RECHECK_SECONDS", default=4.0)
+COHORT_LIVE_STREAMS = [
+    "apps.training.consumers.JobStream",
+    "apps.federation.consumers.FederationStream",
+    "apps.datasets.consumers.DatasetStream",
+    "apps.audit.consumers.ActivityStream",
+]
 COHORT_FL_OWN_WORKER_TENANTS = env.list("COHORT_FL_OWN_WORKER_TENANTS", default=[])
 COHORT_JOB_MAX_RESTARTS = env.int("COHORT_JOB_MAX_RESTARTS", default=5)
 # Training pool capacity (slots = worker processes) and per-tenant quota defaults (overridable per

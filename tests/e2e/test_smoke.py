@@ -9,6 +9,7 @@ Celery task round trip, a clean Ctrl-C of every process, and that a second start
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -120,6 +121,30 @@ def _exercise(base: str, state: Path, redis_url: str | None) -> None:
                 assert msg["type"] == "audit.event", msg
                 seen.append(msg["event"]["action"])
             assert "api_key.created" in seen, seen
+
+        # The one endpoint (/ws/v1/) through the real router and uvicorn: the auditor's session
+        # subscribes to the tenant's activity stream and sees the owner's next action live,
+        # numbered by the audit chain; another tenant's stream answers like a missing one.
+        with ws_connect(base.replace("http://", "ws://") + "/ws/v1/",
+                        additional_headers={"Cookie": cookie, "Origin": base}, open_timeout=10) as live:  # fmt: skip
+            assert json.loads(live.recv(timeout=10))["type"] == "hello"
+            live.send(json.dumps({"op": "subscribe", "id": 1, "stream": "tenants/no-such-tenant/activity"}))
+            assert json.loads(live.recv(timeout=10))["code"] == "not_found"
+            live.send(json.dumps({"op": "subscribe", "id": 2, "stream": "tenants/st-marys/activity"}))
+            ack = json.loads(live.recv(timeout=10))
+            assert ack["type"] == "subscribed", ack
+            made = owner.post("/api/v1/tenants/st-marys/datasets/", json={"name": "e2e live feed"},
+                              headers={"X-CSRFToken": owner.cookies["csrftoken"], "Referer": base + "/"})  # fmt: skip
+            assert made.status_code == 201, made.text
+            got: list[dict[str, Any]] = []
+            deadline = time.monotonic() + 10
+            while not any(m["payload"]["action"] == "dataset.created" for m in got) and time.monotonic() < deadline:
+                msg = json.loads(live.recv(timeout=max(0.1, deadline - time.monotonic())))
+                assert msg["type"] == "activity.event" and msg["seq"] > ack["seq"], msg
+                got.append(msg)
+            assert got and got[0]["prev"] == 0, got
+            assert all(b["prev"] == a["seq"] for a, b in itertools.pairwise(got)), got
+            assert any(m["payload"]["action"] == "dataset.created" for m in got), got
 
         # An integrator's client streams a job with the key alone (no cookie, no Origin) through the
         # real router and uvicorn, and the key's revocation closes the open socket with 4403.

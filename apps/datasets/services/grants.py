@@ -13,6 +13,7 @@ from apps.audit.services import audit_record_both, audited_change
 from apps.common.exceptions import Conflict, Invalid
 from apps.datasets.models import Dataset, DatasetGrant, DatasetVersion
 from apps.datasets.services.common import _user_or_none
+from apps.datasets.services.events import grant_event
 from apps.tenancy.models import Tenant
 
 
@@ -77,6 +78,7 @@ def grant_create(
             details=details,
             counterparts=({}, {"owner": tenant.slug}),
         )
+        grant_event(grant, grantee.slug)
     return grant
 
 
@@ -91,6 +93,7 @@ def grant_revoke(*, tenant: Tenant, grant: DatasetGrant) -> DatasetGrant:
         audit_record_both(
             actions=("grant.revoked", "grant.lost"), tenants=(tenant, grant.grantee_id), target=grant, details=details
         )
+        grant_event(grant)
     _notify_revoked(grant)
     return grant
 

@@ -28,6 +28,7 @@ from apps.datasets.services.common import (
     _safe_details,
     _user_or_none,
 )
+from apps.datasets.services.events import version_event
 from apps.datasets.storage import EncryptedUpload, delete_object, open_decrypted, workspace
 from apps.tenancy.models import Tenant
 from apps.vault import services as vault
@@ -81,6 +82,7 @@ def _start_version(
                 details.update(process_upload(version=version, session=session, expected_sha256=expected_sha256))
             details["status"] = version.status
             audit_record(action="dataset.version_uploaded", tenant=tenant, target=version, details=details)
+            version_event(version)
     except _rejections() as exc:
         with audited_change():
             for name in staged_names:
@@ -112,6 +114,7 @@ def _fail_version(
         version.status, version.storage_name = DatasetVersion.Status.FAILED, ""
         version.error = {"code": code, "message": message[:1000], "details": details}
         version.save(update_fields=["status", "storage_name", "error"])
+        version_event(version)
         audit_record(
             action="dataset.upload_rejected",
             tenant=version.tenant_id,
@@ -187,6 +190,7 @@ def process_version_async(tenant_id: int, version_id: int, session_id: int, expe
         with audited_change():
             details = process_upload(version=version, session=session, expected_sha256=expected_sha256)
             audit_record(action="dataset.version_ready", tenant=tenant_id, target=version, details=details)
+            version_event(version)
     except _rejections() as exc:
         _fail_version(version, session, exc.code, exc.message, exc.details)
 
@@ -286,12 +290,15 @@ def deidentify(
                 details={"source_version_id": raw.pk, "actions": actions, "k": parsed.k, **result},
             )
         else:
+            version_event(version)
             audit_record(
                 action="dataset.deidentify_started",
                 tenant=tenant,
                 target=version,
                 details={"source_version_id": raw.pk, "actions": actions, "k": parsed.k},
             )
+        if inline:
+            version_event(version)
     if not inline:
         enqueue("datasets.deidentify_version", args=(tenant.pk, version.pk))
     version.refresh_from_db()
@@ -310,6 +317,7 @@ def run_deidentify(version: DatasetVersion) -> None:
             target=version,
             details={"source_version_id": version.source_version_id, **result},
         )
+        version_event(version)
 
 
 def _deidentify_body(version: DatasetVersion) -> dict[str, Any]:
@@ -363,6 +371,7 @@ def run_deidentify_async(version_id: int) -> None:
             version.status = DatasetVersion.Status.FAILED
             version.error = {"code": "deidentify_failed", "message": type(exc).__name__}
             version.save(update_fields=["status", "error"])
+            version_event(version)
             audit_record(
                 action="dataset.deidentify_failed",
                 tenant=version.tenant_id,
@@ -416,6 +425,7 @@ def _publish_images(*, tenant: Tenant, raw: DatasetVersion, policy: dict[str, An
             target=version,
             details={"source_version_id": raw.pk, "rows": raw.rows, "images": True},
         )
+        version_event(version)
     return version
 
 

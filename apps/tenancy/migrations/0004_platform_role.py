@@ -82,6 +82,10 @@ $$;
 """
 
 
+# Tables that later migrations create (with their own policies): this one must not touch them.
+LATER_TABLES = ("federation_", "datasets_datasetevent")
+
+
 class Migration(migrations.Migration):
     dependencies = [
         ("tenancy", "0003_resolve_function"),
@@ -97,7 +101,7 @@ class Migration(migrations.Migration):
         migrations.RunSQL(REQUIRE_ROLE_SQL, migrations.RunSQL.noop),
         migrations.RunSQL(CONTEXT_KEY_SQL, migrations.RunSQL.noop),
         # Apps created after this migration apply their own policies (federation: 0002_rls).
-        migrations.RunSQL(all_policies_sql(PLATFORM_ROLE, exclude_prefixes=("federation_",)), migrations.RunSQL.noop),
+        migrations.RunSQL(all_policies_sql(PLATFORM_ROLE, exclude_prefixes=LATER_TABLES), migrations.RunSQL.noop),
         migrations.RunSQL(CAPTURE_SQL_V2, migrations.RunSQL.noop),
         migrations.RunSQL(HEADS_SQL_V2, migrations.RunSQL.noop),
         migrations.RunSQL(RESOLVE_SQL, migrations.RunSQL.noop),
