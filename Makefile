@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) 2>/dev/null | sha1sum | 
 COHORT := $(PY) scripts/cohort.py
 PYTEST_ARGS ?=
 
-.PHONY: help install run test test-fast bench bench-gpu lint fmt typecheck importlint migrations-check reliability clean-state
+.PHONY: help install run test frontend test-fast bench bench-gpu lint fmt typecheck importlint migrations-check reliability clean-state
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}'
@@ -26,8 +26,13 @@ install: $(STAMP) ## Create .venv and install pinned dependencies (only what is 
 run: install ## Start Cohort: DB+Redis (embedded unless DATABASE_URL/REDIS_URL), migrate, seed, serve :8000 + worker
 	$(COHORT) run
 
-test: install ## Run the whole suite against real PostgreSQL and Redis (from the env, or embedded)
+test: install ## Run the whole suite: the web app's Vitest tests and build, then pytest against real PostgreSQL and Redis
+	$(PY) scripts/frontend.py test
+	$(PY) scripts/frontend.py build
 	$(COHORT) exec -- $(PY) -m pytest $(PYTEST_ARGS)
+
+frontend: install ## Build the web app (frontend/dist; cached by a hash of its sources and lock file)
+	$(PY) scripts/frontend.py build
 
 test-fast: install ## The suite without end-to-end and slow tests
 	$(COHORT) exec -- $(PY) -m pytest -m "not e2e and not slow" $(PYTEST_ARGS)

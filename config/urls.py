@@ -1,4 +1,4 @@
-"""URL wiring: API v1, OpenAPI schema and docs, admin console, health checks."""
+"""URL wiring: API v1, OpenAPI schema and docs, admin console, health checks, the web app."""
 
 from django.urls import include, path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from apps.common.admin_site import cohort_admin_site
 from apps.common.converters import PkConverter
 from apps.common.health import healthz, readyz
+from apps.common.webapp import index as webapp_index
 
 register_converter(PkConverter, "pk")
 
@@ -22,6 +23,10 @@ urlpatterns = [
     path("api/v1/", include("apps.training.api")),
     path("api/v1/", include("apps.federation.api")),
     path("admin/", cohort_admin_site.urls),
+    # The analysts' web app: its page at / and at every client route under /app/.
+    path("", webapp_index, name="webapp"),
+    path("app/", webapp_index, name="webapp-app"),
+    path("app/<path:path>", webapp_index, name="webapp-route"),
 ]
 
 # Under /api/ every error is the JSON envelope, also when no route matched (e.g. an id too long

@@ -344,6 +344,8 @@ def serve(env: dict[str, str], host: str, port: int) -> int:
     env = {"COHORT_POOL_CPU_SLOTS": "1", "COHORT_POOL_FL_SLOTS": "1", **env}
     run_checked([python(), "manage.py", "migrate", "--database", "owner", "--no-input"], process_env(env, "migrate"))
     tools = process_env(env, "worker")
+    # The analysts' web app: built once per source hash with the pip-installed Node.js (cached).
+    run_checked([python(), str(ROOT / "scripts" / "frontend.py"), "build"], tools)
     run_checked([python(), "manage.py", "collectstatic", "--no-input", "-v", "0"], tools)
     run_checked([python(), "manage.py", "seed_demo"], tools)
     run_checked([python(), "manage.py", "seed_demo_datasets"], tools)

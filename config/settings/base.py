@@ -245,6 +245,10 @@ DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000
 # --- Static files ---------------------------------------------------------------------------
 STATIC_URL = "/static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# The analysts' web app (frontend/, built by scripts/frontend.py into frontend/dist): its hashed
+# assets are collected under /static/app/; apps.common.webapp serves its index.html at / and /app/….
+COHORT_WEBAPP_DIST = BASE_DIR / "frontend" / "dist"
+STATICFILES_DIRS = [("app", COHORT_WEBAPP_DIST)] if COHORT_WEBAPP_DIST.is_dir() else []
 STORAGES: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},

@@ -38,11 +38,19 @@ def test_seed_demo_datasets_is_non_iid_masked_and_idempotent() -> None:
 
         jobs = list(TrainingJob.all_tenants.values_list("tenant__slug", "status", "admitted_at"))
         assert len(jobs) == 1 and jobs[0][0] == "st-marys" and jobs[0][1] == "queued" and jobs[0][2]  # admitted
+        from apps.federation.models import Federation, FederationSite
+
+        # The web app's demo: a draft federation over the three hospitals, approved by every owner.
+        (fed,) = Federation.all_tenants.filter(tenant__slug="st-marys")
+        assert fed.status == "draft"
+        sites = list(FederationSite.all_tenants.filter(federation=fed).values_list("tenant__slug", "approval"))
+        assert sorted(sites) == [("lakeside", "approved"), ("riverside", "approved"), ("st-marys", "approved")]
         counts = (
             Dataset.all_tenants.count(),
             DatasetVersion.all_tenants.count(),
             DatasetGrant.all_tenants.count(),
             TrainingJob.all_tenants.count(),
+            Federation.all_tenants.count(),
         )
     call_command("seed_demo", stdout=io.StringIO())
     call_command("seed_demo_datasets", stdout=io.StringIO())
@@ -52,5 +60,6 @@ def test_seed_demo_datasets_is_non_iid_masked_and_idempotent() -> None:
             DatasetVersion.all_tenants.count(),
             DatasetGrant.all_tenants.count(),
             TrainingJob.all_tenants.count(),
+            Federation.all_tenants.count(),
         )
     assert again == counts

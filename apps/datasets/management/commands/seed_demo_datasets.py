@@ -30,6 +30,20 @@ from apps.tenancy.scope import tenant_scope
 from apps.tenancy.services import tenant_create
 
 SEED_ACTOR = Actor.system("seed_demo_datasets")
+DEMO_FEDERATION = "demo: breast cancer across three hospitals"
+DEMO_FEDERATION_SPEC: dict[str, Any] = {
+    "train": {
+        "model": {"name": "mlp", "params": {"hidden": [32]}},
+        "optimizer": {"name": "adamw", "lr": 0.01},
+        "epochs": 2,
+        "batch_size": 32,
+        "seed": 7,
+    },
+    "strategy": {"name": "fedavg"},
+    "rounds": 5,
+    "min_participants": 2,
+    "round_deadline_seconds": 120,
+}
 HOSPITALS = [
     ("st-marys", "St Mary's Hospital"),
     ("riverside", "Riverside General Hospital"),
@@ -176,9 +190,11 @@ class Command(BaseCommand):
         owners = {slug: _owner(t) for slug, t in tenants.items()}
         coordinator = tenants["st-marys"]
         own_version = None
+        studies: dict[str, int] = {}
         for slug, data in breast_cancer_parts().items():
             t, user = tenants[slug], owners[slug]
             ds, raw = _upload(t, user, BREAST_CANCER, data, f"breast_cancer_{slug}.csv", {"label": "target"})
+            studies[slug] = ds.pk
             keep_all: dict[str, Any] = {"columns": {}, "quasi_identifiers": [], "k": None}
             deid = _deidentify(t, user, raw, keep_all)
             if t.pk == coordinator.pk:
@@ -216,7 +232,36 @@ class Command(BaseCommand):
         )
         if own_version is not None:
             self._demo_job(coordinator, owners["st-marys"], own_version.pk)
+        self._demo_federation(coordinator, tenants, owners, studies)
         self.stdout.write(self.style.SUCCESS("Demo datasets seeded (idempotent)."))
+
+    def _demo_federation(
+        self, coordinator: Tenant, tenants: dict[str, Tenant], owners: dict[str, Any], studies: dict[str, int]
+    ) -> None:
+        """A draft federation over the three hospitals' data, approved by every owner (sharing their
+        figures with the coordinator), for the web app's demo: an analyst starts it and watches it."""
+        from apps.common.exceptions import DomainError
+        from apps.federation.models import Federation, FederationSite
+        from apps.federation.services import federation_create, site_decide, site_digest
+
+        with tenant_scope(coordinator.pk):
+            if Federation.objects.filter(name=DEMO_FEDERATION).exists():
+                return
+            try:
+                sites = [{"dataset_id": d} for d in studies.values()]
+                fed = federation_create(tenant=coordinator, created_by=owners["st-marys"], name=DEMO_FEDERATION,
+                                        spec=DEMO_FEDERATION_SPEC, sites=sites)  # fmt: skip
+            except DomainError as exc:  # a version still processing on the worker: no demo federation yet
+                self.stdout.write(f"  st-marys   demo federation skipped: {exc}")
+                return
+        for slug in studies:
+            tenant = tenants[slug]
+            with tenant_scope(tenant.pk):
+                site = FederationSite.objects.select_related("federation").get(federation_id=fed.pk, tenant=tenant)
+                digest = str(site_digest(site, site.federation)["digest"])
+                site_decide(tenant=tenant, site=site, approve=True, digest=digest, decided_by=owners[slug],
+                            share_metrics=True, note="demo")  # fmt: skip
+        self.stdout.write(f"  st-marys   demo federation {fed.pk}: drafted, approved by every owner")
 
     def _demo_job(self, tenant: Tenant, user: Any, version_id: int) -> None:
         """One training job on St Mary's own data, so the demo has a model; the worker trains it."""

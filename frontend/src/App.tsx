@@ -1,0 +1,69 @@
+import { useEffect, useState } from "react";
+
+import { api, ApiError, forgetCsrf } from "./api/http";
+import { resetLiveClient, useLiveStatus } from "./live/useLive";
+import { FederationLive } from "./pages/FederationLive";
+import { Federations } from "./pages/Federations";
+import { type Me, SignIn } from "./pages/SignIn";
+import { ErrorPage, Loading } from "./pages/Status";
+import { match, navigate, usePath } from "./router";
+
+interface Tenant { id: number; slug: string; name: string; role: string; status: string }
+
+export function App() {
+  const [me, setMe] = useState<Me | null | undefined>(undefined);
+  const [tenants, setTenants] = useState<Tenant[] | null>(null);
+  const [error, setError] = useState<unknown>(null);
+  const path = usePath();
+  const route = match(path);
+  const live = useLiveStatus();
+
+  useEffect(() => {
+    api<Me>("auth/me/").then((m) => setMe(m.id ? m : null), (e) => (e instanceof ApiError && e.status < 500 ? setMe(null) : setError(e)));
+  }, []);
+  useEffect(() => {
+    if (me) api<Tenant[]>("tenants/").then(setTenants, setError);
+  }, [me]);
+
+  if (error) return <ErrorPage error={error} />;
+  if (me === undefined) return <Loading what="Cohort" />;
+  if (me === null) return <SignIn onSignedIn={(m) => setMe(m)} />;
+  if (!tenants) return <Loading what="your organisations" />;
+
+  const slug = route.page === "federations" || route.page === "federation" ? route.slug : tenants[0]?.slug;
+  if (route.page === "home" && slug) {
+    navigate(`/app/t/${slug}/federations`);
+    return <Loading what="federations" />;
+  }
+
+  async function signOut() {
+    await api("auth/logout/", { method: "POST" }).catch(() => undefined);
+    forgetCsrf();
+    resetLiveClient();
+    setMe(null);
+    setTenants(null);
+  }
+
+  return (
+    <div className="app">
+      <header className="top">
+        <a className="brand" href="/app/">Cohort</a>
+        <label htmlFor="tenant">Organisation</label>
+        <select id="tenant" value={slug ?? ""} onChange={(e) => navigate(`/app/t/${e.target.value}/federations`)}>
+          {tenants.map((t) => <option key={t.slug} value={t.slug}>{t.name} ({t.role})</option>)}
+        </select>
+        {live !== "closed" ? (
+          <span className={`live ${live}`} aria-live="polite" data-testid="live-status">{live === "open" ? "live" : live}</span>
+        ) : null}
+        <span className="who">{me.email}</span>
+        <button type="button" onClick={() => void signOut()}>Sign out</button>
+      </header>
+      <main>
+        {tenants.length === 0 ? <p className="empty">You are not a member of any organisation yet.</p> : null}
+        {route.page === "federations" ? <Federations slug={route.slug} /> : null}
+        {route.page === "federation" ? <FederationLive key={`${route.slug}/${route.id}`} slug={route.slug} id={route.id} /> : null}
+        {route.page === "missing" ? <ErrorPage error={new ApiError(404, "not_found", "Not found")} /> : null}
+      </main>
+    </div>
+  );
+}

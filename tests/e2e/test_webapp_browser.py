@@ -1,0 +1,144 @@
+"""The analysts' web app end to end in real headless Chromium (Debian's ``/usr/bin/chromium``,
+driven by Playwright with ``executable_path``; never a downloaded browser), against the real stack
+``make run`` starts (scripts/cohort.py run: gunicorn + uvicorn behind the router, a real Celery
+worker, real PostgreSQL and Redis):
+
+sign in as the demo analyst → the federations list → the demo federation → start it → the per-site
+states and the round timeline update live over the websocket → the run completes. A second browser
+context, signed in to another tenant, sees none of it: the same URL is a clear "Not found" page.
+Screenshots of the pages land in ``reports/screenshots/`` (``docs/screenshots/`` keeps a copy for
+the README).
+
+Without Chromium the test is skipped, unless ``COHORT_REQUIRE_BROWSER=1`` (``.ci/run`` sets it
+after installing Debian's chromium), which makes a missing browser a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.test_smoke import TEST_STATE_VARS, _free_port, _stop, _wait_ready
+
+pytestmark = [pytest.mark.e2e]
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("COHORT_CHROMIUM", "/usr/bin/chromium")
+SHOTS = ROOT / "reports" / "screenshots"
+# The probe's flags: without the background-networking ones Chromium dials out at start and this
+# machine's closed network refuses it, many times over.
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+def _browser_or_skip() -> None:
+    if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
+        if os.environ.get("COHORT_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"COHORT_REQUIRE_BROWSER=1 but there is no Chromium at {CHROMIUM}")
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/run does)")
+
+
+def _server_env(tmp_path: Path) -> dict[str, str]:
+    """The launcher's environment: the machine's servers when configured (a fresh database), else
+    embedded ones, as ``make run`` picks."""
+    drop = {"DATABASE_OWNER_URL", "DJANGO_SETTINGS_MODULE", "COHORT_DB_ADMIN_URL", *TEST_STATE_VARS}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["COHORT_STATE_DIR"] = str(tmp_path / "state")
+    admin = os.environ.get("COHORT_DB_ADMIN_URL")
+    if admin and os.environ.get("REDIS_URL") and not os.environ.get("COHORT_EMBEDDED_POSTGRES"):
+        from psycopg import connect, sql
+
+        with connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier("cohort_web_e2e")))
+        env.update({"DATABASE_URL": admin, "COHORT_DB_NAME": "cohort_web_e2e"})
+    else:
+        for k in ("DATABASE_URL", "COHORT_DB_ADMIN_URL", "REDIS_URL", "CELERY_BROKER_URL", "DJANGO_SECRET_KEY",
+                  "COHORT_API_KEY_PEPPER", "COHORT_AUDIT_SIGNING_KEY", "COHORT_EMBEDDED_POSTGRES",
+                  "COHORT_EMBEDDED_REDIS"):  # fmt: skip
+            env.pop(k, None)
+        env["COHORT_EMBEDDED_REDIS_PORT"] = str(_free_port())
+    return env
+
+
+def _sign_in(page: Any, base: str, email: str, password: str) -> None:
+    page.goto(f"{base}/app/")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_label("Organisation").wait_for()
+
+
+def test_an_analyst_watches_the_demo_federation_train_live(tmp_path: Path) -> None:
+    _browser_or_skip()
+    from playwright.sync_api import expect, sync_playwright
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    proc = subprocess.Popen([sys.executable, "scripts/cohort.py", "run", "--port", str(port)], cwd=ROOT,
+                            env=_server_env(tmp_path), stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        _wait_ready(base, proc, log)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+            analyst = browser.new_context(viewport={"width": 1280, "height": 900})
+            page = analyst.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+
+            # A wrong password: the server's message, on the page.
+            page.goto(f"{base}/app/")
+            page.get_by_label("Email").fill("analyst@st-marys.example")
+            page.get_by_label("Password").fill("wrong")
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.locator(".error")).to_be_visible(timeout=10_000)
+            page.screenshot(path=str(SHOTS / "signin.png"))
+
+            _sign_in(page, base, "analyst@st-marys.example", "cohort-demo-analyst")
+            expect(page.get_by_role("heading", name="Federations")).to_be_visible(timeout=10_000)
+            link = page.get_by_role("link", name="demo: breast cancer across three hospitals")
+            expect(link).to_be_visible()
+            page.screenshot(path=str(SHOTS / "federations.png"))
+            link.click()
+            expect(page.get_by_test_id("fed-status")).to_have_text("draft", timeout=10_000)
+            expect(page.get_by_test_id("live-status")).to_have_text("live", timeout=10_000)
+            url = page.url
+
+            started = time.monotonic()
+            page.get_by_role("button", name="Start federation").click()
+            expect(page.get_by_test_id("fed-status")).to_have_text("running", timeout=15_000)
+            # Live per-site states: every site trains and submits (pushed over the websocket).
+            sites = page.get_by_test_id("sites")
+            for label in ("site-1", "site-2", "site-3"):
+                expect(sites.locator(f"tr[data-site='{label}'] .badge")).to_have_text("submitted", timeout=60_000)
+            expect(page.get_by_test_id("rounds")).to_contain_text("Round 1 · train · closed", timeout=60_000)
+            page.screenshot(path=str(SHOTS / "federation-live.png"), full_page=True)
+            expect(page.get_by_test_id("fed-status")).to_have_text("completed", timeout=180_000)
+            took = time.monotonic() - started
+            expect(page.locator("figure.chart canvas").first).to_be_visible()
+            page.screenshot(path=str(SHOTS / "federation-completed.png"), full_page=True)
+            assert not errors, errors
+
+            # Another tenant's person: the same URL, and under its own slug, are a clear "Not found".
+            partner = browser.new_context(viewport={"width": 900, "height": 800})
+            other = partner.new_page()
+            _sign_in(other, base, "owner@northbank.example", "cohort-demo-owner")
+            other.goto(url)
+            expect(other.get_by_role("heading", name="Not found")).to_be_visible(timeout=10_000)
+            other.goto(url.replace("/t/st-marys/", "/t/northbank/"))
+            expect(other.get_by_role("heading", name="Not found")).to_be_visible(timeout=10_000)
+            expect(other.locator("body")).not_to_contain_text("breast cancer across")
+            other.screenshot(path=str(SHOTS / "not-found.png"))
+            browser.close()
+        print(f"web e2e: start → completed in {took:.1f} s")
+    finally:
+        _stop(proc)
