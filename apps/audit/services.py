@@ -167,9 +167,11 @@ def _publish_after_commit(
         "action": action,
         "outcome": outcome,
         "actor_type": actor.type,
-        "actor_label": actor.label,
+        "actor_label": (actor.label or None) and actor.label[:255],  # as the row keeps them
         "target_type": target_type,
-        "target_id": target_id,
+        "target_id": None if target_id is None else target_id[:100],
+        # The row's own time is the database's; this one is taken in the same transaction (a
+        # replayed event shows the row's, which may differ by the transaction's length).
         "created_at": timezone.now().isoformat(),
     }
 

@@ -16,11 +16,12 @@ module, listed in ``settings.COHORT_LIVE_STREAMS``; this module knows none of th
   (``access.denied``, method ``WEBSOCKET``) as the per-stream endpoints do.
 * **Every event** is ``{"type", "stream", "seq", "prev", "time", "payload"}``: ``seq`` is the
   stream's own persisted number, ``prev`` the number of the event this socket sent before it on
-  that stream (0 for none). A client whose last seen number is not ``prev`` has missed something and
-  resyncs (REST ``…/events/?after=``, or subscribe again with ``after``). The server itself fills
-  what the channel layer dropped from the database when it notices (a later event, or the periodic
-  look at each stream's latest number), so a gap reaches the client only when it is too far behind
-  (:data:`REPLAY_MAX`), announced by a ``resync`` message.
+  that stream (for the first: the ``after`` asked for, or the ``subscribed`` number). A client
+  whose last seen number is not ``prev`` has missed something and resyncs (REST
+  ``…/events/?after=``, or subscribe again with ``after``). The server itself fills what the
+  channel layer dropped from the database when it notices (a later event, or the periodic look at
+  each stream's latest number), so a gap reaches the client only when it is too far behind
+  (:data:`REPLAY_MAX`): the subscription then ends with ``reason: "resync"``, never skipping.
 * **Resume.** ``subscribe`` with ``after: N`` replays the persisted events after N, then goes live
   without duplicates (events at or below the cursor are dropped).
 * **Revocation.** A revoked API key, an ended session (logout, password change) or a deactivated
@@ -29,15 +30,21 @@ module, listed in ``settings.COHORT_LIVE_STREAMS``; this module knows none of th
   that depended on it (``unsubscribed`` with ``reason: "forbidden"``). Each has a fast path (a control message) and a
   backstop: every :func:`recheck_seconds` (4 s) the socket looks at its principal and at every
   subscription again, so a lost control message costs at most that long.
+* **Limits.** 64 subscriptions per socket; after 20 refused subscribes (each audited in the tenant
+  it named) the socket closes with 1008. Its database reads run in the thread pool.
+* Event messages on the channel layer name their group (``apps.common.publisher``); one without a
+  group is dropped (the database fill brings it to the subscriptions it belongs to).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from channels.db import database_sync_to_async
@@ -57,9 +64,16 @@ from apps.tenancy.scope import tenant_scope
 
 logger = logging.getLogger(__name__)
 
+# The socket's database reads run in the thread pool, not in the one thread that
+# ``database_sync_to_async`` shares by default: one busy socket must not stall every other's.
+_db = functools.partial(database_sync_to_async, thread_sensitive=False)
+
 PROTOCOL = 1
 REPLAY_MAX = 2000  # events replayed (or filled in) at once; beyond it the client resyncs over REST
 MAX_SUBSCRIPTIONS = 64
+MAX_REFUSALS = 20  # refused subscribes per socket before it closes (each is audited in the target tenant)
+CLOSE_POLICY = 1008
+CLOSE_INTERNAL = 1011
 STREAM_RE = re.compile(r"^tenants/(?P<slug>[a-z0-9][a-z0-9-]{0,62})/(?P<kind>[a-z]+)(?:/(?P<id>[1-9][0-9]{0,17}))?$")
 
 
@@ -167,8 +181,8 @@ class Subscription:
     handler: StreamHandler
     groups: tuple[str, ...]
     cursor: int = 0  # the highest number dealt with (sent or hidden)
-    sent: int = 0  # the number of the last event sent (``prev`` of the next)
-    extra: dict[str, Any] = field(default_factory=dict)
+    sent: int = 0  # ``prev`` of the next event: the last one sent, or where the client said it was
+    opened: bool = False  # its on_open ran (so on_close must)
 
 
 class SubscribeRefused(Exception):
@@ -190,6 +204,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     _lock: asyncio.Lock
     _watch: asyncio.Task[None] | None = None
     _closing = False
+    refusals = 0
 
     # --- the socket ------------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -201,7 +216,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             return
         self.user = user
         if self._is_key():
-            if await database_sync_to_async(_key_state)(user.prefix) != "live":
+            if await _db(_key_state)(user.prefix) != "live":
                 await self.close(code=CLOSE_UNAUTHENTICATED)
                 return
         else:
@@ -259,6 +274,10 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             if isinstance(content.get("stream"), str):
                 error["stream"] = content["stream"][:200]
             await self.send_json(error)
+            if exc.code in ("not_found", "forbidden"):
+                self.refusals += 1
+                if self.refusals >= MAX_REFUSALS:  # probing other tenants: each refusal is audited there
+                    await self._close(CLOSE_POLICY)
 
     async def decode_json(self, text_data: str) -> Any:
         try:
@@ -287,18 +306,23 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             raise SubscribeRefused("already_subscribed", "This socket is subscribed to that stream already.")
         if len(self.subs) >= MAX_SUBSCRIPTIONS:
             raise SubscribeRefused("too_many_subscriptions", f"At most {MAX_SUBSCRIPTIONS} streams per socket.")
-        handler, latest = await database_sync_to_async(self._authorize)(slug, handler_cls, object_id)
+        handler, latest = await _db(self._authorize)(slug, handler_cls, object_id)
         groups = (*handler.groups(), control_group(handler.tenant_id))
         async with self._lock:
             for group in groups:
                 await self.channel_layer.group_add(group, self.channel_name)
             sub = Subscription(stream=stream, slug=slug, handler=handler, groups=groups)
             self.subs[stream] = sub
-            # Without ``after``: live from now on. With it: what was missed, then live.
-            sub.cursor = latest if after is None else min(after, latest)
+            # Without ``after``: live from now on. With it: what was missed, then live. ``prev`` of
+            # the first event is where the client stands, so a client checks every event alike.
+            sub.cursor = sub.sent = latest if after is None else min(after, latest)
             await self.send_json({"type": "subscribed", "id": ref, "stream": stream, "seq": latest})
+            try:
+                await _db(handler.on_open)()
+                sub.opened = True
+            except Exception:  # listener bookkeeping: the stream still works (writers publish on doubt)
+                logger.warning("on_open of %s failed", stream, exc_info=True)
             await self._fill(sub, None)
-        await database_sync_to_async(handler.on_open, thread_sensitive=False)()
 
     def _authorize(
         self, slug: str, handler_cls: type[StreamHandler], object_id: int | None
@@ -325,9 +349,9 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
 
     async def _unsubscribe(self, content: dict[str, Any], ref: Any) -> None:
         stream = content.get("stream")
-        if not isinstance(stream, str) or stream not in self.subs:
-            raise SubscribeRefused("not_subscribed", "This socket is not subscribed to that stream.")
         async with self._lock:
+            if not isinstance(stream, str) or stream not in self.subs:
+                raise SubscribeRefused("not_subscribed", "This socket is not subscribed to that stream.")
             await self._drop(stream)
         await self.send_json({"type": "unsubscribed", "id": ref, "stream": stream, "reason": "requested"})
 
@@ -339,19 +363,22 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         for group in sub.groups:
             if group not in still:
                 await self.channel_layer.group_discard(group, self.channel_name)
-        with contextlib.suppress(Exception):
-            await database_sync_to_async(sub.handler.on_close, thread_sensitive=False)()
+        if sub.opened:
+            with contextlib.suppress(Exception):
+                await _db(sub.handler.on_close)()
 
-    async def _end(self, stream: str, reason: str) -> None:
-        """The server ends a subscription (its access ended)."""
+    async def _end(self, stream: str, reason: str, **extra: Any) -> None:
+        """The server ends a subscription: its access ended (``forbidden``), or the client is too
+        far behind (``resync``, with ``seq``: the last event it was sent)."""
         if stream in self.subs:
             await self._drop(stream)
-            await self.send_json({"type": "unsubscribed", "stream": stream, "reason": reason})
+            if not self._closing:
+                await self.send_json({"type": "unsubscribed", "stream": stream, "reason": reason, **extra})
 
     # --- sending ---------------------------------------------------------------------------------
     async def _send(self, sub: Subscription, event: Event) -> None:
         """Send one event (numbers at or below the cursor were dealt with: dropped)."""
-        if event.seq <= sub.cursor:
+        if event.seq <= sub.cursor or self._closing:
             return
         sub.cursor = event.seq
         shown = sub.handler.visible(event)
@@ -367,31 +394,39 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
                 sub.handler.refresh()
             return sub.handler.between(after, before, REPLAY_MAX + 1)
 
-    async def _fill(self, sub: Subscription, before: int | None, refresh: bool = False) -> None:
-        """Send the persisted events after the cursor (and below ``before``) from the database."""
+    async def _fill(self, sub: Subscription, before: int | None, refresh: bool = False) -> bool:
+        """Send the persisted events after the cursor (and below ``before``) from the database.
+        False when there were too many: the subscription is ended with ``reason: "resync"`` (the
+        client reads the rest over REST and subscribes again with ``after``), never skipped over."""
         if before is not None and before <= sub.cursor + 1 and not refresh:
-            return
-        missed = await database_sync_to_async(self._between_scoped)(sub, sub.cursor, before, refresh)
+            return True
+        missed = await _db(self._between_scoped)(sub, sub.cursor, before, refresh)
         for event in missed[:REPLAY_MAX]:
             await self._send(sub, event)
-        if len(missed) > REPLAY_MAX:  # too far behind to replay here: the client reads the rest over REST
-            await self.send_json({"type": "resync", "stream": sub.stream, "seq": sub.cursor,
-                                  "message": f"More than {REPLAY_MAX} events missed: read the rest over REST, "
-                                             "then subscribe again with after."})  # fmt: skip
+        if len(missed) > REPLAY_MAX:
+            await self._end(sub.stream, "resync", seq=sub.sent)
+            return False
+        if before is not None:  # every number below ``before`` was dealt with (hidden ones too)
+            sub.cursor = max(sub.cursor, before - 1)
+        return True
 
     # --- channel-layer messages ------------------------------------------------------------------
     async def _live(self, message: dict[str, Any]) -> None:
+        # An event reaches only the subscriptions that joined its group; one that names none (an
+        # older publisher) is dropped: the database fill brings it, to the right subscriptions.
         group = message.get("group")
+        if not isinstance(group, str):
+            return
         async with self._lock:
             for sub in list(self.subs.values()):
-                if group is not None and group not in sub.groups:
+                if group not in sub.groups:
                     continue
                 event = sub.handler.from_message(message)
                 if event is None:
                     continue
                 refresh = sub.handler.needs_refresh(event)
-                if event.seq > sub.cursor + 1 or refresh:
-                    await self._fill(sub, event.seq, refresh)
+                if (event.seq > sub.cursor + 1 or refresh) and not await self._fill(sub, event.seq, refresh):
+                    continue
                 await self._send(sub, event)
 
     async def job_event(self, message: dict[str, Any]) -> None:
@@ -411,7 +446,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         group = message.get("group")
         async with self._lock:
             for sub in [s for s in self.subs.values() if group is None or group in s.groups]:
-                if not await database_sync_to_async(self._allowed_scoped)(sub):
+                if not await _db(self._allowed_scoped)(sub):
                     await self._end(sub.stream, "forbidden")
 
     async def tenant_control(self, message: dict[str, Any]) -> None:
@@ -430,7 +465,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             for sub in list(self.subs.values()):
                 if tenant is not None and sub.handler.tenant_id != tenant:
                     continue
-                if not await database_sync_to_async(self._allowed_scoped)(sub):
+                if not await _db(self._allowed_scoped)(sub):
                     await self._end(sub.stream, "forbidden")
 
     async def user_control(self, message: dict[str, Any]) -> None:
@@ -440,8 +475,14 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self._close(CLOSE_UNAUTHENTICATED)
 
     # --- the backstop ----------------------------------------------------------------------------
-    def _allowed_scoped(self, sub: Subscription) -> bool:
-        tenant_id, _code, _reason, _t = _check_member(self.user, sub.slug, sub.handler.permission)
+    def _allowed_scoped(self, sub: Subscription, members: dict[tuple[str, str], int | None] | None = None) -> bool:
+        key = (sub.slug, sub.handler.permission)
+        if members is not None and key in members:
+            tenant_id = members[key]
+        else:
+            tenant_id, _code, _reason, _t = _check_member(self.user, sub.slug, sub.handler.permission)
+            if members is not None:
+                members[key] = tenant_id
         if tenant_id != sub.handler.tenant_id:
             return False
         with tenant_scope(tenant_id):
@@ -461,8 +502,12 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     async def _watch_loop(self, every: float) -> None:
         expires = getattr(self.user, "expires_at", None) if self._is_key() else None
         try:
+            # The first look comes at a random point of the interval, so sockets opened together
+            # (a server restart's reconnects) do not all look at once.
+            first = True
             while not self._closing:
-                wait = every
+                wait = every * random.uniform(0.5, 1.0) if first else every
+                first = False
                 if expires is not None:
                     from django.utils import timezone
 
@@ -473,21 +518,22 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             raise
         except Exception:  # the backstop must not die quietly: close, the client reconnects
             logger.exception("live socket recheck failed")
-            await self._close(CLOSE_UNAUTHENTICATED)
+            await self._close(CLOSE_INTERNAL)
 
     async def recheck(self) -> None:
         """The backstop: the principal, every subscription's access, and what the channel layer
         may have dropped at a stream's tail."""
-        code = await database_sync_to_async(self._principal_state)()
+        code = await _db(self._principal_state)()
         if code:
             await self._close(code)
             return
         async with self._lock:
+            members: dict[tuple[str, str], int | None] = {}  # one membership look per tenant and permission
             for sub in list(self.subs.values()):
-                if not await database_sync_to_async(self._allowed_scoped)(sub):
+                if not await _db(self._allowed_scoped)(sub, members):
                     await self._end(sub.stream, "forbidden")
                     continue
-                latest = await database_sync_to_async(self._latest_scoped)(sub)
+                latest = await _db(self._latest_scoped)(sub)
                 if latest > sub.cursor:
                     await self._fill(sub, latest + 1)
 

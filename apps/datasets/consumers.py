@@ -1,8 +1,8 @@
 """The owner's live dataset stream on the one websocket endpoint (``apps.common.socket``):
 ``tenants/<slug>/datasets/<id>`` sends ``dataset.version`` (uploaded, processing, ready with rows,
-columns and the number of columns where PII was found, failed with its error) and
-``dataset.grant`` (given, revoked) as they are committed (``services.events``). Only the owner's
-members see it: a grantee's subscription answers like a missing dataset."""
+columns and the number of columns where PII was found, failed with its error), ``dataset.grant``
+(given, revoked) and ``dataset.dataset`` (deleted) as they are committed (``services.events``).
+Only the owner's members see it: a grantee's subscription answers like a missing dataset."""
 
 from __future__ import annotations
 
@@ -25,11 +25,9 @@ class DatasetStream(StreamHandler):
     permission = "dataset.list"
 
     def authorize(self) -> bool:
-        return (
-            Dataset.objects.filter(pk=self.object_id, tenant_id=self.tenant_id)
-            .exclude(status=Dataset.Status.PURGED)
-            .exists()
-        )
+        # As REST: a deleted dataset is gone at once (its stream ends at the next look).
+        active = Dataset.objects.filter(pk=self.object_id, tenant_id=self.tenant_id, status=Dataset.Status.ACTIVE)
+        return active.exists()
 
     def groups(self) -> list[str]:
         return [dataset_group(self.tenant_id, self.object_id)]

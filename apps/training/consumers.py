@@ -76,6 +76,10 @@ class JobStreamConsumer(TenantStreamConsumer):
     async def job_event(self, message: dict[str, Any]) -> None:
         await self.send_event(message["event"]["seq"], message["event"])
 
+    async def dataset_event(self, message: dict[str, Any]) -> None:
+        """The owner's dataset events share the dataset's group (``apps.datasets.live``): not this
+        stream's."""
+
     async def dataset_access_changed(self, message: dict[str, Any]) -> None:
         """A grant on the job's dataset was revoked (or the dataset deleted): close unless the
         tenant may still use it (another live grant)."""

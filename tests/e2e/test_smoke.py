@@ -142,7 +142,7 @@ def _exercise(base: str, state: Path, redis_url: str | None) -> None:
                 msg = json.loads(live.recv(timeout=max(0.1, deadline - time.monotonic())))
                 assert msg["type"] == "activity.event" and msg["seq"] > ack["seq"], msg
                 got.append(msg)
-            assert got and got[0]["prev"] == 0, got
+            assert got and got[0]["prev"] == ack["seq"], got  # prev starts where the client stands
             assert all(b["prev"] == a["seq"] for a, b in itertools.pairwise(got)), got
             assert any(m["payload"]["action"] == "dataset.created" for m in got), got
 

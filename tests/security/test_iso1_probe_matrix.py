@@ -55,6 +55,9 @@ SKIPPED: dict[str, str] = {
     "api/docs/": "Swagger UI page: static, public by design",
     "api/redoc/": "ReDoc page: static, public by design",
     "static/": "static files (only routed with DEBUG): no tenant data",
+    # "" is the root route only (matched exactly, not as a prefix of every route).
+    "": "the web app's page (index.html) at /: static, public by design, no tenant data",
+    "app/": "the web app's page at its client routes: the same static index.html, no tenant data",
 }
 METHODS = ("get", "post", "put", "patch", "delete")
 
@@ -240,7 +243,7 @@ def enumerate_routes() -> tuple[dict[str, Any], dict[str, str]]:
     probed: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     for route, callback in iter_routes():
-        prefix = next((s for s in SKIPPED if route.startswith(s)), None)
+        prefix = next((s for s in SKIPPED if (route.startswith(s) if s else route == "")), None)
         if prefix is not None:
             skipped[route] = prefix
         else:

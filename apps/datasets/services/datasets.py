@@ -14,6 +14,7 @@ from apps.audit.services import audit_record, audited_change
 from apps.common.exceptions import Conflict
 from apps.datasets.models import Dataset, DatasetGrant, DatasetVersion, PrivacyBudget
 from apps.datasets.services.common import _user_or_none
+from apps.datasets.services.events import dataset_event_append, grant_event
 from apps.datasets.services.grants import _notify_revoked
 from apps.datasets.services.quotas import check_quota
 from apps.datasets.storage import delete_object
@@ -67,10 +68,12 @@ def dataset_delete(*, tenant: Tenant, dataset: Dataset) -> Dataset:
         dataset.deleted_at = now
         dataset.purge_after = now + timedelta(days=settings.COHORT_DATASET_RETENTION_DAYS)
         dataset.save(update_fields=["status", "deleted_at", "purge_after", "updated_at"])
+        dataset_event_append(dataset_id=dataset.pk, tenant_id=tenant.pk, kind="dataset", data={"status": "deleted"})
         grants = list(DatasetGrant.objects.filter(tenant=tenant, dataset=dataset, revoked_at__isnull=True))
         for grant in grants:
             grant.revoked_at = now
             grant.save(update_fields=["revoked_at"])
+            grant_event(grant)
             audit_record(
                 action="grant.lost",
                 tenant=grant.grantee_id,

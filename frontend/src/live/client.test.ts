@@ -135,6 +135,20 @@ describe("LiveClient", () => {
     expect(got).toEqual([1, 2, 3]);
   });
 
+  it("too far behind: the server ends the subscription; REST fills, then it subscribes again", async () => {
+    const { client, sockets } = setup();
+    const got: number[] = [];
+    client.connect();
+    client.subscribe(S, { onEvent: (e) => got.push(e.seq), resync: async () => [ev(3, 2), ev(4, 3)] }, 0);
+    sockets[0].hello();
+    sockets[0].server(ev(1, 0) as never);
+    sockets[0].server(ev(2, 1) as never);
+    sockets[0].server({ type: "unsubscribed", stream: S, reason: "resync", seq: 2 });
+    await new Promise((r) => setTimeout(r, 0));
+    expect(got).toEqual([1, 2, 3, 4]);
+    expect(sockets[0].sent.at(-1)).toEqual({ op: "subscribe", id: S, stream: S, after: 4 });
+  });
+
   it("an owner's skipped numbers are no gap: prev chains what was sent", () => {
     const { client, sockets } = setup();
     const got: number[] = [];
@@ -155,7 +169,7 @@ describe("LiveClient", () => {
     sockets[0].hello();
     expect(sockets[0].sent[0]).toEqual({ op: "subscribe", id: S, stream: S });
     sockets[0].server({ type: "subscribed", stream: S, seq: 40 });
-    sockets[0].server(ev(41, 0) as never);
+    sockets[0].server(ev(41, 40) as never); // prev starts at the subscribed seq
     expect(got).toEqual([41]);
     sockets[0].close(1006);
   });

@@ -190,13 +190,15 @@ export class LiveClient {
       sub.handlers.onEnd?.(code, String(msg.message ?? ""));
       return;
     }
+    if (type === "unsubscribed" && sub && msg.reason === "resync") {
+      // Too far behind for the server to replay: read the rest over REST, then subscribe again.
+      sub.active = false;
+      void this.resync(sub, sub.last, true);
+      return;
+    }
     if (type === "unsubscribed" && sub && msg.reason !== "requested") {
       this.subs.delete(sub.stream);
       sub.handlers.onEnd?.("forbidden", "access ended");
-      return;
-    }
-    if (type === "resync" && sub) {
-      void this.resync(sub, Number(msg.seq));
       return;
     }
     if (sub && typeof msg.seq === "number" && typeof msg.prev === "number") {
@@ -219,7 +221,7 @@ export class LiveClient {
     sub.handlers.onEvent(ev);
   }
 
-  private async resync(sub: Sub, after: number): Promise<void> {
+  private async resync(sub: Sub, after: number, resubscribe = false): Promise<void> {
     if (sub.resyncing) return;
     sub.resyncing = true;
     try {
@@ -231,7 +233,7 @@ export class LiveClient {
             sub.handlers.onEvent(ev);
           }
         }
-      } else if (this.subs.get(sub.stream) === sub) {
+      } else if (!resubscribe && this.subs.get(sub.stream) === sub) {
         // No REST reader: subscribe again from the last number held; the server's replay brings
         // what is queued here too, in order.
         sub.queued = [];
@@ -243,6 +245,10 @@ export class LiveClient {
       sub.handlers.onEnd?.("error", err instanceof Error ? err.message : String(err));
       this.subs.delete(sub.stream);
     } finally {
+      if (resubscribe && this.subs.get(sub.stream) === sub) {
+        sub.queued = []; // the new subscription replays from the last number held
+        this.sendSubscribe(sub);
+      }
       sub.resyncing = false;
       const queued = sub.queued.splice(0).sort((a, b) => a.seq - b.seq);
       // What came in meanwhile was committed before it was sent, so the REST read holds it unless

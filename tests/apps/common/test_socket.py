@@ -108,7 +108,8 @@ async def test_subscribe_replays_numbers_resumes_and_goes_live(
     # Resume after a number: only what came later, then live, no duplicate.
     comm = await _open(asgi_app, analyst)
     assert (await _subscribe(comm, stream, after=total - 2))["type"] == "subscribed"
-    assert [m["seq"] for m in await _events(comm, 3)] == [total - 1, total, total + 1]
+    resumed = await _events(comm, 3)
+    assert [(m["seq"], m["prev"]) for m in resumed] == [(total - 1, total - 2), (total, total - 1), (total + 1, total)]
     await sync_to_async(services._event)(job_id, tenant.pk, "log", {"line": "again"})
     (live,) = await _events(comm, 1)
     assert (live["seq"], live["prev"]) == (total + 2, total + 1)
@@ -120,7 +121,7 @@ async def test_subscribe_replays_numbers_resumes_and_goes_live(
     assert ack["seq"] == total + 2
     await sync_to_async(services._event)(job_id, tenant.pk, "log", {"line": "third"})
     (live,) = await _events(comm, 1)
-    assert (live["seq"], live["prev"]) == (total + 3, 0)
+    assert (live["seq"], live["prev"]) == (total + 3, total + 2)  # prev starts at the subscribed seq
     assert await comm.receive_nothing(timeout=0.2)
     await comm.disconnect()
 
@@ -210,7 +211,7 @@ async def test_a_dropped_live_message_is_filled_from_the_database(
     await sync_to_async(services._event)(job_id, tenant.pk, "log", {"line": "next"})
     got = await _events(comm, 2)  # the next one's arrival fills the gap first, in order
     assert [(m["seq"], m["prev"], m["payload"]["data"]["line"]) for m in got] == [
-        (total + 1, 0, "dropped"), (total + 2, total + 1, "next")]  # fmt: skip
+        (total + 1, total, "dropped"), (total + 2, total + 1, "next")]  # fmt: skip
     # A dropped last event: the periodic look at the stream's latest number sends it.
     with mock.patch("apps.training.services.events.publish_job_event"):
         await sync_to_async(services._event)(job_id, tenant.pk, "log", {"line": "tail"})
@@ -423,3 +424,106 @@ async def test_the_activity_stream_numbers_by_the_audit_chain_and_resumes(
     assert live["type"] == "activity.event" and live["seq"] == head + 1 and live["prev"] == head
     assert live["payload"]["action"] == "dataset.created" and "details" not in live["payload"]
     await comm.disconnect()
+
+
+async def test_too_far_behind_ends_the_subscription_for_a_resync_and_never_skips(
+    asgi_app: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
+    tenant: Any,
+    member: Any,
+    api_client_for: Any,
+) -> None:
+    from apps.common import socket as live_socket
+
+    owner = await sync_to_async(member)(Role.OWNER, tenant=tenant)
+    job_id = await sync_to_async(_finished_job)(tenant, await sync_to_async(api_client_for)(owner))
+    total = await sync_to_async(_event_count)(tenant.pk, job_id)
+    stream = f"tenants/{tenant.slug}/jobs/{job_id}"
+    monkeypatch.setattr(live_socket, "REPLAY_MAX", 2)
+    settings.COHORT_WS_RECHECK_SECONDS = 60  # only the next live event finds the gap here
+    comm = await _open(asgi_app, owner)
+    await _subscribe(comm, stream)
+    # The socket handles one message at a time: the pong says the subscribe (its replay) is done, so
+    # the events below are all live.
+    await comm.send_json_to({"op": "ping", "id": "sync"})
+    assert await comm.receive_json_from(timeout=5) == {"type": "pong", "id": "sync"}
+    with mock.patch("apps.training.services.events.publish_job_event"):  # 4 events lost on the way
+        for i in range(4):
+            await sync_to_async(services._event)(job_id, tenant.pk, "log", {"line": f"lost {i}"})
+    await sync_to_async(services._event)(job_id, tenant.pk, "log", {"line": "next"})
+    got = [await comm.receive_json_from(timeout=5) for _ in range(3)]
+    assert [(m.get("seq"), m.get("prev")) for m in got[:2]] == [(total + 1, total), (total + 2, total + 1)]
+    assert got[2] == {"type": "unsubscribed", "stream": stream, "reason": "resync", "seq": total + 2}
+    assert await comm.receive_nothing(timeout=0.3)  # the live event past the gap is not sent
+    # Subscribing again with ``after`` goes on where it stopped (the client read the rest over REST).
+    ack = await _subscribe(comm, stream, after=total + 4)
+    assert ack["type"] == "subscribed"
+    assert [(m["seq"], m["prev"]) for m in await _events(comm, 1)] == [(total + 5, total + 4)]
+    await comm.disconnect()
+
+
+async def test_a_message_without_its_group_reaches_no_subscription(
+    asgi_app: Any,  # noqa: F811
+    tenant: Any,
+    member: Any,
+    api_client_for: Any,
+) -> None:
+    from channels.layers import get_channel_layer
+
+    from apps.training.live import job_group
+
+    owner = await sync_to_async(member)(Role.OWNER, tenant=tenant)
+    job_id = await sync_to_async(_finished_job)(tenant, await sync_to_async(api_client_for)(owner))
+    comm = await _open(asgi_app, owner)
+    await _subscribe(comm, f"tenants/{tenant.slug}/jobs/{job_id}")
+    forged = {"seq": 10_000, "kind": "log", "step": 0, "epoch": 0, "payload": {"line": "x"}, "created_at": "t"}
+    await get_channel_layer().group_send(job_group(tenant.pk, job_id), {"type": "job.event", "event": forged})
+    assert await comm.receive_nothing(timeout=0.3)
+    await comm.disconnect()
+
+
+async def test_probing_other_tenants_closes_the_socket_after_20_refusals(
+    asgi_app: Any,  # noqa: F811
+    tenant: Any,
+    member: Any,
+) -> None:
+    comm = await _open(asgi_app, await sync_to_async(member)(Role.ANALYST, tenant=tenant))
+    for i in range(19):
+        assert (await _subscribe(comm, f"tenants/victim-{i}/activity"))["code"] == "not_found"
+    await comm.send_json_to({"op": "subscribe", "stream": "tenants/victim-last/activity"})
+    assert (await comm.receive_json_from(timeout=5))["code"] == "not_found"
+    assert (await comm.receive_output(timeout=5)) == {"type": "websocket.close", "code": 1008}
+
+
+async def test_the_per_job_endpoint_survives_the_owners_dataset_events(
+    asgi_app: Any,  # noqa: F811
+    tenant: Any,
+    member: Any,
+    api_client_for: Any,
+) -> None:
+    """The per-job endpoint joins the dataset's group, where the owner's dataset stream's events
+    travel too: it ignores them (it used to crash on a message type without a handler)."""
+    from tests.apps.training.test_job_stream import _ws
+
+    owner = await sync_to_async(member)(Role.OWNER, tenant=tenant)
+    client = await sync_to_async(api_client_for)(owner)
+    job_id = await sync_to_async(_finished_job)(tenant, client)
+    total = await sync_to_async(_event_count)(tenant.pk, job_id)
+    comm = await sync_to_async(_ws)(asgi_app, tenant.slug, job_id, owner)
+    assert (await comm.connect(timeout=5))[0]
+    assert len([await comm.receive_json_from(timeout=5) for _ in range(total)]) == total
+
+    await sync_to_async(upload_version)(client, tenant.slug,
+        await sync_to_async(lambda: _job_dataset(tenant.pk, job_id))(), breast_cancer_csv(), label="target")  # fmt: skip
+    await sync_to_async(services._event)(job_id, tenant.pk, "log", {"line": "still here"})
+    msg = await comm.receive_json_from(timeout=5)
+    assert msg["seq"] == total + 1 and msg["event"]["payload"] == {"line": "still here"}
+    await comm.disconnect()
+
+
+def _job_dataset(tenant_id: int, job_id: int) -> int:
+    from apps.training.models import TrainingJob
+
+    with tenant_scope(tenant_id):
+        return int(TrainingJob.objects.select_related("dataset_version").get(pk=job_id).dataset_version.dataset_id)
