@@ -17,6 +17,9 @@ Figures:
 * the p50 and p99 latency of every (event, client) pair at a steady 20 events/s;
 * a burst (events written back to back): how many deliveries per second reach the clients.
 
+The clients run in a process of their own, so the producer (in this process) never holds their
+interpreter lock while an event arrives.
+
 Both servers run on this machine beside the clients, so on 2 CPUs the clients' own work counts
 too.
 """
@@ -172,24 +175,41 @@ async def _clients(
     return lat
 
 
-def _phase(run_clients: Any, produce: Any, n_events: int, timeout: float) -> tuple[list[float], float, int]:
-    """Clients up, then the producer; (latencies in ms, seconds from first send to last arrival, deliveries)."""
-    started = threading.Event()
-    out: dict[str, Any] = {}
+def _client_process(args: tuple[Any, ...], started: Any, out: Any) -> None:
+    """The clients in a process of their own (spawned): the producer's work in the parent never
+    holds their GIL, so an arrival is timed when it arrives."""
+    url, n, headers, subscribe, expect, timeout = args
 
-    def clients() -> None:
-        out["lat"] = asyncio.run(run_clients(started, n_events, timeout))
+    class _Flag:
+        def set(self) -> None:
+            started.set()
 
-    t = threading.Thread(target=clients)
-    t.start()
-    if not started.wait(90):
-        raise RuntimeError("the websocket clients did not all connect within 90 s")
-    time.sleep(0.3)  # the subscriptions' listener counts are in Redis
-    t0 = time.perf_counter()
-    produce()
-    t.join(timeout + 30)
-    elapsed = time.perf_counter() - t0
-    lat = [x for per in out.get("lat", []) for x in per]
+    lat = asyncio.run(_clients(url, n, headers, subscribe, expect, timeout, _Flag()))  # type: ignore[arg-type]
+    out.send(lat)
+    out.close()
+
+
+def _phase(client_args: tuple[Any, ...], produce: Any, timeout: float) -> tuple[list[float], float, int]:
+    """Clients up (in their own process), then the producer; (latencies in ms, seconds from the
+    first send to the clients' end, deliveries)."""
+    ctx = multiprocessing.get_context("spawn")
+    started = ctx.Event()
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_client_process, args=(client_args, started, sender), daemon=True)
+    proc.start()
+    try:
+        if not started.wait(90):
+            raise RuntimeError("the websocket clients did not all connect within 90 s")
+        time.sleep(0.3)  # the subscriptions' listener counts are in Redis
+        t0 = time.perf_counter()
+        produce()
+        per_client = receiver.recv() if receiver.poll(timeout + 30) else []
+        elapsed = time.perf_counter() - t0
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+    lat = [x for per in per_client for x in per]
     return lat, elapsed, len(lat)
 
 
@@ -208,9 +228,6 @@ def run(ctx: Any) -> dict[str, Any]:
     stream = {"op": "subscribe", "id": 1, "stream": f"tenants/{fx.tenant.slug}/activity"}
     ours_url = f"ws://127.0.0.1:{server.port}/ws/v1/"
 
-    def ours_clients(started: threading.Event, expect: int, timeout: float) -> list[list[float]]:
-        return _clients(ours_url, n, headers, stream, expect, timeout, started)  # type: ignore[return-value]
-
     def audit(count: int, rate: float | None) -> Any:
         def go() -> None:
             done = threading.Event()
@@ -219,9 +236,10 @@ def run(ctx: Any) -> dict[str, Any]:
         return go
 
     log(f"ws_latency: {n} clients on /ws/v1/ (activity stream), {steady_events} events at {RATE:.0f}/s")
-    ours_lat, _e, ours_n = _phase(ours_clients, audit(steady_events, RATE), steady_events, seconds + 20)
+    ours = (ours_url, n, headers, stream)
+    ours_lat, _e, ours_n = _phase((*ours, steady_events, seconds + 20), audit(steady_events, RATE), seconds + 20)
     log(f"ws_latency: burst of {burst} events to {n} clients")
-    _l, ours_burst_s, ours_burst_n = _phase(ours_clients, audit(burst, None), burst, 60)
+    _l, ours_burst_s, ours_burst_n = _phase((*ours, burst, 60.0), audit(burst, None), 60)
 
     # The baseline: raw Redis pub/sub relayed by a bare websockets server.
     from bench.http import free_port
@@ -235,18 +253,15 @@ def run(ctx: Any) -> dict[str, Any]:
             raise RuntimeError("the baseline websockets server did not start")
         bare_url = f"ws://127.0.0.1:{port}/"
 
-        def bare_clients(started: threading.Event, expect: int, timeout: float) -> list[list[float]]:
-            return _clients(bare_url, n, {}, None, expect, timeout, started)  # type: ignore[return-value]
-
+        bare: tuple[Any, ...] = (bare_url, n, {}, None)
         log("ws_latency: baseline (Redis pub/sub + bare websockets)")
         base_lat, _e, base_n = _phase(
-            bare_clients,
+            (*bare, steady_events, seconds + 20),
             lambda: _redis_producer(settings.REDIS_URL, channel, steady_events, RATE),
-            steady_events,
             seconds + 20,
         )
         _l, base_burst_s, base_burst_n = _phase(
-            bare_clients, lambda: _redis_producer(settings.REDIS_URL, channel, burst, None), burst, 60
+            (*bare, burst, 60.0), lambda: _redis_producer(settings.REDIS_URL, channel, burst, None), 60
         )
     finally:
         proc.terminate()
