@@ -55,6 +55,14 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 # --- the producers ---------------------------------------------------------------------------------
+def _pace(start: float, i: int, rate: float | None) -> None:
+    """Wait until event ``i`` is due (``rate`` per second from ``start``); None: at once."""
+    if rate:
+        wait = start + i / rate - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+
+
 def _audit_producer(tenant_id: int, n: int, rate: float | None, done: threading.Event) -> None:
     """Write ``n`` audit events (``rate`` per second, or back to back), each its own transaction."""
     from django.db import connection, transaction
@@ -67,10 +75,7 @@ def _audit_producer(tenant_id: int, n: int, rate: float | None, done: threading.
         with context(actor=Actor.system("bench"), request_id="bench-ws-latency"):
             start = time.perf_counter()
             for i in range(n):
-                if rate:
-                    wait = start + i / rate - time.perf_counter()
-                    if wait > 0:
-                        time.sleep(wait)
+                _pace(start, i, rate)
                 with tenant_scope(tenant_id), transaction.atomic():
                     audit_record(action="bench.tick", tenant=tenant_id, details={"i": i})
     finally:
@@ -84,10 +89,7 @@ def _redis_producer(url: str, channel: str, n: int, rate: float | None) -> None:
     r = redis.Redis.from_url(url)
     start = time.perf_counter()
     for i in range(n):
-        if rate:
-            wait = start + i / rate - time.perf_counter()
-            if wait > 0:
-                time.sleep(wait)
+        _pace(start, i, rate)
         r.publish(channel, json.dumps({"seq": i + 1, "time": time.time()}))
 
 

@@ -51,6 +51,19 @@ def site_visibility(tenant_id: int, federation: Federation) -> tuple[frozenset[i
     return shown, metrics
 
 
+def visible_events(
+    federation: Federation, shown_sites: frozenset[int] | None, after: int, before: int | None = None
+) -> QuerySet[FederationEvent]:
+    """In the tenant's scope: the federation's events ``after < seq < before`` the tenant sees
+    (``shown_sites`` None: every site's), oldest first."""
+    events = selectors.event_list(federation=federation, after=after)
+    if before is not None:
+        events = events.filter(seq__lt=before)
+    if shown_sites is not None:  # RLS already hides other sites' events from an owner
+        events = events.filter(Q(site_id__isnull=True) | Q(site_id__in=shown_sites))
+    return events
+
+
 class FederationStreamConsumer(TenantStreamConsumer):
     permission = "federation.list"  # as the REST events view
     replays = True
@@ -83,12 +96,7 @@ class FederationStreamConsumer(TenantStreamConsumer):
     # --- reads (sync, in the tenant's scope) ------------------------------------------------------
     def _events(self, after: int, before: int | None = None) -> QuerySet[FederationEvent]:
         assert self.federation is not None
-        events = selectors.event_list(federation=self.federation, after=after)
-        if before is not None:
-            events = events.filter(seq__lt=before)
-        if self.shown_sites is not None:  # RLS already hides other sites' events from an owner
-            events = events.filter(Q(site_id__isnull=True) | Q(site_id__in=self.shown_sites))
-        return events
+        return visible_events(self.federation, self.shown_sites, after, before)
 
     def replay(self, tenant_id: int, after: int) -> list[dict[str, Any]]:
         return [self.visible_event(event_dict(e)) for e in self._events(after)[:REPLAY_MAX]]
@@ -169,11 +177,7 @@ class FederationStream(StreamHandler):
 
     def between(self, after: int, before: int | None, limit: int) -> list[Event]:
         assert self.federation is not None
-        events = selectors.event_list(federation=self.federation, after=after)
-        if before is not None:
-            events = events.filter(seq__lt=before)
-        if self.shown_sites is not None:  # RLS already hides other sites' events from an owner
-            events = events.filter(Q(site_id__isnull=True) | Q(site_id__in=self.shown_sites))
+        events = visible_events(self.federation, self.shown_sites, after, before)
         return [_federation_event(event_dict(e)) for e in events[:limit]]
 
     def latest(self) -> int:

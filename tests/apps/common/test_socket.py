@@ -49,6 +49,13 @@ async def _open(app: Any, user: Any = None, headers: list[tuple[bytes, bytes]] |
     return comm
 
 
+async def _owner_and_job(member: Any, tenant: Any, api_client_for: Any) -> tuple[Any, int, int]:
+    """An owner of ``tenant``, a finished job of theirs, and its number of events."""
+    owner = await sync_to_async(member)(Role.OWNER, tenant=tenant)
+    job_id = await sync_to_async(_finished_job)(tenant, await sync_to_async(api_client_for)(owner))
+    return owner, job_id, await sync_to_async(_event_count)(tenant.pk, job_id)
+
+
 async def _subscribe(comm: WebsocketCommunicator, stream: str, **extra: Any) -> dict[str, Any]:
     await comm.send_json_to({"op": "subscribe", "id": stream, "stream": stream, **extra})
     return await comm.receive_json_from(timeout=5)
@@ -201,9 +208,7 @@ async def test_a_dropped_live_message_is_filled_from_the_database(
     api_client_for: Any,
 ) -> None:
     settings.COHORT_WS_RECHECK_SECONDS = 0.3
-    owner = await sync_to_async(member)(Role.OWNER, tenant=tenant)
-    job_id = await sync_to_async(_finished_job)(tenant, await sync_to_async(api_client_for)(owner))
-    total = await sync_to_async(_event_count)(tenant.pk, job_id)
+    owner, job_id, total = await _owner_and_job(member, tenant, api_client_for)
     comm = await _open(asgi_app, owner)
     await _subscribe(comm, f"tenants/{tenant.slug}/jobs/{job_id}")
     with mock.patch("apps.training.services.events.publish_job_event"):  # the channel layer drops it
@@ -229,8 +234,7 @@ async def test_an_ended_membership_ends_the_tenants_subscriptions_even_when_the_
     api_client_for: Any,
 ) -> None:
     settings.COHORT_WS_RECHECK_SECONDS = 0.3
-    owner = await sync_to_async(member)(Role.OWNER, tenant=tenant)
-    job_id = await sync_to_async(_finished_job)(tenant, await sync_to_async(api_client_for)(owner))
+    _owner, job_id, _total = await _owner_and_job(member, tenant, api_client_for)
     analyst = await sync_to_async(member)(Role.ANALYST, tenant=tenant)
     comm = await _open(asgi_app, analyst)
     stream = f"tenants/{tenant.slug}/jobs/{job_id}"
@@ -296,8 +300,7 @@ async def test_a_revoked_api_key_closes_its_socket_and_a_key_sees_its_own_tenant
     api_client_for: Any,
 ) -> None:
     settings.COHORT_WS_RECHECK_SECONDS = 0.3
-    owner = await sync_to_async(member)(Role.OWNER, tenant=tenant)
-    job_id = await sync_to_async(_finished_job)(tenant, await sync_to_async(api_client_for)(owner))
+    _owner, job_id, _total = await _owner_and_job(member, tenant, api_client_for)
     key = await sync_to_async(api_key_for)(tenant, ("read",))
     other_key = await sync_to_async(api_key_for)(other_tenant, ("read",))
     stream = f"tenants/{tenant.slug}/jobs/{job_id}"
@@ -404,6 +407,38 @@ async def test_the_dataset_stream_shows_its_owner_versions_and_grants_live(
     await comm.disconnect()
 
 
+async def test_deleting_a_dataset_tells_its_stream_then_ends_it(
+    asgi_app: Any,  # noqa: F811
+    settings: Any,
+    tenant: Any,
+    other_tenant: Any,
+    member: Any,
+    api_client_for: Any,
+) -> None:
+    settings.COHORT_WS_RECHECK_SECONDS = 0.3
+    owner = await sync_to_async(member)(Role.OWNER, tenant=tenant)
+    client = await sync_to_async(api_client_for)(owner)
+    ds = await sync_to_async(create_dataset)(client, tenant.slug, "to delete")
+
+    def grant_then_delete() -> int:
+        r = client.post(f"/api/v1/tenants/{tenant.slug}/datasets/{ds}/grants/",
+                        {"grantee": other_tenant.slug, "permission": "download"}, format="json")  # fmt: skip
+        assert r.status_code == 201, r.content
+        return int(client.delete(f"/api/v1/tenants/{tenant.slug}/datasets/{ds}/").status_code)
+
+    stream = f"tenants/{tenant.slug}/datasets/{ds}"
+    comm = await _open(asgi_app, owner)
+    await _subscribe(comm, stream)
+    assert await sync_to_async(grant_then_delete)() in (200, 204)
+    got = await _events(comm, 3)
+    assert [(m["type"], m["payload"]["data"].get("status")) for m in got] == [
+        ("dataset.grant", "active"), ("dataset.dataset", "deleted"), ("dataset.grant", "revoked")]  # fmt: skip
+    msg, waited = await _until(comm, lambda m: m["type"] == "unsubscribed")
+    assert msg["reason"] == "forbidden" and waited < 2
+    assert (await _subscribe(comm, stream))["code"] == "not_found"  # as REST: a deleted dataset is gone
+    await comm.disconnect()
+
+
 async def test_the_activity_stream_numbers_by_the_audit_chain_and_resumes(
     asgi_app: Any,  # noqa: F811
     tenant: Any,
@@ -436,9 +471,7 @@ async def test_too_far_behind_ends_the_subscription_for_a_resync_and_never_skips
 ) -> None:
     from apps.common import socket as live_socket
 
-    owner = await sync_to_async(member)(Role.OWNER, tenant=tenant)
-    job_id = await sync_to_async(_finished_job)(tenant, await sync_to_async(api_client_for)(owner))
-    total = await sync_to_async(_event_count)(tenant.pk, job_id)
+    owner, job_id, total = await _owner_and_job(member, tenant, api_client_for)
     stream = f"tenants/{tenant.slug}/jobs/{job_id}"
     monkeypatch.setattr(live_socket, "REPLAY_MAX", 2)
     settings.COHORT_WS_RECHECK_SECONDS = 60  # only the next live event finds the gap here
@@ -473,8 +506,7 @@ async def test_a_message_without_its_group_reaches_no_subscription(
 
     from apps.training.live import job_group
 
-    owner = await sync_to_async(member)(Role.OWNER, tenant=tenant)
-    job_id = await sync_to_async(_finished_job)(tenant, await sync_to_async(api_client_for)(owner))
+    owner, job_id, _total = await _owner_and_job(member, tenant, api_client_for)
     comm = await _open(asgi_app, owner)
     await _subscribe(comm, f"tenants/{tenant.slug}/jobs/{job_id}")
     forged = {"seq": 10_000, "kind": "log", "step": 0, "epoch": 0, "payload": {"line": "x"}, "created_at": "t"}
