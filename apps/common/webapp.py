@@ -27,8 +27,12 @@ def index(request: HttpRequest, path: str = "") -> HttpResponse:
     response = HttpResponse(html, content_type="text/html; charset=utf-8")
     # The page names its hashed assets: it must never be cached past a new build.
     response["Cache-Control"] = "no-cache"
+    # The page's own origin only: its REST calls and its websocket (named by host: not every
+    # browser counts ws(s):// of the page's host as 'self'). uPlot sets inline styles.
+    host = request.get_host()
     response["Content-Security-Policy"] = (
-        "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+        f"default-src 'self'; connect-src 'self' ws://{host} wss://{host}; img-src 'self' data:; "
+        "style-src 'self' 'unsafe-inline'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+        "frame-ancestors 'none'"
     )
     return response

@@ -3,7 +3,9 @@ import { useEffect, useState } from "react";
 import { api, ApiError, forgetCsrf } from "./api/http";
 import { resetLiveClient, useLiveStatus } from "./live/useLive";
 import { FederationLive } from "./pages/FederationLive";
+import { DatasetPage, Datasets } from "./pages/Datasets";
 import { Federations } from "./pages/Federations";
+import { JobLive, Jobs } from "./pages/Jobs";
 import { type Me, SignIn } from "./pages/SignIn";
 import { ErrorPage, Loading } from "./pages/Status";
 import { match, navigate, usePath } from "./router";
@@ -24,17 +26,27 @@ export function App() {
   useEffect(() => {
     if (me) api<Tenant[]>("tenants/").then(setTenants, setError);
   }, [me]);
+  useEffect(() => {
+    const out = () => { forgetCsrf(); resetLiveClient(); setMe(null); setTenants(null); };
+    window.addEventListener("cohort:signed-out", out);
+    return () => window.removeEventListener("cohort:signed-out", out);
+  }, []);
+  const slugOf = "slug" in route ? route.slug : tenants?.[0]?.slug;
+  useEffect(() => {
+    // "/" and "/app/" open the first organisation's federations (replacing, so Back still works).
+    if (me && tenants && route.page === "home" && slugOf) {
+      window.history.replaceState({}, "", `/app/t/${slugOf}/federations`);
+      window.dispatchEvent(new PopStateEvent("popstate"));
+    }
+  }, [me, tenants, route.page, slugOf]);
 
   if (error) return <ErrorPage error={error} />;
   if (me === undefined) return <Loading what="Cohort" />;
   if (me === null) return <SignIn onSignedIn={(m) => setMe(m)} />;
   if (!tenants) return <Loading what="your organisations" />;
 
-  const slug = route.page === "federations" || route.page === "federation" ? route.slug : tenants[0]?.slug;
-  if (route.page === "home" && slug) {
-    navigate(`/app/t/${slug}/federations`);
-    return <Loading what="federations" />;
-  }
+  const slug = slugOf;
+  if (route.page === "home" && slug) return <Loading what="federations" />;
 
   async function signOut() {
     await api("auth/logout/", { method: "POST" }).catch(() => undefined);
@@ -48,6 +60,14 @@ export function App() {
     <div className="app">
       <header className="top">
         <a className="brand" href="/app/">Cohort</a>
+        <nav aria-label="Sections">
+          <a href={`/app/t/${slug}/datasets`} aria-current={route.page.startsWith("dataset") ? "page" : undefined}
+             onClick={(e) => { e.preventDefault(); navigate(`/app/t/${slug}/datasets`); }}>Datasets</a>
+          <a href={`/app/t/${slug}/federations`} aria-current={route.page.startsWith("federation") ? "page" : undefined}
+             onClick={(e) => { e.preventDefault(); navigate(`/app/t/${slug}/federations`); }}>Federations</a>
+          <a href={`/app/t/${slug}/jobs`} aria-current={route.page.startsWith("job") ? "page" : undefined}
+             onClick={(e) => { e.preventDefault(); navigate(`/app/t/${slug}/jobs`); }}>Jobs</a>
+        </nav>
         <label htmlFor="tenant">Organisation</label>
         <select id="tenant" value={slug ?? ""} onChange={(e) => navigate(`/app/t/${e.target.value}/federations`)}>
           {tenants.map((t) => <option key={t.slug} value={t.slug}>{t.name} ({t.role})</option>)}
@@ -62,6 +82,10 @@ export function App() {
         {tenants.length === 0 ? <p className="empty">You are not a member of any organisation yet.</p> : null}
         {route.page === "federations" ? <Federations slug={route.slug} /> : null}
         {route.page === "federation" ? <FederationLive key={`${route.slug}/${route.id}`} slug={route.slug} id={route.id} /> : null}
+        {route.page === "datasets" ? <Datasets slug={route.slug} /> : null}
+        {route.page === "dataset" ? <DatasetPage key={`${route.slug}/${route.id}`} slug={route.slug} id={route.id} /> : null}
+        {route.page === "jobs" ? <Jobs slug={route.slug} /> : null}
+        {route.page === "job" ? <JobLive key={`${route.slug}/${route.id}`} slug={route.slug} id={route.id} /> : null}
         {route.page === "missing" ? <ErrorPage error={new ApiError(404, "not_found", "Not found")} /> : null}
       </main>
     </div>

@@ -27,7 +27,7 @@ export function Chart({ title, x, series, xLabel = "round" }: ChartProps) {
       scales: { x: { time: false } },
       // Whole rounds on the x axis (no 1.2, 1.4, …).
       axes: [{ label: xLabel, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] }, {}],
-      series: [{ label: xLabel }, ...series.map((s, i) => ({ label: s.label, stroke: COLORS[i % COLORS.length], width: 2 }))],
+      series: [{ label: xLabel }, ...series.map((s, i) => ({ label: s.label, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: true }))],
     };
     plot.current = new uPlot(opts, [x, ...series.map((s) => s.values)] as uPlot.AlignedData, box.current);
     const onResize = () => plot.current?.setSize({ width: Math.max(280, box.current?.clientWidth ?? width), height: 240 });

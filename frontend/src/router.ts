@@ -21,6 +21,10 @@ export type Route =
   | { page: "home" }
   | { page: "federations"; slug: string }
   | { page: "federation"; slug: string; id: number }
+  | { page: "jobs"; slug: string }
+  | { page: "datasets"; slug: string }
+  | { page: "dataset"; slug: string; id: number }
+  | { page: "job"; slug: string; id: number }
   | { page: "missing" };
 
 export function match(path: string): Route {
@@ -30,5 +34,13 @@ export function match(path: string): Route {
   if (m) return { page: "federations", slug: m[1] };
   m = /^\/app\/t\/([a-z0-9-]+)\/federations\/([1-9][0-9]*)$/.exec(p);
   if (m) return { page: "federation", slug: m[1], id: Number(m[2]) };
+  m = /^\/app\/t\/([a-z0-9-]+)\/jobs$/.exec(p);
+  if (m) return { page: "jobs", slug: m[1] };
+  m = /^\/app\/t\/([a-z0-9-]+)\/jobs\/([1-9][0-9]*)$/.exec(p);
+  if (m) return { page: "job", slug: m[1], id: Number(m[2]) };
+  m = /^\/app\/t\/([a-z0-9-]+)\/datasets$/.exec(p);
+  if (m) return { page: "datasets", slug: m[1] };
+  m = /^\/app\/t\/([a-z0-9-]+)\/datasets\/([1-9][0-9]*)$/.exec(p);
+  if (m) return { page: "dataset", slug: m[1], id: Number(m[2]) };
   return { page: "missing" };
 }

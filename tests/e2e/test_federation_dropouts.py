@@ -19,7 +19,7 @@ from apps.tenancy.scope import tenant_scope
 from tests.apps.datasets.helpers import create_dataset, deidentify, upload_version
 from tests.apps.federation.conftest import KEEP, SPEC, hospital_splits
 from tests.conftest import write_report
-from tests.e2e.test_federation_workers import _finished, _kill9, _start_worker, fl_env  # noqa: F401
+from tests.e2e.test_federation_workers import _finished, _kill9, _start_worker, _wait, fl_env  # noqa: F401
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 N_SITES, OFFLINE, ROUNDS, DEADLINE = 10, 3, 3, 4
@@ -75,6 +75,9 @@ def test_thirty_percent_of_sites_drop_every_round_and_quorum_closes_it_on_time(
     log = tmp_path / "workers.log"
     worker = _start_worker(env, log, "online")
     try:
+        # The rounds' 4 s deadlines are for the sites' work, not the worker's start-up (Django,
+        # torch and the tasks imported): start the clock once it says it is ready.
+        _wait("the worker to be ready", lambda: " ready." in log.read_text(errors="replace"), 120, log, lambda: None)
         r = c["lab_client"].post(f"/api/v1/tenants/{lab.slug}/federations/{fed['id']}/start/")
         assert r.status_code == 200, r.content
         # no sweep: the deadline task alone must close the rounds

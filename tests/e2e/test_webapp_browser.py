@@ -3,8 +3,10 @@ driven by Playwright with ``executable_path``; never a downloaded browser), agai
 ``make run`` starts (scripts/cohort.py run: gunicorn + uvicorn behind the router, a real Celery
 worker, real PostgreSQL and Redis):
 
-sign in as the demo analyst → the federations list → the demo federation → start it → the per-site
-states and the round timeline update live over the websocket → the run completes. A second browser
+the owner creates a dataset, uploads a CSV (progress bar), sees its validation and PII reports and
+grants it; sign in as the demo analyst → the federations list → the demo federation → start it → the per-site
+states and the round timeline update live over the websocket → the run completes; then the seeded
+training job's page (curves, log). A second browser
 context, signed in to another tenant, sees none of it: the same URL is a clear "Not found" page.
 Screenshots of the pages land in ``reports/screenshots/`` (``docs/screenshots/`` keeps a copy for
 the README).
@@ -103,6 +105,37 @@ def test_an_analyst_watches_the_demo_federation_train_live(tmp_path: Path) -> No
             expect(page.locator(".error")).to_be_visible(timeout=10_000)
             page.screenshot(path=str(SHOTS / "signin.png"))
 
+            # The owner: a new dataset, a CSV uploaded with a progress bar, its reports, a grant.
+            owner = browser.new_context(viewport={"width": 1280, "height": 900})
+            opage = owner.new_page()
+            opage.on("pageerror", lambda e: errors.append(str(e)))
+            _sign_in(opage, base, "owner@st-marys.example", "cohort-demo-owner")
+            opage.get_by_role("link", name="Datasets").click()
+            opage.get_by_label("New dataset").fill("e2e admissions")
+            opage.get_by_role("button", name="Create").click()
+            expect(opage.get_by_role("heading", name="e2e admissions")).to_be_visible(timeout=10_000)
+            csv = tmp_path / "admissions.csv"
+            rows = ["age,stay_days,contact,readmitted"] + [
+                f"{30 + i % 50},{1 + i % 9},patient{i}@example.org,{i % 2}" for i in range(400)
+            ]
+            csv.write_text("\n".join(rows) + "\n")
+            opage.get_by_label("File (CSV, TSV, Parquet, JSON Lines, or a zip of images)").set_input_files(str(csv))
+            opage.get_by_label("Label column (optional)").fill("readmitted")
+            opage.get_by_role("button", name="Upload").click()
+            versions = opage.get_by_test_id("versions")
+            expect(versions.locator("tr", has_text="v1")).to_contain_text("ready", timeout=60_000)
+            expect(opage.get_by_test_id("validation-summary")).to_contain_text("400 rows · 4 columns", timeout=10_000)
+            expect(opage.locator("tr", has_text="contact")).to_contain_text("email", timeout=10_000)
+            opage.get_by_label("Share with (organisation slug)").fill("northbank")
+            opage.get_by_role("button", name="Grant").click()
+            expect(opage.get_by_test_id("grants")).to_contain_text("northbank", timeout=10_000)
+            opage.screenshot(path=str(SHOTS / "dataset.png"), full_page=True)
+            # A bad grant: the server's field error, shown on the form.
+            opage.get_by_label("Share with (organisation slug)").fill("no-such-org")
+            opage.get_by_role("button", name="Grant").click()
+            expect(opage.locator("form.inline .field-error, form.inline .error").first).to_be_visible(timeout=10_000)
+            owner.close()
+
             _sign_in(page, base, "analyst@st-marys.example", "cohort-demo-analyst")
             expect(page.get_by_role("heading", name="Federations")).to_be_visible(timeout=10_000)
             link = page.get_by_role("link", name="demo: breast cancer across three hospitals")
@@ -126,6 +159,15 @@ def test_an_analyst_watches_the_demo_federation_train_live(tmp_path: Path) -> No
             took = time.monotonic() - started
             expect(page.locator("figure.chart canvas").first).to_be_visible()
             page.screenshot(path=str(SHOTS / "federation-completed.png"), full_page=True)
+
+            # The seeded demo training job (the worker trains it): its curves and log.
+            page.get_by_role("link", name="Jobs").click()
+            expect(page.get_by_role("heading", name="Training jobs")).to_be_visible(timeout=10_000)
+            page.get_by_role("link", name="demo: breast cancer MLP").click()
+            expect(page.get_by_test_id("job-status")).to_have_text("succeeded", timeout=180_000)
+            expect(page.locator("figure.chart canvas").first).to_be_visible()
+            expect(page.get_by_test_id("job-log")).not_to_be_empty()
+            page.screenshot(path=str(SHOTS / "job.png"), full_page=True)
             assert not errors, errors
 
             # Another tenant's person: the same URL, and under its own slug, are a clear "Not found".

@@ -14,7 +14,15 @@ export class ApiError extends Error {
 
 let csrf: string | null = null;
 
+function cookie(name: string): string | null {
+  const m = document.cookie.split("; ").find((c) => c.startsWith(`${name}=`));
+  return m ? decodeURIComponent(m.slice(name.length + 1)) : null;
+}
+
 async function csrfToken(): Promise<string> {
+  // The cookie first: a login in another tab rotates it, and a cached token would then be refused.
+  const fresh = cookie("csrftoken");
+  if (fresh) return fresh;
   if (csrf) return csrf;
   const r = await fetch("/api/v1/auth/csrf/", { credentials: "same-origin" });
   const body = (await r.json()) as { csrf_token: string };
@@ -63,4 +71,36 @@ export async function api<T>(path: string, init: { method?: string; body?: unkno
 export interface Page<T> {
   results: T[];
   next?: string | null;
+}
+
+/** A multipart upload with real progress (fetch reports none): ``onProgress(sent, total)``. */
+export async function upload<T>(
+  path: string,
+  form: FormData,
+  onProgress: (sent: number, total: number) => void,
+): Promise<{ status: number; body: T }> {
+  const token = await csrfToken();
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", `/api/v1/${path}`);
+    xhr.withCredentials = true;
+    xhr.setRequestHeader("X-CSRFToken", token);
+    xhr.setRequestHeader("Accept", "application/json");
+    xhr.upload.onprogress = (e) => onProgress(e.loaded, e.lengthComputable ? e.total : 0);
+    xhr.onerror = () => reject(new ApiError(0, "network", "The upload was interrupted. Check your connection and try again."));
+    xhr.onload = () => {
+      let body: unknown = null;
+      try {
+        body = xhr.responseText ? JSON.parse(xhr.responseText) : null;
+      } catch {
+        body = null;
+      }
+      if (xhr.status >= 200 && xhr.status < 300) resolve({ status: xhr.status, body: body as T });
+      else {
+        const err = (body as { error?: { code?: string; message?: string; fields?: Record<string, string[]> } } | null)?.error;
+        reject(new ApiError(xhr.status, err?.code ?? `http_${xhr.status}`, err?.message ?? xhr.statusText, err?.fields ?? {}));
+      }
+    };
+    xhr.send(form);
+  });
 }

@@ -33,7 +33,10 @@ function setup(opts: { random?: number } = {}) {
   const sockets: FakeSocket[] = [];
   const timers: { fn: () => void; ms: number }[] = [];
   const statuses: string[] = [];
+  const clock = { t: 0, signedOut: 0 };
   const client = new LiveClient({
+    now: () => clock.t,
+    onSignedOut: () => { clock.signedOut += 1; },
     url: "ws://x/ws/v1/",
     socket: () => {
       const s = new FakeSocket();
@@ -44,7 +47,7 @@ function setup(opts: { random?: number } = {}) {
     setTimer: (fn, ms) => timers.push({ fn, ms }),
     onStatus: (s) => statuses.push(s),
   });
-  return { client, sockets, timers, statuses };
+  return { client, sockets, timers, statuses, clock };
 }
 
 describe("LiveClient", () => {
@@ -63,7 +66,7 @@ describe("LiveClient", () => {
   });
 
   it("reconnects with growing, jittered back-off and resumes after the last seq", () => {
-    const { client, sockets, timers, statuses } = setup({ random: 0.5 });
+    const { client, sockets, timers, statuses, clock } = setup({ random: 0.5 });
     const got: number[] = [];
     client.connect();
     client.subscribe(S, { onEvent: (e) => got.push(e.seq) }, 0);
@@ -83,8 +86,50 @@ describe("LiveClient", () => {
     sockets[2].server(ev(3, 0) as never);
     sockets[2].server(ev(4, 3) as never);
     expect(got).toEqual([1, 2, 3, 4]);
+    clock.t += 11_000;
     sockets[2].close(1006);
-    expect(timers.at(-1)!.ms).toBe(500); // a good connection reset the back-off
+    expect(timers.at(-1)!.ms).toBe(500); // a connection that lasted reset the back-off
+  });
+
+  it("a server that accepts and soon closes is not hammered: the back-off keeps growing", () => {
+    const { client, sockets, timers } = setup({ random: 0.5 });
+    client.connect();
+    for (let i = 0; i < 4; i++) {
+      sockets[i].hello();
+      sockets[i].close(1011);
+      timers[i].fn();
+    }
+    expect(timers.map((t) => t.ms)).toEqual([500, 1000, 2000, 4000]);
+  });
+
+  it("unsubscribes a subscription the server has not confirmed yet; an older cleanup spares a newer one", () => {
+    const { client, sockets } = setup();
+    client.connect();
+    sockets[0].hello();
+    const first = client.subscribe(S, { onEvent: () => undefined }, 0);
+    first(); // before its "subscribed": the server will hold it, so it is unsubscribed
+    expect(sockets[0].sent.map((m) => m.op)).toEqual(["subscribe", "unsubscribe"]);
+    const older = client.subscribe(S, { onEvent: () => undefined }, 0);
+    const got: number[] = [];
+    client.subscribe(S, { onEvent: (e) => got.push(e.seq) }, 0); // replaces the older one
+    older(); // the older caller's cleanup
+    sockets[0].server({ type: "subscribed", id: S, stream: S, seq: 0 });
+    sockets[0].server(ev(1, 0) as never);
+    expect(got).toEqual([1]);
+  });
+
+  it("only a subscribe's own error ends the stream", () => {
+    const { client, sockets } = setup();
+    const ends: string[] = [];
+    client.connect();
+    client.subscribe(S, { onEvent: () => undefined, onEnd: (r) => ends.push(r) }, 0);
+    sockets[0].hello();
+    sockets[0].server({ type: "error", id: 17, stream: S, code: "not_subscribed", message: "x" });
+    sockets[0].server({ type: "error", id: S, stream: S, code: "already_subscribed", message: "x" });
+    expect(ends).toEqual([]);
+    sockets[0].server(ev(1, 0) as never);
+    sockets[0].close(4401);
+    expect(ends).toEqual(["signed_out"]);
   });
 
   it("caps the back-off and jitters it by ±50%", () => {
@@ -175,7 +220,7 @@ describe("LiveClient", () => {
   });
 
   it("refusals, revocations and sign-out end subscriptions and stop reconnecting", () => {
-    const { client, sockets, timers } = setup();
+    const { client, sockets, timers, clock } = setup();
     const ends: string[] = [];
     client.connect();
     client.subscribe(S, { onEvent: () => undefined, onEnd: (r) => ends.push(`a:${r}`) }, 0);
@@ -189,5 +234,6 @@ describe("LiveClient", () => {
     expect(ends).toEqual(["b:not_found", "a:forbidden", "c:signed_out"]);
     expect(timers).toEqual([]);
     expect(client.status).toBe("closed");
+    expect(clock.signedOut).toBe(1); // the app is told: it shows the sign-in page
   });
 });

@@ -48,7 +48,10 @@ export interface Options {
   maxDelayMs?: number;
   random?: () => number;
   setTimer?: (fn: () => void, ms: number) => unknown;
+  now?: () => number;
   onStatus?: (status: Status) => void;
+  /** The socket closed with 4401 (signed out, the key expired): the app shows the sign-in page. */
+  onSignedOut?: () => void;
 }
 
 export type Status = "connecting" | "open" | "reconnecting" | "closed";
@@ -57,8 +60,10 @@ interface Sub {
   stream: string;
   handlers: Handlers;
   last: number; // the last seq delivered (0: none)
+  sent: boolean; // a subscribe went out on the current socket (the server may hold it)
   active: boolean; // subscribed on the current socket
   resyncing: boolean;
+  resubscribe: boolean; // the server ended it for a resync: subscribe again once caught up
   queued: LiveEvent[]; // events that arrived while a resync ran
 }
 
@@ -70,6 +75,7 @@ export class LiveClient {
   private attempt = 0;
   private stopped = false;
   private nextId = 1;
+  private helloAt: number | null = null;
   status: Status = "closed";
 
   constructor(private readonly opts: Options) {}
@@ -88,17 +94,28 @@ export class LiveClient {
 
   /** Watch `stream` from `after` (the last seq the caller holds; omit it for "from now on"). */
   subscribe(stream: string, handlers: Handlers, after?: number): () => void {
-    const sub: Sub = { stream, handlers, last: after ?? -1, active: false, resyncing: false, queued: [] };
+    const old = this.subs.get(stream);
+    if (old) this.drop(old); // one subscription per stream: the newest caller's
+    const sub: Sub = {
+      stream, handlers, last: after ?? -1, sent: false, active: false, resyncing: false, resubscribe: false, queued: [],
+    };
     this.subs.set(stream, sub);
     this.sendSubscribe(sub);
-    return () => this.unsubscribe(stream);
+    return () => {
+      if (this.subs.get(stream) === sub) this.drop(sub); // an older caller's cleanup leaves a newer one alone
+    };
   }
 
   unsubscribe(stream: string): void {
     const sub = this.subs.get(stream);
-    if (!sub) return;
-    this.subs.delete(stream);
-    if (sub.active) this.send({ op: "unsubscribe", id: this.nextId++, stream });
+    if (sub) this.drop(sub);
+  }
+
+  private drop(sub: Sub): void {
+    this.subs.delete(sub.stream);
+    // Sent but not yet confirmed counts too: the server holds it once it reads the subscribe.
+    if (sub.sent || sub.active) this.send({ op: "unsubscribe", id: this.nextId++, stream: sub.stream });
+    sub.sent = sub.active = false;
   }
 
   /** The last seq delivered on `stream` (what a reconnect resumes after). */
@@ -122,7 +139,7 @@ export class LiveClient {
   private onClose(ws: SocketLike, code: number): void {
     if (ws !== this.ws) return;
     this.ws = null;
-    for (const sub of this.subs.values()) sub.active = false;
+    for (const sub of this.subs.values()) sub.active = sub.sent = false;
     if (code === 4401 || code === 4403) {
       const reason: EndReason = code === 4401 ? "signed_out" : "forbidden";
       const ended = [...this.subs.values()];
@@ -130,8 +147,14 @@ export class LiveClient {
       this.stopped = true;
       this.setStatus("closed");
       for (const sub of ended) sub.handlers.onEnd?.(reason, `socket closed (${code})`);
+      if (code === 4401) this.opts.onSignedOut?.();
       return;
     }
+    // A connection that lasted resets the back-off; one closed soon after it opened does not (a
+    // server that accepts and then refuses must not be hammered every half second).
+    const now = (this.opts.now ?? Date.now)();
+    if (this.helloAt !== null && now - this.helloAt > 10_000) this.attempt = 0;
+    this.helloAt = null;
     if (this.stopped) return;
     this.setStatus("reconnecting");
     const min = this.opts.minDelayMs ?? 500;
@@ -158,6 +181,7 @@ export class LiveClient {
     const msg: Record<string, unknown> = { op: "subscribe", id: sub.stream, stream: sub.stream };
     if (sub.last >= 0) msg.after = sub.last;
     this.send(msg);
+    sub.sent = true;
   }
 
   // --- messages ----------------------------------------------------------------------------------
@@ -171,7 +195,7 @@ export class LiveClient {
     }
     const type = String(msg.type ?? "");
     if (type === "hello") {
-      this.attempt = 0;
+      this.helloAt = (this.opts.now ?? Date.now)();
       this.setStatus("open");
       for (const sub of this.subs.values()) this.sendSubscribe(sub);
       return;
@@ -183,8 +207,12 @@ export class LiveClient {
       if (sub.last < 0) sub.last = Number(msg.seq); // "from now on": the stream's latest number
       return;
     }
-    if (type === "error" && sub) {
-      if (msg.code === "already_subscribed") return;
+    // An error answers one of our messages: only a subscribe's (its id is the stream) ends the stream.
+    if (type === "error" && sub && msg.id === sub.stream) {
+      if (msg.code === "already_subscribed") {
+        sub.active = true; // the server holds it already (a retried subscribe)
+        return;
+      }
       this.subs.delete(sub.stream);
       const code = msg.code === "not_found" || msg.code === "forbidden" ? msg.code : "bad_request";
       sub.handlers.onEnd?.(code, String(msg.message ?? ""));
@@ -192,8 +220,9 @@ export class LiveClient {
     }
     if (type === "unsubscribed" && sub && msg.reason === "resync") {
       // Too far behind for the server to replay: read the rest over REST, then subscribe again.
-      sub.active = false;
-      void this.resync(sub, sub.last, true);
+      sub.active = sub.sent = false;
+      sub.resubscribe = true;
+      void this.resync(sub, sub.last);
       return;
     }
     if (type === "unsubscribed" && sub && msg.reason !== "requested") {
@@ -221,7 +250,7 @@ export class LiveClient {
     sub.handlers.onEvent(ev);
   }
 
-  private async resync(sub: Sub, after: number, resubscribe = false): Promise<void> {
+  private async resync(sub: Sub, after: number): Promise<void> {
     if (sub.resyncing) return;
     sub.resyncing = true;
     try {
@@ -233,7 +262,7 @@ export class LiveClient {
             sub.handlers.onEvent(ev);
           }
         }
-      } else if (!resubscribe && this.subs.get(sub.stream) === sub) {
+      } else if (!sub.resubscribe && this.subs.get(sub.stream) === sub) {
         // No REST reader: subscribe again from the last number held; the server's replay brings
         // what is queued here too, in order.
         sub.queued = [];
@@ -241,11 +270,15 @@ export class LiveClient {
         sub.active = false;
         this.sendSubscribe(sub);
       }
-    } catch (err) {
-      sub.handlers.onEnd?.("error", err instanceof Error ? err.message : String(err));
-      this.subs.delete(sub.stream);
+    } catch {
+      // The REST read failed (a network blip): subscribe again from the last number held, and the
+      // server replays what it can.
+      if (sub.active || sub.sent) this.send({ op: "unsubscribe", id: this.nextId++, stream: sub.stream });
+      sub.active = sub.sent = false;
+      sub.resubscribe = true;
     } finally {
-      if (resubscribe && this.subs.get(sub.stream) === sub) {
+      if (sub.resubscribe && this.subs.get(sub.stream) === sub) {
+        sub.resubscribe = false;
         sub.queued = []; // the new subscription replays from the last number held
         this.sendSubscribe(sub);
       }

@@ -12,6 +12,8 @@ export function liveClient(): LiveClient {
     shared = new LiveClient({
       url: `${proto}//${window.location.host}/ws/v1/`,
       onStatus: (s) => listeners.forEach((l) => l(s)),
+      // The session ended under the socket (logout elsewhere, expiry): the app signs out too.
+      onSignedOut: () => window.dispatchEvent(new Event("cohort:signed-out")),
     });
     shared.connect();
   }

@@ -2,9 +2,10 @@
 // metric curves and ε, fed by the websocket stream (REST fills what the socket missed).
 import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 
-import { api, ApiError, type Page } from "../api/http";
+import { api, ApiError } from "../api/http";
 import { Chart } from "../Chart";
 import type { LiveEvent } from "../live/client";
+import { eventsAfter } from "../live/rest";
 import { liveClient } from "../live/useLive";
 import type { Federation } from "./Federations";
 import { ErrorPage, Loading } from "./Status";
@@ -48,17 +49,8 @@ function toLive(stream: string, e: RestEvent, prev: number): LiveEvent {
   return { type: `federation.${e.kind}`, stream, seq: e.seq, prev, time: e.created_at, payload: { round: e.round, site: e.site, data: e.data } };
 }
 
-async function eventsAfter(slug: string, id: number, after: number, stream: string): Promise<LiveEvent[]> {
-  const out: LiveEvent[] = [];
-  let url: string | null = `tenants/${slug}/federations/${id}/events/?after=${after}&page_size=500`;
-  while (url) {
-    const page: Page<RestEvent> = url.startsWith("http")
-      ? await fetch(url, { credentials: "same-origin" }).then((r) => r.json())
-      : await api<Page<RestEvent>>(url);
-    for (const e of page.results) out.push(toLive(stream, e, out.length ? out[out.length - 1].seq : after));
-    url = page.next ?? null;
-  }
-  return out;
+function eventsOf(slug: string, id: number, after: number, stream: string): Promise<LiveEvent[]> {
+  return eventsAfter<RestEvent>(`tenants/${slug}/federations/${id}/events/`, after, (e, prev) => toLive(stream, e, prev));
 }
 
 function useNow(ms: number): number {
@@ -108,17 +100,21 @@ export function FederationLive({ slug, id }: { slug: string; id: number }) {
     setFed(null); setLive({}); setTimeline([]); setError(null); setEnded("");
     (async () => {
       await refresh();
-      const history = await eventsAfter(slug, id, 0, stream);
+      const history = await eventsOf(slug, id, 0, stream);
       if (cancelled) return;
       history.forEach(apply);
       const last = history.length ? history[history.length - 1].seq : 0;
       unsubscribe = liveClient().subscribe(stream, {
         onEvent: apply,
-        resync: (after) => eventsAfter(slug, id, after, stream),
+        resync: (after) => eventsOf(slug, id, after, stream),
         onEnd: (reason) => setEnded(reason === "signed_out" ? "You were signed out." : "Your access to this federation ended."),
       }, last);
     })().catch((e) => !cancelled && setError(e));
-    return () => { cancelled = true; unsubscribe(); };
+    return () => {
+      cancelled = true;
+      unsubscribe();
+      if (refreshTimer.current) clearTimeout(refreshTimer.current);
+    };
   }, [slug, id, stream, refresh, apply]);
 
   const chart = useMemo(() => {

@@ -82,3 +82,14 @@ describe("siteState", () => {
     expect(s[5].detail).toBe("ValueError: bad rows");
   });
 });
+
+describe("addPoint", () => {
+  it("appends each metrics event at its step, a key first seen later padded with nulls", async () => {
+    const { addPoint } = await import("./Jobs");
+    let c = addPoint({ x: [], series: {} }, 1, { loss: 0.9 });
+    c = addPoint(c, 2, { loss: 0.7, val_accuracy: 0.8, note: "x" });
+    c = addPoint(c, 3, { loss: 0.5 });
+    expect(c.x).toEqual([1, 2, 3]);
+    expect(c.series).toEqual({ loss: [0.9, 0.7, 0.5], val_accuracy: [null, 0.8, null] });
+  });
+});

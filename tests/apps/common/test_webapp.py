@@ -23,6 +23,7 @@ def test_the_built_page_is_served_at_the_root_and_every_app_route(settings: Any,
         assert r["Cache-Control"] == "no-cache"
         csp = r["Content-Security-Policy"]
         assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "script-src" not in csp
+        assert "connect-src 'self' ws://testserver wss://testserver;" in csp  # this host's socket only
         assert "csrftoken" in r.cookies  # the app's first POST has its token
     assert client.post("/app/").status_code == 405
 

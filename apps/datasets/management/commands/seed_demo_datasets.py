@@ -19,6 +19,7 @@ import random
 from typing import Any
 
 from django.core.management.base import BaseCommand
+from django.db import transaction
 
 from apps.accounts.models import User
 from apps.common.context import Actor, context
@@ -240,13 +241,24 @@ class Command(BaseCommand):
     ) -> None:
         """A draft federation over the three hospitals' data, approved by every owner (sharing their
         figures with the coordinator), for the web app's demo: an analyst starts it and watches it."""
-        from apps.common.exceptions import DomainError
-        from apps.federation.models import Federation, FederationSite
-        from apps.federation.services import federation_create, site_decide, site_digest
+        from apps.federation.models import Federation
 
         with tenant_scope(coordinator.pk):
             if Federation.objects.filter(name=DEMO_FEDERATION).exists():
                 return
+        # One transaction: a draft exists only with every owner's approval (a failed approval
+        # leaves nothing half-made for the next run's "already there" check to skip).
+        with transaction.atomic():
+            self._draft_and_approve(coordinator, tenants, owners, studies)
+
+    def _draft_and_approve(
+        self, coordinator: Tenant, tenants: dict[str, Tenant], owners: dict[str, Any], studies: dict[str, int]
+    ) -> None:
+        from apps.common.exceptions import DomainError
+        from apps.federation.models import FederationSite
+        from apps.federation.services import federation_create, site_decide, site_digest
+
+        with tenant_scope(coordinator.pk):
             try:
                 sites = [{"dataset_id": d} for d in studies.values()]
                 fed = federation_create(tenant=coordinator, created_by=owners["st-marys"], name=DEMO_FEDERATION,
