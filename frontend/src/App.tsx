@@ -3,6 +3,7 @@ import { useEffect, useState } from "react";
 import { api, ApiError, forgetCsrf } from "./api/http";
 import { resetLiveClient, useLiveStatus } from "./live/useLive";
 import { FederationLive } from "./pages/FederationLive";
+import { Audit } from "./pages/Audit";
 import { DatasetPage, Datasets } from "./pages/Datasets";
 import { Federations } from "./pages/Federations";
 import { JobLive, Jobs } from "./pages/Jobs";
@@ -67,6 +68,10 @@ export function App() {
              onClick={(e) => { e.preventDefault(); navigate(`/app/t/${slug}/federations`); }}>Federations</a>
           <a href={`/app/t/${slug}/jobs`} aria-current={route.page.startsWith("job") ? "page" : undefined}
              onClick={(e) => { e.preventDefault(); navigate(`/app/t/${slug}/jobs`); }}>Jobs</a>
+          {["owner", "admin", "auditor"].includes(tenants.find((t) => t.slug === slug)?.role ?? "") ? (
+            <a href={`/app/t/${slug}/audit`} aria-current={route.page === "audit" ? "page" : undefined}
+               onClick={(e) => { e.preventDefault(); navigate(`/app/t/${slug}/audit`); }}>Audit</a>
+          ) : null}
         </nav>
         <label htmlFor="tenant">Organisation</label>
         <select id="tenant" value={slug ?? ""} onChange={(e) => navigate(`/app/t/${e.target.value}/federations`)}>
@@ -82,6 +87,7 @@ export function App() {
         {tenants.length === 0 ? <p className="empty">You are not a member of any organisation yet.</p> : null}
         {route.page === "federations" ? <Federations slug={route.slug} /> : null}
         {route.page === "federation" ? <FederationLive key={`${route.slug}/${route.id}`} slug={route.slug} id={route.id} /> : null}
+        {route.page === "audit" ? <Audit key={route.slug} slug={route.slug} /> : null}
         {route.page === "datasets" ? <Datasets slug={route.slug} /> : null}
         {route.page === "dataset" ? <DatasetPage key={`${route.slug}/${route.id}`} slug={route.slug} id={route.id} /> : null}
         {route.page === "jobs" ? <Jobs slug={route.slug} /> : null}

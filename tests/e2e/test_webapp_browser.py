@@ -4,7 +4,7 @@ driven by Playwright with ``executable_path``; never a downloaded browser), agai
 worker, real PostgreSQL and Redis):
 
 the owner creates a dataset, uploads a CSV (progress bar), sees its validation and PII reports and
-grants it; sign in as the demo analyst → the federations list → the demo federation → start it → the per-site
+grants it, then reads and verifies the audit log; sign in as the demo analyst → the federations list → the demo federation → start it → the per-site
 states and the round timeline update live over the websocket → the run completes; then the seeded
 training job's page (curves, log). A second browser
 context, signed in to another tenant, sees none of it: the same URL is a clear "Not found" page.
@@ -134,10 +134,19 @@ def test_an_analyst_watches_the_demo_federation_train_live(tmp_path: Path) -> No
             opage.get_by_label("Share with (organisation slug)").fill("no-such-org")
             opage.get_by_role("button", name="Grant").click()
             expect(opage.locator("form.inline .field-error, form.inline .error").first).to_be_visible(timeout=10_000)
+            # The audit log (owners, admins, auditors): what was just done, and the chain verified.
+            opage.get_by_role("link", name="Audit").click()
+            events = opage.get_by_test_id("audit-events")
+            expect(events).to_contain_text("grant.created", timeout=10_000)
+            expect(events).to_contain_text("dataset.version_uploaded")
+            opage.get_by_role("button", name="Verify the hash chain").click()
+            expect(opage.get_by_test_id("verify-result")).to_contain_text("Chain verified", timeout=30_000)
+            opage.screenshot(path=str(SHOTS / "audit.png"), full_page=True)
             owner.close()
 
             _sign_in(page, base, "analyst@st-marys.example", "cohort-demo-analyst")
             expect(page.get_by_role("heading", name="Federations")).to_be_visible(timeout=10_000)
+            expect(page.get_by_role("link", name="Audit")).to_have_count(0)  # an analyst reads no audit log
             link = page.get_by_role("link", name="demo: breast cancer across three hospitals")
             expect(link).to_be_visible()
             page.screenshot(path=str(SHOTS / "federations.png"))

@@ -93,3 +93,12 @@ describe("addPoint", () => {
     expect(c.series).toEqual({ loss: [0.9, 0.7, 0.5], val_accuracy: [null, 0.8, null] });
   });
 });
+
+describe("auditQuery", () => {
+  it("leaves out empty filters and adds the extras", async () => {
+    const { auditQuery } = await import("./Audit");
+    expect(auditQuery({ action_prefix: "grant.", outcome: "", actor_type: "user" }, { file_format: "csv" }))
+      .toBe("action_prefix=grant.&actor_type=user&file_format=csv");
+    expect(auditQuery({ action_prefix: "", outcome: "", actor_type: "" })).toBe("");
+  });
+});
