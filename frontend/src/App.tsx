@@ -7,6 +7,7 @@ import { Audit } from "./pages/Audit";
 import { DatasetPage, Datasets } from "./pages/Datasets";
 import { Federations } from "./pages/Federations";
 import { JobLive, Jobs } from "./pages/Jobs";
+import { Settings } from "./pages/Settings";
 import { type Me, SignIn } from "./pages/SignIn";
 import { ErrorPage, Loading } from "./pages/Status";
 import { match, navigate, usePath } from "./router";
@@ -72,6 +73,8 @@ export function App() {
             <a href={`/app/t/${slug}/audit`} aria-current={route.page === "audit" ? "page" : undefined}
                onClick={(e) => { e.preventDefault(); navigate(`/app/t/${slug}/audit`); }}>Audit</a>
           ) : null}
+          <a href={`/app/t/${slug}/settings`} aria-current={route.page === "settings" ? "page" : undefined}
+             onClick={(e) => { e.preventDefault(); navigate(`/app/t/${slug}/settings`); }}>Settings</a>
         </nav>
         <label htmlFor="tenant">Organisation</label>
         <select id="tenant" value={slug ?? ""} onChange={(e) => navigate(`/app/t/${e.target.value}/federations`)}>
@@ -87,6 +90,7 @@ export function App() {
         {tenants.length === 0 ? <p className="empty">You are not a member of any organisation yet.</p> : null}
         {route.page === "federations" ? <Federations slug={route.slug} /> : null}
         {route.page === "federation" ? <FederationLive key={`${route.slug}/${route.id}`} slug={route.slug} id={route.id} /> : null}
+        {route.page === "settings" ? <Settings key={route.slug} slug={route.slug} /> : null}
         {route.page === "audit" ? <Audit key={route.slug} slug={route.slug} /> : null}
         {route.page === "datasets" ? <Datasets slug={route.slug} /> : null}
         {route.page === "dataset" ? <DatasetPage key={`${route.slug}/${route.id}`} slug={route.slug} id={route.id} /> : null}

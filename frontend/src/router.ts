@@ -23,6 +23,7 @@ export type Route =
   | { page: "federation"; slug: string; id: number }
   | { page: "jobs"; slug: string }
   | { page: "audit"; slug: string }
+  | { page: "settings"; slug: string }
   | { page: "datasets"; slug: string }
   | { page: "dataset"; slug: string; id: number }
   | { page: "job"; slug: string; id: number }
@@ -39,6 +40,8 @@ export function match(path: string): Route {
   if (m) return { page: "jobs", slug: m[1] };
   m = /^\/app\/t\/([a-z0-9-]+)\/jobs\/([1-9][0-9]*)$/.exec(p);
   if (m) return { page: "job", slug: m[1], id: Number(m[2]) };
+  m = /^\/app\/t\/([a-z0-9-]+)\/settings$/.exec(p);
+  if (m) return { page: "settings", slug: m[1] };
   m = /^\/app\/t\/([a-z0-9-]+)\/audit$/.exec(p);
   if (m) return { page: "audit", slug: m[1] };
   m = /^\/app\/t\/([a-z0-9-]+)\/datasets$/.exec(p);

@@ -4,7 +4,7 @@ driven by Playwright with ``executable_path``; never a downloaded browser), agai
 worker, real PostgreSQL and Redis):
 
 the owner creates a dataset, uploads a CSV (progress bar), sees its validation and PII reports and
-grants it, then reads and verifies the audit log; sign in as the demo analyst → the federations list → the demo federation → start it → the per-site
+grants it, reads and verifies the audit log, and creates (shown once) and revokes an API key; sign in as the demo analyst → the federations list → the demo federation → start it → the per-site
 states and the round timeline update live over the websocket → the run completes; then the seeded
 training job's page (curves, log). A second browser
 context, signed in to another tenant, sees none of it: the same URL is a clear "Not found" page.
@@ -142,6 +142,17 @@ def test_an_analyst_watches_the_demo_federation_train_live(tmp_path: Path) -> No
             opage.get_by_role("button", name="Verify the hash chain").click()
             expect(opage.get_by_test_id("verify-result")).to_contain_text("Chain verified", timeout=30_000)
             opage.screenshot(path=str(SHOTS / "audit.png"), full_page=True)
+            # Settings: the members and their roles; an API key shown once, then revoked.
+            opage.get_by_role("link", name="Settings").click()
+            expect(opage.get_by_test_id("members")).to_contain_text("analyst@st-marys.example", timeout=10_000)
+            opage.get_by_label("New key").fill("e2e pipeline")
+            opage.get_by_role("button", name="Create key").click()
+            expect(opage.get_by_test_id("new-key")).to_contain_text("coh_", timeout=10_000)
+            opage.screenshot(path=str(SHOTS / "settings.png"), full_page=True)
+            keys = opage.get_by_test_id("api-keys")
+            expect(keys.locator("tr", has_text="e2e pipeline")).to_contain_text("active")
+            opage.get_by_role("button", name="Revoke e2e pipeline").click()
+            expect(keys.locator("tr", has_text="e2e pipeline")).to_contain_text("revoked", timeout=10_000)
             owner.close()
 
             _sign_in(page, base, "analyst@st-marys.example", "cohort-demo-analyst")
