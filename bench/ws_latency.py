@@ -31,7 +31,6 @@ import json
 import multiprocessing
 import os
 import statistics
-import threading
 import time
 from datetime import datetime
 from typing import Any
@@ -63,7 +62,7 @@ def _pace(start: float, i: int, rate: float | None) -> None:
             time.sleep(wait)
 
 
-def _audit_producer(tenant_id: int, n: int, rate: float | None, done: threading.Event) -> None:
+def _audit_producer(tenant_id: int, n: int, rate: float | None) -> None:
     """Write ``n`` audit events (``rate`` per second, or back to back), each its own transaction."""
     from django.db import connection, transaction
 
@@ -80,7 +79,6 @@ def _audit_producer(tenant_id: int, n: int, rate: float | None, done: threading.
                     audit_record(action="bench.tick", tenant=tenant_id, details={"i": i})
     finally:
         connection.close()
-        done.set()
 
 
 def _redis_producer(url: str, channel: str, n: int, rate: float | None) -> None:
@@ -134,7 +132,7 @@ async def _clients(
     subscribe: dict[str, Any] | None,
     expect: int,
     timeout: float,
-    started: threading.Event | None = None,
+    started: Any = None,  # an event (threading or multiprocessing): set once all are subscribed
 ) -> list[list[float]]:
     """``n`` clients; each records (arrival - event time) for ``expect`` events. Returns per client."""
     from websockets.asyncio.client import connect
@@ -181,12 +179,7 @@ def _client_process(args: tuple[Any, ...], started: Any, out: Any) -> None:
     """The clients in a process of their own (spawned): the producer's work in the parent never
     holds their GIL, so an arrival is timed when it arrives."""
     url, n, headers, subscribe, expect, timeout = args
-
-    class _Flag:
-        def set(self) -> None:
-            started.set()
-
-    lat = asyncio.run(_clients(url, n, headers, subscribe, expect, timeout, _Flag()))  # type: ignore[arg-type]
+    lat = asyncio.run(_clients(url, n, headers, subscribe, expect, timeout, started))
     out.send(lat)
     out.close()
 
@@ -231,11 +224,7 @@ def run(ctx: Any) -> dict[str, Any]:
     ours_url = f"ws://127.0.0.1:{server.port}/ws/v1/"
 
     def audit(count: int, rate: float | None) -> Any:
-        def go() -> None:
-            done = threading.Event()
-            _audit_producer(fx.tenant.pk, count, rate, done)
-
-        return go
+        return lambda: _audit_producer(fx.tenant.pk, count, rate)
 
     log(f"ws_latency: {n} clients on /ws/v1/ (activity stream), {steady_events} events at {RATE:.0f}/s")
     ours = (ours_url, n, headers, stream)

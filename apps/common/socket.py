@@ -191,10 +191,6 @@ class SubscribeRefused(Exception):
         self.code, self.message = code, message
 
 
-def _scope_user(scope: dict[str, Any]) -> Any:
-    return scope.get("user")
-
-
 class LiveConsumer(AsyncJsonWebsocketConsumer):
     """``/ws/v1/``: see the module docstring."""
 
@@ -209,7 +205,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     # --- the socket ------------------------------------------------------------------------------
     async def connect(self) -> None:
         self.subs, self._lock = {}, asyncio.Lock()
-        user = _scope_user(self.scope)
+        user = self.scope.get("user")
         await self.accept()
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
@@ -306,7 +302,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             raise SubscribeRefused("already_subscribed", "This socket is subscribed to that stream already.")
         if len(self.subs) >= MAX_SUBSCRIPTIONS:
             raise SubscribeRefused("too_many_subscriptions", f"At most {MAX_SUBSCRIPTIONS} streams per socket.")
-        handler, latest = await _db(self._authorize)(slug, handler_cls, object_id)
+        handler, latest = await _db(self._authorize)(stream, slug, handler_cls, object_id)
         groups = (*handler.groups(), control_group(handler.tenant_id))
         async with self._lock:
             for group in groups:
@@ -325,11 +321,11 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self._fill(sub, None)
 
     def _authorize(
-        self, slug: str, handler_cls: type[StreamHandler], object_id: int | None
+        self, stream: str, slug: str, handler_cls: type[StreamHandler], object_id: int | None
     ) -> tuple[StreamHandler, int]:
         from django.db import transaction
 
-        path = f"/ws/v1/ {handler_cls.kind}"
+        path = f"/ws/v1/ {stream}"  # the audit's route: the endpoint and the stream asked for
         tenant_id, code, reason, url_tenant = _check_member(self.user, slug, handler_cls.permission)
         if tenant_id is None:
             with transaction.atomic():
@@ -547,20 +543,17 @@ def session_live(session_key: str | None, user: Any) -> bool:
     """Is the browser session behind a socket still this user's (not logged out, expired, flushed
     by a password change, the user not deactivated)?"""
     from importlib import import_module
+    from types import SimpleNamespace
 
-    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
-    from django.utils.crypto import constant_time_compare
+    from django.contrib.auth import get_user
 
     if not session_key:
         return False
+    # Django's own check of a request's session (backend, active user, session auth hash), on the
+    # stored session: an expired or deleted one loads empty.
     store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
-    data = store.load()  # an expired or missing session loads empty
-    if str(data.get(SESSION_KEY, "")) != str(user.pk) or not data.get(BACKEND_SESSION_KEY):
-        return False
-    fresh = get_user_model()._default_manager.filter(pk=user.pk).first()
-    if fresh is None or not fresh.is_active:
-        return False
-    return bool(constant_time_compare(str(data.get(HASH_SESSION_KEY, "")), fresh.get_session_auth_hash()))
+    found = get_user(SimpleNamespace(session=store))  # type: ignore[arg-type]
+    return bool(found.is_authenticated and found.pk == user.pk)
 
 
 def close_session_sockets(user_id: int, session_key: str | None) -> None:

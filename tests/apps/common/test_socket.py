@@ -559,3 +559,31 @@ def _job_dataset(tenant_id: int, job_id: int) -> int:
 
     with tenant_scope(tenant_id):
         return int(TrainingJob.objects.select_related("dataset_version").get(pk=job_id).dataset_version.dataset_id)
+
+
+def test_session_live_follows_the_stored_session(tenant: Any, member: Any) -> None:
+    """The recheck's look at a browser session: a live one holds; a deleted session, a password
+    change (a new session auth hash) and a deactivated user each end it."""
+    from django.contrib.sessions.models import Session
+
+    from apps.common.socket import session_live
+
+    user = member(Role.ANALYST, tenant=tenant)
+
+    def fresh() -> str:
+        c = Client()
+        c.force_login(user)
+        return c.cookies["sessionid"].value
+
+    key = fresh()
+    assert session_live(key, user) and not session_live(None, user) and not session_live("no-such-key", user)
+    Session.objects.filter(session_key=key).delete()
+    assert not session_live(key, user)
+    key = fresh()
+    user.set_password("a-new-correct-horse")
+    user.save(update_fields=["password"])
+    assert not session_live(key, user)
+    key = fresh()
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    assert not session_live(key, user)
