@@ -85,6 +85,22 @@ def job_events(*, job: TrainingJob, after: int = 0, kind: str = "") -> QuerySet[
     return qs.filter(kind=kind) if kind else qs
 
 
+def training_catalogue() -> dict[str, Any]:
+    """The registry a TrainSpec names models from, with the optimizers, schedules and defaults."""
+    from workers.training import models as registry
+    from workers.training.spec import OPTIMIZERS, SCHEDULES, TrainSpec
+
+    defaults = TrainSpec().to_dict()
+    for k in ("device", "num_threads", "nnodes", "data"):
+        defaults.pop(k, None)
+    return {
+        "models": registry.catalogue(),
+        "optimizers": list(OPTIMIZERS),
+        "schedules": list(SCHEDULES),
+        "defaults": defaults,
+    }
+
+
 def model_list(*, tenant: Tenant, name: str = "") -> QuerySet[ModelVersion]:
     qs = ModelVersion.objects.filter(tenant=tenant)
     return qs.filter(name=name) if name else qs

@@ -7,6 +7,7 @@ import { Audit } from "./pages/Audit";
 import { DatasetPage, Datasets } from "./pages/Datasets";
 import { Federations } from "./pages/Federations";
 import { JobLive, Jobs } from "./pages/Jobs";
+import { ModelPage, Models } from "./pages/Models";
 import { Settings } from "./pages/Settings";
 import { type Me, SignIn } from "./pages/SignIn";
 import { ErrorPage, Loading } from "./pages/Status";
@@ -48,6 +49,7 @@ export function App() {
   if (!tenants) return <Loading what="your organisations" />;
 
   const slug = slugOf;
+  const role = tenants.find((t) => t.slug === slug)?.role ?? "";
   if (route.page === "home" && slug) return <Loading what="federations" />;
 
   async function signOut() {
@@ -69,7 +71,9 @@ export function App() {
              onClick={(e) => { e.preventDefault(); navigate(`/app/t/${slug}/federations`); }}>Federations</a>
           <a href={`/app/t/${slug}/jobs`} aria-current={route.page.startsWith("job") ? "page" : undefined}
              onClick={(e) => { e.preventDefault(); navigate(`/app/t/${slug}/jobs`); }}>Jobs</a>
-          {["owner", "admin", "auditor"].includes(tenants.find((t) => t.slug === slug)?.role ?? "") ? (
+          <a href={`/app/t/${slug}/models`} aria-current={route.page.startsWith("model") ? "page" : undefined}
+             onClick={(e) => { e.preventDefault(); navigate(`/app/t/${slug}/models`); }}>Models</a>
+          {["owner", "admin", "auditor"].includes(role) ? (
             <a href={`/app/t/${slug}/audit`} aria-current={route.page === "audit" ? "page" : undefined}
                onClick={(e) => { e.preventDefault(); navigate(`/app/t/${slug}/audit`); }}>Audit</a>
           ) : null}
@@ -93,9 +97,11 @@ export function App() {
         {route.page === "settings" ? <Settings key={route.slug} slug={route.slug} /> : null}
         {route.page === "audit" ? <Audit key={route.slug} slug={route.slug} /> : null}
         {route.page === "datasets" ? <Datasets slug={route.slug} /> : null}
-        {route.page === "dataset" ? <DatasetPage key={`${route.slug}/${route.id}`} slug={route.slug} id={route.id} /> : null}
-        {route.page === "jobs" ? <Jobs slug={route.slug} /> : null}
+        {route.page === "dataset" ? <DatasetPage key={`${route.slug}/${route.id}`} slug={route.slug} id={route.id} role={role} /> : null}
+        {route.page === "jobs" ? <Jobs key={route.slug} slug={route.slug} role={role} /> : null}
         {route.page === "job" ? <JobLive key={`${route.slug}/${route.id}`} slug={route.slug} id={route.id} /> : null}
+        {route.page === "models" ? <Models key={route.slug} slug={route.slug} /> : null}
+        {route.page === "model" ? <ModelPage key={`${route.slug}/${route.id}`} slug={route.slug} id={route.id} role={role} /> : null}
         {route.page === "missing" ? <ErrorPage error={new ApiError(404, "not_found", "Not found")} /> : null}
       </main>
     </div>

@@ -27,6 +27,8 @@ export type Route =
   | { page: "datasets"; slug: string }
   | { page: "dataset"; slug: string; id: number }
   | { page: "job"; slug: string; id: number }
+  | { page: "models"; slug: string }
+  | { page: "model"; slug: string; id: number }
   | { page: "missing" };
 
 export function match(path: string): Route {
@@ -48,5 +50,9 @@ export function match(path: string): Route {
   if (m) return { page: "datasets", slug: m[1] };
   m = /^\/app\/t\/([a-z0-9-]+)\/datasets\/([1-9][0-9]*)$/.exec(p);
   if (m) return { page: "dataset", slug: m[1], id: Number(m[2]) };
+  m = /^\/app\/t\/([a-z0-9-]+)\/models$/.exec(p);
+  if (m) return { page: "models", slug: m[1] };
+  m = /^\/app\/t\/([a-z0-9-]+)\/models\/([1-9][0-9]*)$/.exec(p);
+  if (m) return { page: "model", slug: m[1], id: Number(m[2]) };
   return { page: "missing" };
 }

@@ -69,6 +69,21 @@ def _server_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+# Every form control must have an accessible name (a <label for>, aria-label or aria-labelledby),
+# and the page must not scroll sideways (tables scroll inside their own box at tablet widths).
+_UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea, button')]
+  .filter((el) => el.type !== 'hidden' && !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+    && !el.getAttribute('aria-labelledby') && !(el.tagName === 'BUTTON' && el.textContent.trim()))
+  .map((el) => el.outerHTML.slice(0, 120))"""
+_OVERFLOW = "() => document.documentElement.scrollWidth - window.innerWidth"
+
+
+def _accessible(page: Any, where: str) -> None:
+    unlabelled = page.evaluate(_UNLABELLED)
+    assert not unlabelled, f"{where}: controls without an accessible name: {unlabelled}"
+    assert page.evaluate(_OVERFLOW) <= 1, f"{where}: the page scrolls sideways"
+
+
 def _sign_in(page: Any, base: str, email: str, password: str) -> None:
     page.goto(f"{base}/app/")
     page.get_by_label("Email").fill(email)
@@ -125,20 +140,61 @@ def test_an_analyst_watches_the_demo_federation_train_live(tmp_path: Path) -> No
             versions = opage.get_by_test_id("versions")
             expect(versions.locator("tr", has_text="v1")).to_contain_text("ready", timeout=60_000)
             expect(opage.get_by_test_id("validation-summary")).to_contain_text("400 rows · 4 columns", timeout=10_000)
-            expect(opage.locator("tr", has_text="contact")).to_contain_text("email", timeout=10_000)
+            expect(opage.locator("section.reports tr", has_text="contact")).to_contain_text("email", timeout=10_000)
             opage.get_by_label("Share with (organisation slug)").fill("northbank")
             opage.get_by_role("button", name="Grant").click()
             expect(opage.get_by_test_id("grants")).to_contain_text("northbank", timeout=10_000)
+            # The policy editor starts from the scan's proposal; applying it makes the de-identified v2.
+            policy = opage.get_by_test_id("policy")
+            expect(policy).to_contain_text("contact", timeout=10_000)
+            _accessible(opage, "dataset")
+            opage.get_by_label("Action for contact").select_option("drop")
+            opage.get_by_label("k-anonymity over the quasi-identifiers (empty: none)").fill("1")
+            opage.get_by_role("button", name="Apply policy").click()
+            expect(opage.locator("form.policy .field-error").first).to_be_visible()  # k = 1: refused on the client
+            opage.get_by_label("k-anonymity over the quasi-identifiers (empty: none)").fill("")
+            opage.get_by_role("button", name="Apply policy").click()
+            expect(versions.locator("tr", has_text="v2")).to_contain_text("ready", timeout=60_000)
+            expect(versions.locator("tr", has_text="v2")).to_contain_text("deidentified")
+            expect(opage.get_by_test_id("budget-summary")).to_contain_text("reserved of", timeout=10_000)
             opage.screenshot(path=str(SHOTS / "dataset.png"), full_page=True)
             # A bad grant: the server's field error, shown on the form.
             opage.get_by_label("Share with (organisation slug)").fill("no-such-org")
             opage.get_by_role("button", name="Grant").click()
             expect(opage.locator("form.inline .field-error, form.inline .error").first).to_be_visible(timeout=10_000)
+            # A training job from the model registry on the de-identified version, watched to the end,
+            # then its model in the registry with lineage and downloads.
+            opage.get_by_role("link", name="Jobs").click()
+            opage.get_by_text("New training job", exact=True).click()  # the form folds away once jobs exist
+            opage.get_by_role("button", name="Start job").click()
+            expect(opage.get_by_text("Name the job.")).to_be_visible(timeout=10_000)  # client validation first
+            opage.get_by_label("Name", exact=True).fill("e2e readmission")
+            opage.get_by_label("Dataset version").select_option(label="e2e admissions v2 (400 rows)")
+            opage.get_by_label("Model (from the registry)").select_option("mlp")
+            opage.get_by_label("hidden", exact=True).fill("16")
+            opage.get_by_label("Epochs", exact=True).fill("3")
+            _accessible(opage, "jobs")
+            opage.screenshot(path=str(SHOTS / "job-create.png"), full_page=True)
+            opage.get_by_role("button", name="Start job").click()
+            expect(opage.get_by_role("heading", name="e2e readmission")).to_be_visible(timeout=10_000)
+            expect(opage.get_by_test_id("job-status")).to_have_text("succeeded", timeout=180_000)
+            opage.get_by_role("link", name="Models").click()
+            opage.get_by_role("link", name="e2e readmission").click()
+            expect(opage.get_by_test_id("lineage")).to_contain_text("Training job", timeout=10_000)
+            expect(opage.get_by_test_id("lineage-datasets")).to_contain_text("#")
+            expect(opage.get_by_test_id("download-weights")).to_be_visible()
+            with opage.expect_download() as dl:
+                opage.get_by_test_id("download-weights").click()
+            assert dl.value.suggested_filename.endswith(".safetensors")
+            assert Path(dl.value.path()).read_bytes()[8:9] == b"{"  # safetensors: a u64 header length, then JSON
+            _accessible(opage, "model")
+            opage.screenshot(path=str(SHOTS / "model.png"), full_page=True)
             # The audit log (owners, admins, auditors): what was just done, and the chain verified.
             opage.get_by_role("link", name="Audit").click()
             events = opage.get_by_test_id("audit-events")
             expect(events).to_contain_text("grant.created", timeout=10_000)
             expect(events).to_contain_text("dataset.version_uploaded")
+            expect(events).to_contain_text("model.downloaded")
             opage.get_by_role("button", name="Verify the hash chain").click()
             expect(opage.get_by_test_id("verify-result")).to_contain_text("Chain verified", timeout=30_000)
             opage.screenshot(path=str(SHOTS / "audit.png"), full_page=True)
@@ -178,7 +234,20 @@ def test_an_analyst_watches_the_demo_federation_train_live(tmp_path: Path) -> No
             expect(page.get_by_test_id("fed-status")).to_have_text("completed", timeout=180_000)
             took = time.monotonic() - started
             expect(page.locator("figure.chart canvas").first).to_be_visible()
+            expect(page.locator("figure.chart canvas")).to_have_count(2)  # global and per-site curves
+            page.get_by_label("Metric", exact=True).select_option(index=1)  # a held-out metric per site
+            _accessible(page, "federation")
             page.screenshot(path=str(SHOTS / "federation-completed.png"), full_page=True)
+            # At tablet width the page reflows; nothing scrolls sideways.
+            page.set_viewport_size({"width": 820, "height": 1180})
+            _accessible(page, "federation (tablet)")
+            page.screenshot(path=str(SHOTS / "federation-tablet.png"), full_page=True)
+            page.set_viewport_size({"width": 1280, "height": 900})
+            # Its final model in the coordinator's registry, with every site's dataset version.
+            page.get_by_role("link", name="Models").click()
+            page.get_by_role("link", name="demo: breast cancer across three hospitals").first.click()
+            expect(page.get_by_test_id("lineage")).to_contain_text("Federation", timeout=10_000)
+            expect(page.get_by_test_id("lineage-datasets").locator("tbody tr")).to_have_count(3)
 
             # The seeded demo training job (the worker trains it): its curves and log.
             page.get_by_role("link", name="Jobs").click()

@@ -84,6 +84,23 @@ class JobInput(StrictSerializer):
     priority = serializers.IntegerField(min_value=-10, max_value=10, required=False, default=0)
 
 
+class CatalogueOutput(serializers.Serializer):
+    class Model(serializers.Serializer):
+        name = serializers.CharField()
+        inputs = serializers.ChoiceField(choices=["tabular", "text", "image"], help_text="The data it reads")
+        description = serializers.CharField()
+        params = serializers.DictField(
+            child=serializers.DictField(),
+            help_text="name -> {type: integer|number|boolean|array, min, max or max_exclusive, nullable, "
+            "items, max_items, default}: what `model.params` accepts",
+        )
+
+    models = Model(many=True)
+    optimizers = serializers.ListField(child=serializers.CharField())
+    schedules = serializers.ListField(child=serializers.CharField())
+    defaults = serializers.DictField(help_text="The TrainSpec fields' defaults (an empty spec means these)")
+
+
 class QuotaOutput(serializers.Serializer):
     class Quota(serializers.Serializer):
         max_concurrent_jobs = serializers.IntegerField()

@@ -10,6 +10,7 @@ urlpatterns = [
     path(T + "jobs/<pk:job_id>/", views.JobDetailApi.as_view(), name="job-detail"),
     path(T + "jobs/<pk:job_id>/events/", views.JobEventsApi.as_view(), name="job-events"),
     path(T + "training/quota/", views.QuotaApi.as_view(), name="training-quota"),
+    path(T + "training/catalogue/", views.CatalogueApi.as_view(), name="training-catalogue"),
     path(T + "models/", views.ModelListApi.as_view(), name="model-list"),
     path(T + "models/<pk:model_id>/", views.ModelDetailApi.as_view(), name="model-detail"),
     path(T + "models/<pk:model_id>/download/", views.ModelDownloadApi.as_view(), name="model-download"),

@@ -23,6 +23,7 @@ from apps.tenancy.api.base import TenantApi
 from apps.training import selectors, services
 from apps.training.access import access_job, access_model
 from apps.training.api.serializers import (
+    CatalogueOutput,
     EventOutput,
     JobInput,
     JobOutput,
@@ -132,6 +133,20 @@ class QuotaApi(TenantApi):
     )
     def get(self, request: Request, tenant_slug: str) -> Response:
         return Response(QuotaOutput(selectors.tenant_overview(self.tenant.pk)).data)
+
+
+class CatalogueApi(TenantApi):
+    permission_actions = {"GET": "job.list"}
+
+    @extend_schema(
+        operation_id="training_catalogue",
+        summary="What a training spec may name: the model registry (each model's inputs and parameters with "
+        "types, bounds and defaults), optimizers and schedules",
+        responses={200: CatalogueOutput, **error_responses()},
+        tags=["training"],
+    )
+    def get(self, request: Request, tenant_slug: str) -> Response:
+        return Response(CatalogueOutput(selectors.training_catalogue()).data)
 
 
 class ModelListApi(TenantApi):

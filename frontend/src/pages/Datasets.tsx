@@ -1,14 +1,22 @@
 // Datasets: the list (and a new one), and one dataset: upload a version with a real progress bar,
-// its processing live over the websocket, the validation and PII reports, and its grants.
-import { type FormEvent, useCallback, useEffect, useState } from "react";
+// its processing live over the websocket, the validation and PII reports, the de-identification
+// policy editor, the privacy budget, and its grants.
+import { type FormEvent, useCallback, useEffect, useMemo, useState } from "react";
 
 import { api, ApiError, type Page, upload } from "../api/http";
 import { liveClient } from "../live/useLive";
+import { BudgetPanel, type Policy, PolicyEditor } from "./DatasetPolicy";
 import { navigate } from "../router";
 import { ErrorPage, Loading } from "./Status";
 
 interface Dataset { id: number; name: string; description: string; status: string; created_at: string }
-interface Column { name: string; type: string; nulls: number; null_ratio: number; distinct?: number; min?: unknown; max?: unknown }
+interface Column { name: string; type: string; nulls?: number; null_ratio?: number; distinct?: number; min?: unknown; max?: unknown }
+/** A column's share of nulls: a raw version's report gives the ratio, a de-identified one the count. */
+export function nullShare(c: { nulls?: number; null_ratio?: number }, rows: number): string {
+  const r = typeof c.null_ratio === "number" ? c.null_ratio : typeof c.nulls === "number" && rows > 0 ? c.nulls / rows : null;
+  return r === null ? "—" : `${(r * 100).toFixed(1)}%`;
+}
+
 interface Validation {
   format?: string; rows?: number; columns_count?: number; columns?: Column[]; label?: string | null; task?: string | null;
   class_balance?: Record<string, number> | null; row_errors?: { count?: number; first?: { line?: number; message?: string }[] };
@@ -77,13 +85,14 @@ export function Datasets({ slug }: { slug: string }) {
   );
 }
 
-export function DatasetPage({ slug, id }: { slug: string; id: number }) {
+export function DatasetPage({ slug, id, role = "" }: { slug: string; id: number; role?: string }) {
   const base = `tenants/${slug}/datasets/${id}/`;
   const [ds, setDs] = useState<Dataset | null>(null);
   const [versions, setVersions] = useState<Version[]>([]);
   const [grants, setGrants] = useState<Grant[]>([]);
   const [selected, setSelected] = useState<number | null>(null);
   const [pii, setPii] = useState<Record<string, PiiColumn> | null>(null);
+  const [proposed, setProposed] = useState<Policy | null>(null);
   const [error, setError] = useState<unknown>(null);
   const [file, setFile] = useState<File | null>(null);
   const [label, setLabel] = useState("");
@@ -114,9 +123,11 @@ export function DatasetPage({ slug, id }: { slug: string; id: number }) {
   const version = versions.find((v) => v.id === selected) ?? null;
   useEffect(() => {
     setPii(null);
+    setProposed(null);
     if (version && version.kind === "raw" && version.status === "ready") {
-      api<{ report: { columns?: Record<string, PiiColumn> } }>(`${base}versions/${version.id}/pii-report/`)
-        .then((r) => setPii(r.report?.columns ?? {}), () => setPii({}));
+      api<{ report: { columns?: Record<string, PiiColumn>; proposed_policy?: Policy } }>(`${base}versions/${version.id}/pii-report/`)
+        .then((r) => { setPii(r.report?.columns ?? {}); setProposed(r.report?.proposed_policy ?? { columns: {}, quasi_identifiers: [], k: null }); },
+          () => setPii({}));
     }
   }, [base, version?.id, version?.status]); // eslint-disable-line react-hooks/exhaustive-deps
 
@@ -157,9 +168,12 @@ export function DatasetPage({ slug, id }: { slug: string; id: number }) {
     try { await api(`${base}grants/${g.id}/`, { method: "DELETE" }); await refresh(); } catch (err) { setGrantMessage(err instanceof Error ? err.message : String(err)); }
   }
 
+  const columnNames = useMemo(() => (version?.validation?.columns ?? []).map((c) => c.name), [version?.id, version?.status]); // eslint-disable-line react-hooks/exhaustive-deps
+
   if (error) return <ErrorPage error={error} />;
   if (!ds) return <Loading what="the dataset" />;
   const v = version?.validation ?? {};
+  const canDeidentify = (role === "owner" || role === "admin") && version?.kind === "raw" && version.status === "ready" && proposed !== null;
   return (
     <section className="dataset">
       <h2>{ds.name}</h2>
@@ -217,7 +231,7 @@ export function DatasetPage({ slug, id }: { slug: string; id: number }) {
                       const found = p ? Object.entries(p.detections ?? {}).filter(([, n]) => n > 0).map(([k]) => k).join(", ") : "";
                       return (
                         <tr key={c.name}>
-                          <th scope="row">{c.name}</th><td>{c.type}</td><td>{(c.null_ratio * 100).toFixed(1)}%</td><td>{c.distinct ?? "—"}</td>
+                          <th scope="row">{c.name}</th><td>{c.type}</td><td>{nullShare(c, v.rows ?? version.rows)}</td><td>{c.distinct ?? "—"}</td>
                           <td>{c.min == null ? "—" : String(c.min)}</td><td>{c.max == null ? "—" : String(c.max)}</td>
                           <td>{found ? `${found} → ${p?.proposed?.action ?? "review"}` : pii ? "none" : "—"}</td>
                         </tr>
@@ -230,6 +244,13 @@ export function DatasetPage({ slug, id }: { slug: string; id: number }) {
           ) : null}
         </section>
       ) : null}
+
+      {canDeidentify && version ? (
+        <PolicyEditor base={base} versionId={version.id} versionNumber={version.number} columns={columnNames} proposed={proposed}
+                      onCreated={(vid) => { setSelected(vid); void refresh().catch(setError); }} />
+      ) : null}
+
+      <BudgetPanel key={base} base={base} role={role} />
 
       <h3>Grants</h3>
       {grants.length === 0 ? <p className="empty">Not shared with any organisation.</p> : (

@@ -10,9 +10,9 @@ import { liveClient } from "../live/useLive";
 import type { Federation } from "./Federations";
 import { ErrorPage, Loading } from "./Status";
 
-interface Site { id: number; label: string; owner: string; role: string; approval: string; active: boolean; dropped_reason: string }
-interface Slot { round: number; site: string; state: string; reason: string; wait_reason: string; loss: number | null; epsilon: number | null; seconds: number | null; error: { code?: string; message?: string } }
-interface SiteRow { site: Site; slots: Slot[] }
+export interface Site { id: number; label: string; owner: string; role: string; approval: string; active: boolean; dropped_reason: string }
+export interface Slot { round: number; site: string; state: string; reason: string; wait_reason: string; loss: number | null; epsilon: number | null; seconds: number | null; eval_metrics?: Record<string, number>; error: { code?: string; message?: string } }
+export interface SiteRow { site: Site; slots: Slot[] }
 interface Round { number: number; kind: string; status: string; deadline: string | null; opened_at: string | null; closed_at: string | null; metrics: Record<string, number>; epsilon: number | null; participants: string[]; selected: string[] }
 interface RestEvent { seq: number; kind: string; round: number | null; site: number | null; data: Record<string, unknown>; created_at: string }
 
@@ -38,6 +38,33 @@ export function siteState(prev: Record<number, SiteLive>, ev: LiveEvent): Record
       epsilon: typeof data.epsilon === "number" ? data.epsilon : undefined,
     },
   };
+}
+
+/** Per-site curves of one metric over rounds: the training loss, or a metric of the site's held-out
+ * split ("eval:accuracy"). A site whose owner keeps its metrics private has none (left out). */
+export function siteCurves(rows: SiteRow[], which: string): { x: number[]; series: { label: string; values: (number | null)[] }[] } {
+  const value = (s: Slot): number | null => {
+    if (which === "loss") return typeof s.loss === "number" ? s.loss : null;
+    const v = s.eval_metrics?.[which.slice(5)];
+    return typeof v === "number" ? v : null;
+  };
+  const all = [...new Set(rows.flatMap((r) => r.slots.map((s) => s.round)))].sort((a, b) => a - b);
+  const lines = rows
+    .map(({ site, slots }) => {
+      const byRound = new Map(slots.map((s) => [s.round, value(s)]));
+      return { label: site.label, values: all.map((r) => byRound.get(r) ?? null) };
+    })
+    .filter((s) => s.values.some((v) => v !== null));
+  // Rounds where no site has the figure (round 0's statistics, a round still open) are left out.
+  const keep = all.map((_, i) => lines.some((s) => s.values[i] !== null));
+  return { x: all.filter((_, i) => keep[i]), series: lines.map((s) => ({ ...s, values: s.values.filter((_, i) => keep[i]) })) };
+}
+
+/** What the per-site chart can show: the loss, then every held-out metric a visible slot has. */
+export function siteMetricChoices(rows: SiteRow[]): string[] {
+  const keys = new Set<string>();
+  for (const r of rows) for (const s of r.slots) for (const k of Object.keys(s.eval_metrics ?? {})) keys.add(k);
+  return ["loss", ...[...keys].sort().map((k) => `eval:${k}`)];
 }
 
 function metric(m: unknown, k: string): number | undefined {
@@ -72,6 +99,7 @@ export function FederationLive({ slug, id }: { slug: string; id: number }) {
   const [error, setError] = useState<unknown>(null);
   const [ended, setEnded] = useState("");
   const [busy, setBusy] = useState(false);
+  const [siteMetric, setSiteMetric] = useState("loss");
   const refreshTimer = useRef<ReturnType<typeof setTimeout> | null>(null);
   const now = useNow(1000);
 
@@ -126,6 +154,9 @@ export function FederationLive({ slug, id }: { slug: string; id: number }) {
       eps: closed.map((r) => r.epsilon),
     };
   }, [rounds]);
+
+  const perSite = useMemo(() => siteCurves(sites, siteMetric), [sites, siteMetric]);
+  const choices = useMemo(() => siteMetricChoices(sites), [sites]);
 
   if (error) return <ErrorPage error={error} />;
   if (!fed) return <Loading what="the federation" />;
@@ -201,6 +232,17 @@ export function FederationLive({ slug, id }: { slug: string; id: number }) {
 
       <h3>Global metrics</h3>
       <Chart title="Validation metrics per round (example-weighted)" x={chart.x} series={chart.series} />
+      <h3>Per-site metrics</h3>
+      <form className="inline" onSubmit={(e) => e.preventDefault()}>
+        <label htmlFor="site-metric">Metric</label>
+        <select id="site-metric" value={siteMetric} onChange={(e) => setSiteMetric(e.target.value)}>
+          {choices.map((c) => <option key={c} value={c}>{c === "loss" ? "training loss" : `held-out ${c.slice(5)}`}</option>)}
+        </select>
+      </form>
+      {perSite.series.length === 0 && sites.length > 0 ? (
+        <p className="empty">No per-site figures yet{fed.side === "coordinator" ? " (or the sites' owners keep them private)" : ""}.</p>
+      ) : null}
+      <Chart title={`Per site: ${siteMetric === "loss" ? "training loss" : `held-out ${siteMetric.slice(5)}`}`} x={perSite.x} series={perSite.series} />
       {eps.length ? <p>ε spent so far: {eps.reduce((a, b) => a + b, 0).toFixed(3)}</p> : null}
 
       <h3>Rounds</h3>

@@ -1,6 +1,6 @@
 // Training jobs: the list, and one job live (loss and metric curves, logs, state, cancel, and the
 // failure envelope), fed by the websocket stream with REST for history and gaps.
-import { useCallback, useEffect, useMemo, useRef, useState } from "react";
+import { type FormEvent, useCallback, useEffect, useMemo, useRef, useState } from "react";
 
 import { api, ApiError, type Page } from "../api/http";
 import { Chart } from "../Chart";
@@ -31,7 +31,9 @@ interface RestJobEvent { seq: number; kind: string; step: number; epoch: number;
 
 const ACTIVE = new Set(["queued", "running"]);
 
-export function Jobs({ slug }: { slug: string }) {
+const CAN_CREATE = new Set(["owner", "admin", "analyst", "integrator"]);
+
+export function Jobs({ slug, role = "" }: { slug: string; role?: string }) {
   const [items, setItems] = useState<Job[] | null>(null);
   const [error, setError] = useState<unknown>(null);
   useEffect(() => {
@@ -43,8 +45,14 @@ export function Jobs({ slug }: { slug: string }) {
   return (
     <section>
       <h2>Training jobs</h2>
+      {CAN_CREATE.has(role) ? (
+        <details className="new-job" open={items.length === 0}>
+          <summary>New training job</summary>
+          <JobCreate slug={slug} />
+        </details>
+      ) : null}
       {items.length === 0 ? (
-        <p className="empty">No training jobs yet. Create one over the API (<a href="/api/docs/">API docs</a>).</p>
+        <p className="empty">No training jobs yet{CAN_CREATE.has(role) ? ": start one above" : ""}.</p>
       ) : (
         <table>
           <caption className="sr-only">Training jobs of this organisation</caption>
@@ -65,6 +73,191 @@ export function Jobs({ slug }: { slug: string }) {
         </table>
       )}
     </section>
+  );
+}
+
+interface ParamSchema { type: string; min?: number; max?: number; max_exclusive?: number; nullable?: boolean; default: unknown; max_items?: number; items?: { min?: number; max?: number } }
+export interface CatalogueModel { name: string; inputs: string; description: string; params: Record<string, ParamSchema> }
+interface Catalogue { models: CatalogueModel[]; optimizers: string[]; schedules: string[]; defaults: { epochs: number; batch_size: number; optimizer: { name: string; lr: number } } }
+export interface Trainable { version: number; label: string }
+
+/** A form value ("64, 32", "0.1", "true", "") as the JSON the param's schema takes, or an error message. */
+export function parseParam(p: ParamSchema, raw: string): { value?: unknown; error?: string } {
+  const text = raw.trim();
+  if (p.type === "boolean") return { value: raw === "true" };
+  if (text === "") return p.nullable ? { value: null } : { value: p.default };
+  if (p.type === "array") {
+    const parts = text.split(/[\s,]+/).filter(Boolean);
+    const nums = parts.map(Number);
+    if (nums.some((n) => !Number.isInteger(n))) return { error: "Whole numbers, separated by commas." };
+    if (p.max_items !== undefined && nums.length > p.max_items) return { error: `At most ${p.max_items} numbers.` };
+    const lo = p.items?.min ?? -Infinity, hi = p.items?.max ?? Infinity;
+    if (nums.some((n) => n < lo || n > hi)) return { error: `Each from ${lo} to ${hi}.` };
+    return { value: nums };
+  }
+  const n = Number(text);
+  if (!Number.isFinite(n)) return { error: "A number." };
+  if (p.type === "integer" && !Number.isInteger(n)) return { error: "A whole number." };
+  if (p.min !== undefined && n < p.min) return { error: `At least ${p.min}.` };
+  if (p.max !== undefined && n > p.max) return { error: `At most ${p.max}.` };
+  if (p.max_exclusive !== undefined && n >= p.max_exclusive) return { error: `Below ${p.max_exclusive}.` };
+  return { value: n };
+}
+
+function shown(v: unknown): string {
+  if (v == null) return "";
+  return Array.isArray(v) ? v.join(", ") : String(v);
+}
+
+/** The versions this tenant may train on: its own ready de-identified versions and the newest
+ * version of every dataset shared with it under `process`. */
+async function trainable(slug: string): Promise<Trainable[]> {
+  const [own, shared] = await Promise.all([
+    api<Page<{ id: number; name: string }>>(`tenants/${slug}/datasets/?page_size=50`),
+    api<Page<{ id: number; name: string; owner: string; permissions: string[]; version: { id: number; number: number } | null }>>(
+      `tenants/${slug}/shared-datasets/?page_size=100`).catch(() => ({ results: [] })),
+  ]);
+  const versions = await Promise.all(own.results.map((d) =>
+    api<Page<{ id: number; number: number; kind: string; status: string; rows: number }>>(`tenants/${slug}/datasets/${d.id}/versions/?page_size=20`)
+      .then((p) => p.results.filter((v) => v.kind === "deidentified" && v.status === "ready")
+        .map((v) => ({ version: v.id, label: `${d.name} v${v.number} (${v.rows} rows)` })))
+      .catch(() => [] as Trainable[])));
+  const granted = shared.results.filter((d) => d.permissions.includes("process") && d.version)
+    .map((d) => ({ version: d.version!.id, label: `${d.name} v${d.version!.number}, shared by ${d.owner}` }));
+  return [...versions.flat(), ...granted];
+}
+
+export function JobCreate({ slug }: { slug: string }) {
+  const [cat, setCat] = useState<Catalogue | null>(null);
+  const [versions, setVersions] = useState<Trainable[] | null>(null);
+  const [loadError, setLoadError] = useState<unknown>(null);
+  const [name, setName] = useState("");
+  const [version, setVersion] = useState("");
+  const [model, setModel] = useState("mlp");
+  const [params, setParams] = useState<Record<string, string>>({});
+  const [epochs, setEpochs] = useState("10");
+  const [batch, setBatch] = useState("32");
+  const [optimizer, setOptimizer] = useState("adamw");
+  const [lr, setLr] = useState("0.001");
+  const [fields, setFields] = useState<Record<string, string[]>>({});
+  const [message, setMessage] = useState("");
+  const [busy, setBusy] = useState(false);
+
+  useEffect(() => {
+    Promise.all([api<Catalogue>(`tenants/${slug}/training/catalogue/`), trainable(slug)]).then(([c, v]) => {
+      setCat(c); setVersions(v);
+      setEpochs(String(c.defaults.epochs)); setBatch(String(c.defaults.batch_size));
+      setOptimizer(c.defaults.optimizer.name); setLr(String(c.defaults.optimizer.lr));
+      if (v.length) setVersion(String(v[0].version));
+    }, setLoadError);
+  }, [slug]);
+
+  const schema = cat?.models.find((m) => m.name === model);
+  useEffect(() => {
+    if (schema) setParams(Object.fromEntries(Object.entries(schema.params).map(([k, p]) => [k, shown(p.default)])));
+  }, [schema]);
+
+  if (loadError) return <p className="error" role="alert">The job form cannot load: {loadError instanceof Error ? loadError.message : String(loadError)}</p>;
+  if (!cat || !versions) return <Loading what="the model registry" />;
+
+  async function submit(e: FormEvent) {
+    e.preventDefault();
+    setMessage("");
+    const errs: Record<string, string[]> = {};
+    if (!name.trim()) errs.name = ["Name the job."];
+    if (!version) errs.dataset_version = ["Choose a dataset version."];
+    const p: Record<string, unknown> = {};
+    for (const [k, s] of Object.entries(schema?.params ?? {})) {
+      const r = parseParam(s, params[k] ?? "");
+      if (r.error) errs[`spec.model.params.${k}`] = [r.error];
+      else p[k] = r.value;
+    }
+    const ep = Number(epochs), bs = Number(batch), rate = Number(lr);
+    if (!Number.isInteger(ep) || ep < 1) errs["spec.epochs"] = ["A whole number of at least 1."];
+    if (!Number.isInteger(bs) || bs < 1) errs["spec.batch_size"] = ["A whole number of at least 1."];
+    if (!Number.isFinite(rate) || rate <= 0) errs["spec.optimizer.lr"] = ["A positive number."];
+    setFields(errs);
+    if (Object.keys(errs).length) return;
+    setBusy(true);
+    try {
+      const job = await api<Job>(`tenants/${slug}/jobs/`, {
+        method: "POST",
+        body: {
+          name: name.trim(), dataset_version: Number(version),
+          spec: { model: { name: model, params: p }, epochs: ep, batch_size: bs, optimizer: { name: optimizer, lr: rate } },
+        },
+      });
+      navigate(`/app/t/${slug}/jobs/${job.id}`);
+    } catch (err) {
+      if (err instanceof ApiError) { setFields(err.fields); setMessage(err.message); } else setMessage(String(err));
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  const err = (k: string) => (fields[k] ? <p className="field-error" role="alert">{fields[k].join(" ")}</p> : null);
+  // The server names list items too ("spec.model.params.hidden[0]"): shown under their parameter.
+  const ofParam = (key: string, k: string) => key === `spec.model.params.${k}` || key.startsWith(`spec.model.params.${k}[`);
+  const paramErrors = (k: string) => Object.entries(fields).filter(([key]) => ofParam(key, k)).map(([key, msgs]) => (
+    <p key={key} className="field-error" role="alert">{key === `spec.model.params.${k}` ? "" : `${key.slice(18)}: `}{msgs.join(" ")}</p>
+  ));
+  const placed = new Set(["name", "dataset_version", "spec.epochs", "spec.batch_size", "spec.optimizer.lr", "spec.model", "spec.model.name"]);
+  const unplaced = Object.entries(fields).filter(([key]) => !placed.has(key) && !Object.keys(schema?.params ?? {}).some((k) => ofParam(key, k)));
+  const hasData = versions.length > 0;
+  return (
+    <form className="job-create" onSubmit={submit} noValidate aria-label="New training job">
+      {!hasData ? <p className="empty">No dataset is ready to train on: upload and de-identify one, or ask a partner for a <code>process</code> grant.</p> : null}
+      <label htmlFor="job-name">Name</label>
+      <input id="job-name" value={name} onChange={(e) => { setName(e.target.value); setFields(({ name: _, ...rest }) => rest); }} aria-invalid={!!fields.name} />
+      {err("name")}
+      <label htmlFor="job-version">Dataset version</label>
+      <select id="job-version" value={version} onChange={(e) => setVersion(e.target.value)} aria-invalid={!!fields.dataset_version}>
+        {versions.map((v) => <option key={v.version} value={v.version}>{v.label}</option>)}
+      </select>
+      {err("dataset_version")}
+      <label htmlFor="job-model">Model (from the registry)</label>
+      <select id="job-model" value={model} onChange={(e) => setModel(e.target.value)} aria-describedby="job-model-help">
+        {cat.models.map((m) => <option key={m.name} value={m.name}>{m.name} ({m.inputs})</option>)}
+      </select>
+      <p id="job-model-help" className="help">{schema?.description}</p>
+      {err("spec.model.name")}{err("spec.model")}
+      {Object.entries(schema?.params ?? {}).map(([k, p]) => (
+        <div key={`${model}.${k}`} className="param">
+          <label htmlFor={`param-${k}`}>{k}</label>
+          {p.type === "boolean" ? (
+            <select id={`param-${k}`} value={params[k] ?? "false"} onChange={(e) => setParams({ ...params, [k]: e.target.value })}>
+              <option value="false">no</option><option value="true">yes</option>
+            </select>
+          ) : (
+            <input id={`param-${k}`} value={params[k] ?? ""} inputMode={p.type === "array" ? "text" : "decimal"}
+                   aria-invalid={!!fields[`spec.model.params.${k}`]} aria-describedby={`param-${k}-help`}
+                   onChange={(e) => setParams({ ...params, [k]: e.target.value })} />
+          )}
+          <span id={`param-${k}-help`} className="help">
+            {p.type === "array" ? `up to ${p.max_items} whole numbers from ${p.items?.min} to ${p.items?.max}, comma-separated`
+              : p.type === "boolean" ? ""
+                : `${p.max !== undefined ? `from ${p.min} to ${p.max}` : `from ${p.min}, below ${p.max_exclusive}`}${p.nullable ? "; empty for none" : ""}`}
+          </span>
+          {paramErrors(k)}
+        </div>
+      ))}
+      <label htmlFor="job-epochs">Epochs</label>
+      <input id="job-epochs" inputMode="numeric" value={epochs} onChange={(e) => setEpochs(e.target.value)} aria-invalid={!!fields["spec.epochs"]} />
+      {err("spec.epochs")}
+      <label htmlFor="job-batch">Batch size</label>
+      <input id="job-batch" inputMode="numeric" value={batch} onChange={(e) => setBatch(e.target.value)} aria-invalid={!!fields["spec.batch_size"]} />
+      {err("spec.batch_size")}
+      <label htmlFor="job-optimizer">Optimizer</label>
+      <select id="job-optimizer" value={optimizer} onChange={(e) => setOptimizer(e.target.value)}>
+        {cat.optimizers.map((o) => <option key={o} value={o}>{o}</option>)}
+      </select>
+      <label htmlFor="job-lr">Learning rate</label>
+      <input id="job-lr" inputMode="decimal" value={lr} onChange={(e) => setLr(e.target.value)} aria-invalid={!!fields["spec.optimizer.lr"]} />
+      {err("spec.optimizer.lr")}
+      {unplaced.map(([k, msgs]) => <p key={k} className="field-error" role="alert">{k.replace(/^spec\./, "")}: {msgs.join(" ")}</p>)}
+      <button type="submit" disabled={busy || !hasData}>Start job</button>
+      {message ? <p className="error" role="alert">{message}</p> : null}
+    </form>
   );
 }
 

@@ -90,3 +90,30 @@ def test_jobs_and_models_over_http(
         acts = list(AuditEvent.all_tenants.filter(tenant=tenant).values_list("action", flat=True))
     for a in ("job.created", "job.succeeded", "model.registered", "model.downloaded", "job.cancel_requested"):
         assert a in acts, a
+
+
+def test_the_catalogue_lists_the_registry_and_its_defaults_make_valid_specs(
+    tenant: Any, other_tenant: Any, member: Callable[..., Any], api_client_for: Callable[..., Any]
+) -> None:
+    from workers.training import models as registry
+    from workers.training.spec import TrainSpec
+
+    analyst = api_client_for(member(Role.ANALYST, tenant=tenant))
+    r = analyst.get(f"/api/v1/tenants/{tenant.slug}/training/catalogue/")
+    assert r.status_code == 200, r.content
+    body = r.json()
+    assert [m["name"] for m in body["models"]] == registry.available()
+    assert body["optimizers"] == ["sgd", "adam", "adamw"] and "cosine" in body["schedules"]
+    assert body["defaults"]["epochs"] == TrainSpec().epochs
+    mlp = next(m for m in body["models"] if m["name"] == "mlp")
+    assert mlp["inputs"] == "tabular" and mlp["description"]
+    assert mlp["params"]["hidden"]["type"] == "array" and mlp["params"]["dropout"]["max_exclusive"] == 1.0
+    for m in body["models"]:  # what a client builds from the catalogue is a spec the API accepts
+        params = {k: p["default"] for k, p in m["params"].items()}
+        TrainSpec.from_dict({"model": {"name": m["name"], "params": params}}).validate()
+        bound = {k: p["max"] + 1 for k, p in m["params"].items() if p["type"] == "integer"}
+        if bound:  # and its bounds are the ones validation enforces
+            with pytest.raises(ValueError):
+                TrainSpec.from_dict({"model": {"name": m["name"], "params": bound}}).validate()
+    outsider = api_client_for(member(Role.OWNER, tenant=other_tenant))
+    assert outsider.get(f"/api/v1/tenants/{tenant.slug}/training/catalogue/").status_code == 404

@@ -59,6 +59,7 @@ _PARAMS: dict[str, Schema] = {}
 _CHECKS: dict[str, Checker] = {}
 _TOKENIZERS: dict[str, Callable[[], TextTokenizer]] = {}
 _INPUTS: dict[str, str] = {}
+_DESCRIPTIONS: dict[str, str] = {}
 INPUT_KINDS = ("tabular", "text", "image")
 
 
@@ -69,6 +70,7 @@ def register(
     check: Checker | None = None,
     tokenizer: Callable[[], TextTokenizer] | None = None,
     inputs: str = "tabular",
+    description: str = "",
 ) -> Callable[[Builder], Builder]:
     """Decorator: make ``fn(params, input_info) -> nn.Module`` buildable as ``name``. The builder
     receives ``params`` already checked against the declared schema and merged over its defaults."""
@@ -81,6 +83,7 @@ def register(
         _REGISTRY[name] = fn
         _PARAMS[name] = params
         _INPUTS[name] = inputs
+        _DESCRIPTIONS[name] = description
         if check is not None:
             _CHECKS[name] = check
         if tokenizer is not None:
@@ -129,6 +132,21 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def catalogue() -> list[dict[str, Any]]:
+    """Every registered model as JSON: ``name``, ``inputs``, a one-line ``description`` and
+    ``params`` (name -> type, bounds, default: the schema :meth:`TrainSpec.validate` checks), so a
+    client can build a valid ``model`` section."""
+    out = []
+    for name in available():
+        out.append({
+            "name": name,
+            "inputs": _INPUTS.get(name, "tabular"),
+            "description": _DESCRIPTIONS.get(name, ""),
+            "params": {k: p.describe() for k, p in _PARAMS[name].items()},
+        })  # fmt: skip
+    return out
+
+
 def take(params: dict[str, Any], allowed: dict[str, Any]) -> dict[str, Any]:
     """Return ``allowed`` defaults overridden by ``params``; unknown keys are an error. (Builders
     get resolved params from :func:`build`; kept for callers that merge by hand.)"""
@@ -153,6 +171,7 @@ __all__ = [
     "TextTokenizer",
     "available",
     "build",
+    "catalogue",
     "check_spec",
     "cnn_small",
     "logistic_regression",

@@ -35,7 +35,12 @@ class CnnSmall(nn.Module):
         return self.head(self.features(x))
 
 
-@register("cnn_small", params=PARAMS, inputs="image")
+@register(
+    "cnn_small",
+    params=PARAMS,
+    inputs="image",
+    description="A small convolutional network for small images: two conv blocks, then a linear head.",
+)
 def build(params: dict[str, Any], info: dict[str, Any]) -> nn.Module:
     p = params  # resolved against PARAMS by ``build``
     size = int(info["image_size"])

@@ -467,7 +467,14 @@ def check(spec: TrainSpec) -> dict[str, list[str]]:
     return errors
 
 
-@register(NAME, params=PARAMS, check=check, tokenizer=tokenizer, inputs="text")
+@register(
+    NAME,
+    params=PARAMS,
+    check=check,
+    tokenizer=tokenizer,
+    inputs="text",
+    description="Fine-tunes the pretrained all-MiniLM-L6-v2 sentence encoder with a linear head.",
+)
 def build(params: dict[str, Any], info: dict[str, Any]) -> nn.Module:
     p = params  # resolved against PARAMS by ``build``
     if info.get("tokenizer") != NAME:

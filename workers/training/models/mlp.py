@@ -20,7 +20,7 @@ PARAMS: Schema = {
 }
 
 
-@register("mlp", params=PARAMS)
+@register("mlp", params=PARAMS, description="A multilayer perceptron on the encoded tabular features.")
 def build(params: dict[str, Any], info: dict[str, Any]) -> nn.Module:
     # ``params`` is resolved against PARAMS by ``build``: types and bounds already hold.
     hidden = [int(h) for h in params["hidden"]]

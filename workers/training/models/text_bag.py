@@ -31,7 +31,12 @@ class TextBag(nn.Module):
         return self.head(self.drop(mean))
 
 
-@register("text_bag", params=PARAMS, inputs="text")
+@register(
+    "text_bag",
+    params=PARAMS,
+    inputs="text",
+    description="A bag of word embeddings, mean-pooled, with a linear head: fast on short texts.",
+)
 def build(params: dict[str, Any], info: dict[str, Any]) -> nn.Module:
     p = params  # resolved against PARAMS by ``build``
     return TextBag(

@@ -62,7 +62,13 @@ def check(spec: TrainSpec) -> dict[str, list[str]]:
     return {}
 
 
-@register("text_transformer", params=PARAMS, check=check, inputs="text")
+@register(
+    "text_transformer",
+    params=PARAMS,
+    check=check,
+    inputs="text",
+    description="A small transformer encoder trained from scratch on the word vocabulary of the data.",
+)
 def build(params: dict[str, Any], info: dict[str, Any]) -> nn.Module:
     p = params  # resolved against PARAMS by ``build``
     dim, heads = int(p["dim"]), int(p["heads"])
