@@ -3,9 +3,12 @@ driven by Playwright with ``executable_path``; never a downloaded browser), agai
 ``make run`` starts (scripts/cohort.py run: gunicorn + uvicorn behind the router, a real Celery
 worker, real PostgreSQL and Redis):
 
-the owner creates a dataset, uploads a CSV (progress bar), sees its validation and PII reports and
-grants it, reads and verifies the audit log, and creates (shown once) and revokes an API key; sign in as the demo analyst → the federations list → the demo federation → start it → the per-site
-states and the round timeline update live over the websocket → the run completes; then the seeded
+the owner creates a dataset, uploads a CSV (progress bar), sees its validation and PII reports,
+applies a de-identification policy, sees the privacy budget and grants it, starts a job from the
+model registry's form and downloads its model's weights, reads and verifies the audit log, and creates (shown once) and revokes an API key; sign in as the demo analyst → the federations list → the demo federation → start it → the per-site
+states and the round timeline update live over the websocket (the socket is cut mid-run and
+refused for a while; on resume every event the REST list shows arrives exactly once) → the run
+completes with global and per-site curves, and its model is in the registry; then the seeded
 training job's page (curves, log). A second browser
 context, signed in to another tenant, sees none of it: the same URL is a clear "Not found" page.
 Screenshots of the pages land in ``reports/screenshots/`` (``docs/screenshots/`` keeps a copy for
@@ -18,10 +21,12 @@ after installing Debian's chromium), which makes a missing browser a failure.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +81,11 @@ _UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea, b
     && !el.getAttribute('aria-labelledby') && !(el.tagName === 'BUTTON' && el.textContent.trim()))
   .map((el) => el.outerHTML.slice(0, 120))"""
 _OVERFLOW = "() => document.documentElement.scrollWidth - window.innerWidth"
+# Every event seq the REST list gives this user, following the cursor pages.
+_REST_EVENTS = """async (path) => {
+  const seqs = []; let next = path + "?page_size=100";
+  while (next) { const r = await (await fetch(next)).json(); seqs.push(...r.results.map((e) => [e.seq, e.created_at])); next = r.next; }
+  return seqs; }"""
 
 
 def _accessible(page: Any, where: str) -> None:
@@ -211,6 +221,18 @@ def test_an_analyst_watches_the_demo_federation_train_live(tmp_path: Path) -> No
             expect(keys.locator("tr", has_text="e2e pipeline")).to_contain_text("revoked", timeout=10_000)
             owner.close()
 
+            # The analyst's socket goes through a route the test can cut: mid-run it is closed and
+            # refused for a while, so events happen while the browser is offline.
+            sockets: list[Any] = []
+            outage = {"until": 0.0}
+
+            def on_socket(ws: Any) -> None:
+                if time.monotonic() < outage["until"]:
+                    ws.close(code=1012, reason="test: server unreachable")
+                    return
+                sockets.append((ws, ws.connect_to_server()))
+
+            page.route_web_socket(re.compile(r".*/ws/v1/.*"), on_socket)
             _sign_in(page, base, "analyst@st-marys.example", "cohort-demo-analyst")
             expect(page.get_by_role("heading", name="Federations")).to_be_visible(timeout=10_000)
             expect(page.get_by_role("link", name="Audit")).to_have_count(0)  # an analyst reads no audit log
@@ -227,6 +249,16 @@ def test_an_analyst_watches_the_demo_federation_train_live(tmp_path: Path) -> No
             expect(page.get_by_test_id("fed-status")).to_have_text("running", timeout=15_000)
             # Live per-site states: every site trains and submits (pushed over the websocket).
             sites = page.get_by_test_id("sites")
+            expect(sites.locator(".badge", has_text="submitted").first).to_be_visible(timeout=60_000)
+            client_side, server_side = sockets[-1]
+            outage["until"] = time.monotonic() + 1.5
+            cut_at = time.time()
+            client_side.close(code=1012, reason="test: socket lost")
+            server_side.close()
+            expect(page.get_by_test_id("live-status")).to_have_text("reconnecting", timeout=5_000)
+            expect(page.get_by_test_id("live-status")).to_have_text("live", timeout=30_000)
+            back_at = time.time()
+            reconnects = len(sockets) - 1
             for label in ("site-1", "site-2", "site-3"):
                 expect(sites.locator(f"tr[data-site='{label}'] .badge")).to_have_text("submitted", timeout=60_000)
             expect(page.get_by_test_id("rounds")).to_contain_text("Round 1 · train · closed", timeout=60_000)
@@ -235,6 +267,18 @@ def test_an_analyst_watches_the_demo_federation_train_live(tmp_path: Path) -> No
             took = time.monotonic() - started
             expect(page.locator("figure.chart canvas").first).to_be_visible()
             expect(page.locator("figure.chart canvas")).to_have_count(2)  # global and per-site curves
+            # Across the lost socket, every event the REST list shows this user arrived exactly once.
+            fed_id = url.rstrip("/").rsplit("/", 1)[1]
+            rest = page.evaluate(_REST_EVENTS, f"/api/v1/tenants/st-marys/federations/{fed_id}/events/")
+            rest_events = [seq for seq, _ in rest]
+            offline = [seq for seq, at in rest if cut_at < datetime.fromisoformat(at).timestamp() < back_at]
+            assert offline, "events happened while the socket was down (replayed on resume)"
+            expect(page.locator("details summary", has_text="Events (")).to_have_text(
+                f"Events ({len(rest_events)})", timeout=10_000
+            )
+            shown = page.locator("ol.events li").all_text_contents()  # in a closed <details>
+            assert [int(t.split()[0][1:]) for t in shown] == rest_events[-50:], "the last 50 events, in order"
+            assert reconnects >= 1, "the socket was cut and came back"
             page.get_by_label("Metric", exact=True).select_option(index=1)  # a held-out metric per site
             _accessible(page, "federation")
             page.screenshot(path=str(SHOTS / "federation-completed.png"), full_page=True)
@@ -270,6 +314,9 @@ def test_an_analyst_watches_the_demo_federation_train_live(tmp_path: Path) -> No
             expect(other.locator("body")).not_to_contain_text("breast cancer across")
             other.screenshot(path=str(SHOTS / "not-found.png"))
             browser.close()
-        print(f"web e2e: start → completed in {took:.1f} s")
+        print(
+            f"web e2e: start → completed in {took:.1f} s; socket cut for {back_at - cut_at:.1f} s, "
+            f"{len(offline)} events written meanwhile, {reconnects} reconnect(s), none lost or doubled"
+        )
     finally:
         _stop(proc)
