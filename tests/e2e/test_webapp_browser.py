@@ -81,6 +81,12 @@ _UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea, b
     && !el.getAttribute('aria-labelledby') && !(el.tagName === 'BUTTON' && el.textContent.trim()))
   .map((el) => el.outerHTML.slice(0, 120))"""
 _OVERFLOW = "() => document.documentElement.scrollWidth - window.innerWidth"
+# A new API key through the API, as the signed-in user (the CSRF cookie the app uses).
+_NEW_KEY = """async (slug) => {
+  const token = document.cookie.split("; ").find((c) => c.startsWith("csrftoken=")).split("=")[1];
+  const r = await fetch(`/api/v1/tenants/${slug}/api-keys/`, { method: "POST", body: JSON.stringify({ name: "live check", scopes: ["read"] }),
+    headers: { "Content-Type": "application/json", "X-CSRFToken": token } });
+  return r.status; }"""
 # Every event seq the REST list gives this user, following the cursor pages.
 _REST_EVENTS = """async (path) => {
   const seqs = []; let next = path + "?page_size=100";
@@ -244,6 +250,16 @@ def test_an_analyst_watches_the_demo_federation_train_live(tmp_path: Path) -> No
             expect(page.get_by_test_id("live-status")).to_have_text("live", timeout=10_000)
             url = page.url
 
+            # Another tenant's owner watches its own live audit log for the whole run.
+            partner = browser.new_context(viewport={"width": 900, "height": 800})
+            other = partner.new_page()
+            other.on("pageerror", lambda e: errors.append(str(e)))
+            _sign_in(other, base, "owner@northbank.example", "cohort-demo-owner")
+            other.get_by_role("link", name="Audit").click()
+            expect(other.get_by_test_id("audit-events")).to_be_visible(timeout=10_000)
+            expect(other.get_by_test_id("live-status")).to_have_text("live", timeout=10_000)
+            partner_rows = other.get_by_test_id("audit-events").locator("tbody tr").count()
+
             started = time.monotonic()
             page.get_by_role("button", name="Start federation").click()
             expect(page.get_by_test_id("fed-status")).to_have_text("running", timeout=15_000)
@@ -303,10 +319,14 @@ def test_an_analyst_watches_the_demo_federation_train_live(tmp_path: Path) -> No
             page.screenshot(path=str(SHOTS / "job.png"), full_page=True)
             assert not errors, errors
 
-            # Another tenant's person: the same URL, and under its own slug, are a clear "Not found".
-            partner = browser.new_context(viewport={"width": 900, "height": 800})
-            other = partner.new_page()
-            _sign_in(other, base, "owner@northbank.example", "cohort-demo-owner")
+            # The partner's live log got nothing of the run (its own rows only, none a federation's),
+            # and the same URL, and under its own slug, are a clear "Not found".
+            log_text = other.get_by_test_id("audit-events").inner_text()
+            assert "federation." not in log_text and "breast cancer" not in log_text, log_text[:500]
+            assert other.get_by_test_id("audit-events").locator("tbody tr").count() == partner_rows
+            # (The log is live: the partner's own new key shows up in it without a reload.)
+            assert other.evaluate(_NEW_KEY, "northbank") == 201
+            expect(other.get_by_test_id("audit-events")).to_contain_text("api_key.created", timeout=10_000)
             other.goto(url)
             expect(other.get_by_role("heading", name="Not found")).to_be_visible(timeout=10_000)
             other.goto(url.replace("/t/st-marys/", "/t/northbank/"))
