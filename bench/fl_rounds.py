@@ -187,8 +187,19 @@ def run_inprocess(w: Workload) -> dict[str, Any]:
             "state": res.state, "model_digest": res.model_digest}  # fmt: skip
 
 
-def run_plain(w: Workload) -> dict[str, Any]:
-    """A minimal torch FedAvg loop over the same encoded sites (encoding included in the whole run)."""
+def encode_with(w: Workload, encoders: dict[str, Any]) -> None:
+    """Every site's and the test rows' tensors under ``encoders`` (a hosted run's, merged by the platform)."""
+    from workers.training.data import prepare_with_encoders
+
+    w.encoders = encoders
+    w.prepared = {s.site_id: prepare_with_encoders(s.table, w.schema, w.fspec.train, encoders) for s in w.sites}
+    w.x_test, w.y_test = test_tensors(w.test_table, w.schema, w.fspec, encoders)
+
+
+def run_plain(w: Workload, *, secret: bytes = SECRET, federation_id: int = FEDERATION_ID,
+              encoded: bool = False) -> dict[str, Any]:  # fmt: skip
+    """A minimal torch FedAvg loop over the same encoded sites (encoding included in the whole run),
+    training each (site, round) with the seed ``site_seed(secret, federation_id, site_id, round)``."""
     import torch
     import torch.nn.functional as F
 
@@ -198,7 +209,8 @@ def run_plain(w: Workload) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    encode(w)
+    if not encoded:
+        encode(w)
     tr = w.fspec.train
     state = initial_state(w.fspec, w.encoders)
     model = build(tr.model.name, tr.model.params, model_input_info(w.encoders))
@@ -216,7 +228,7 @@ def run_plain(w: Workload) -> dict[str, Any]:
                 out = model(p.x_val)
                 _ = float(F.cross_entropy(out, p.y_val)), float((out.argmax(1) == p.y_val).float().mean())
             model.train()
-            seed = site_seed(SECRET, FEDERATION_ID, s.site_id, number)
+            seed = site_seed(secret, federation_id, s.site_id, number)
             opt: torch.optim.Optimizer
             if o.name == "sgd":
                 opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
@@ -272,8 +284,9 @@ def flower_available() -> str:
     return ""
 
 
-def run_flower(w: Workload) -> dict[str, Any]:
-    """Flower's simulation over ``w``'s encoded sites; raises RuntimeError on failure."""
+def run_flower(w: Workload, *, secret: bytes = SECRET, federation_id: int = FEDERATION_ID) -> dict[str, Any]:
+    """Flower's simulation over ``w``'s encoded sites, each (site, round) trained with the seed
+    ``site_seed(secret, federation_id, site_id, round)``; raises RuntimeError on failure."""
     import torch
 
     from workers.federated.rounds import initial_state, model_input_info, site_seed
@@ -290,7 +303,7 @@ def run_flower(w: Workload) -> dict[str, Any]:
             p = w.prepared[s.site_id]
             np.savez(d / f"site_{i}.npz", x_train=p.x_train.numpy(), y_train=p.y_train.numpy(),
                      x_val=p.x_val.numpy(), y_val=p.y_val.numpy())  # fmt: skip
-        seeds = np.asarray([[site_seed(SECRET, FEDERATION_ID, s.site_id, r) for r in range(1, w.fspec.rounds + 1)]
+        seeds = np.asarray([[site_seed(secret, federation_id, s.site_id, r) for r in range(1, w.fspec.rounds + 1)]
                             for s in ordered], dtype=np.int64)  # fmt: skip
         np.save(d / "seeds.npy", seeds)
         np.savez(d / "initial.npz", **{k: v.numpy() for k, v in state.items()})
@@ -522,10 +535,39 @@ def run_platform(w: Workload, *, workers: int = 2) -> dict[str, Any]:
         "warmup_federation_s": warm_s,
         "seed_tenants_datasets_s": seed_s,
         "workers": workers,
+        # For the same-seeds comparison (popped before the figures are written: not JSON).
+        "_rerun": {
+            "sites": [s for s in sites if s.role == "train"],
+            "schema": schema,
+            "encoders": fed.encoders,
+            "secret": bytes.fromhex(fed.seed_secret),
+            "federation_id": fed.pk,
+        },
     }
 
 
 # --- the benchmark ---------------------------------------------------------------------------------
+
+
+def same_seeds(w: Workload, rerun: dict[str, Any], p: dict[str, Any], *, flower: bool) -> dict[str, Any]:
+    """Test rows right for each system on the **hosted run's** seeds and splits: the platform draws a
+    secret per federation, so the runs above (on the bench's fixed secret) train with other seeds.
+    Here the plain loop and Flower train the hosted sites' rows under the hosted encoders with
+    ``site_seed(hosted secret, federation id, hosted site id, round)``, the in-process run is the
+    hosted one's replay (``correct_inprocess_same_secret``), and all four are compared."""
+    hosted = Workload(w.dataset, rerun["schema"], rerun["sites"], w.test_table, w.fspec, w.frame_columns)
+    encode_with(hosted, rerun["encoders"])
+    seeds = {"secret": rerun["secret"], "federation_id": rerun["federation_id"]}
+    correct = {"plain": run_plain(hosted, encoded=True, **seeds)["correct"],
+               "inprocess": p["correct_inprocess_same_secret"], "platform": p["correct"]}  # fmt: skip
+    why = "" if flower else "Flower unavailable"
+    if flower:
+        try:
+            correct["flower"] = run_flower(hosted, **seeds)["correct"]
+        except (RuntimeError, OSError, subprocess.TimeoutExpired, ValueError, KeyError) as exc:
+            why = f"Flower run on the hosted seeds failed: {exc}"[:500]
+    return {"test_correct": correct, "flower_unavailable_reason": why,
+            "equal_within_1_sample": max(correct.values()) - min(correct.values()) <= 1}  # fmt: skip
 
 
 def _r(v: float | None, nd: int = 3) -> float | None:
@@ -576,6 +618,7 @@ def measure(dataset: str, *, sites: int, rounds: int, flower: bool, platform: bo
                 p = run_platform(w)
                 p["steady_s"] = steady(p["round_s"])
                 p["accuracy"] = p["correct"] / n_test
+                out["same_seeds"] = same_seeds(w, p.pop("_rerun"), p, flower=flower and out["flower"] is not None)
                 out["platform"] = p
             except Exception as exc:  # a broken platform run is a finding, not a crash of the whole bench
                 why = f"platform run failed: {type(exc).__name__}: {exc}"[:1500]
@@ -594,10 +637,15 @@ def _figures(m: dict[str, Any], command: str, *, write: bool) -> list[dict[str, 
                   f"{m['platform_unavailable_reason']})")  # fmt: skip
     fl = m["flower"]
     correct = {k: m[k]["correct"] for k in ("plain", "inprocess", "flower", "platform") if m.get(k)}
-    acc_equal = max(correct.values()) - min(correct.values()) <= 1
+    # The bar is "on the same seeds and splits": with the platform, its own seeds (same_seeds);
+    # without it every run above already shares the bench's seeds.
+    same = m.get("same_seeds")
+    acc_equal = same["equal_within_1_sample"] if same else max(correct.values()) - min(correct.values()) <= 1
     common = {
         "dataset": ds, "sites": m["sites"], "rounds": m["rounds"], "ours": ours_key, "ours_system": ours_label,
         "test_rows": m["test_rows"], "train_rows": m["train_rows"], "test_correct": correct,
+        "test_correct_same_seeds_as_platform": same["test_correct"] if same else None,
+        "same_seeds_flower_unavailable_reason": same["flower_unavailable_reason"] if same else None,
         "test_accuracy": {k: round(v / m["test_rows"], 4) for k, v in correct.items()},
         "accuracy_equal_within_1_sample": acc_equal,
         "whole_s": {k: _r(m[k]["whole_s"]) for k in correct},
@@ -676,6 +724,10 @@ def run(
                                 "target_met": f["target_met"]} for f in figures},
         "datasets": list(datasets), "sites": sites, "rounds": rounds,
         "test_correct": {ds: next(f for f in figures if f["dataset"] == ds)["test_correct"] for ds in datasets},
+        "test_correct_same_seeds": {
+            ds: next(f for f in figures if f["dataset"] == ds)["test_correct_same_seeds_as_platform"]
+            for ds in datasets
+        },
         "test_rows": {ds: measured[ds]["test_rows"] for ds in datasets},
         "ours": {ds: next(f for f in figures if f["dataset"] == ds)["ours"] for ds in datasets},
     }  # fmt: skip
