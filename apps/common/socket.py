@@ -32,6 +32,11 @@ module, listed in ``settings.COHORT_LIVE_STREAMS``; this module knows none of th
   subscription again, so a lost control message costs at most that long.
 * **Limits.** 64 subscriptions per socket; after 20 refused subscribes (each audited in the tenant
   it named) the socket closes with 1008. Its database reads run in the thread pool.
+* **Cost per event.** A live event that needs no fill takes no thread hop (Channels' per-message
+  ``close_old_connections`` is skipped for channel-layer messages: this consumer reads only through
+  :data:`_db`, which closes stale connections in the thread that reads), and its JSON is encoded
+  once per process and stream (:class:`_FrameCache`); each socket splices in its own ``prev``. The
+  periodic recheck reads everything it needs in one thread hop.
 * Event messages on the channel layer name their group (``apps.common.publisher``); one without a
   group is dropped (the database fill brings it to the subscriptions it belongs to).
 """
@@ -41,12 +46,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import random
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
@@ -174,6 +181,48 @@ def handler_kinds() -> list[str]:
     return sorted(handlers())
 
 
+def frame_parts(stream: str, event: Event) -> tuple[str, str]:
+    """An event's frame without its ``prev``: ``head + json.dumps(prev) + tail`` is exactly
+    ``json.dumps({"type", "stream", "seq", "prev", "time", "payload"})`` (what ``send_json`` wrote)."""
+    dumps = json.dumps
+    head = f'{{"type": {dumps(event.type)}, "stream": {dumps(stream)}, "seq": {dumps(event.seq)}, "prev": '
+    return head, f', "time": {dumps(event.time)}, "payload": {dumps(event.payload)}}}'
+
+
+class _FrameCache:
+    """The frames of live events already encoded in this process. The channel layer hands one
+    message object to every socket of the process in its group (``channels_redis`` buffers the same
+    dict for each local channel); each subscription builds its :class:`Event` from it
+    (``from_message``: a function of the message, no database), so for a subscription that shows
+    the event unchanged (``visible`` returned it as is) everything but ``prev`` is the same on every
+    socket subscribed to that stream. Keyed by the message's identity and the stream; each entry
+    holds its message, so an ``id`` is never reused while its entry lives. Events changed by
+    ``visible`` (a filtered federation event), fills from the database and layers that copy the
+    message per channel (the in-memory one) are encoded per socket, as before."""
+
+    SIZE = 256
+
+    def __init__(self) -> None:
+        self._frames: dict[tuple[int, str], tuple[dict[str, Any], str, str]] = {}
+        self.hits = self.misses = 0
+
+    def parts(self, message: dict[str, Any], stream: str, event: Event) -> tuple[str, str]:
+        key = (id(message), stream)
+        hit = self._frames.get(key)
+        if hit is not None and hit[0] is message:
+            self.hits += 1
+            return hit[1], hit[2]
+        self.misses += 1
+        head, tail = frame_parts(stream, event)
+        if len(self._frames) >= self.SIZE:
+            del self._frames[next(iter(self._frames))]  # the oldest
+        self._frames[key] = (message, head, tail)
+        return head, tail
+
+
+_frames = _FrameCache()
+
+
 @dataclass
 class Subscription:
     stream: str
@@ -245,6 +294,20 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if not self._closing:
             self._closing = True
             await self.close(code=code)
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels closes the stale database connections of its shared sync thread before every
+        handler: a thread hop per message, i.e. per event per subscribed socket. This consumer
+        never reads through that thread (its reads go through :data:`_db`, which closes stale
+        connections in the thread that runs them), so channel-layer messages skip it; the
+        socket's own messages (``websocket.connect``, ``.receive``, ``.disconnect``) keep it."""
+        if message["type"].startswith("websocket."):
+            await super().dispatch(message)
+            return
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     # --- client messages -------------------------------------------------------------------------
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
@@ -372,16 +435,20 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
                 await self.send_json({"type": "unsubscribed", "stream": stream, "reason": reason, **extra})
 
     # --- sending ---------------------------------------------------------------------------------
-    async def _send(self, sub: Subscription, event: Event) -> None:
-        """Send one event (numbers at or below the cursor were dealt with: dropped)."""
+    async def _send(self, sub: Subscription, event: Event, message: dict[str, Any] | None = None) -> None:
+        """Send one event (numbers at or below the cursor were dealt with: dropped). ``message``:
+        the channel-layer message it came from (its frame is then encoded once per process)."""
         if event.seq <= sub.cursor or self._closing:
             return
         sub.cursor = event.seq
         shown = sub.handler.visible(event)
         if shown is None:
             return
-        await self.send_json({"type": shown.type, "stream": sub.stream, "seq": shown.seq, "prev": sub.sent,
-                              "time": shown.time, "payload": shown.payload})  # fmt: skip
+        if message is not None and shown is event:
+            head, tail = _frames.parts(message, sub.stream, shown)
+        else:
+            head, tail = frame_parts(sub.stream, shown)
+        await self.send(text_data=f"{head}{json.dumps(sub.sent)}{tail}")
         sub.sent = shown.seq
 
     def _between_scoped(self, sub: Subscription, after: int, before: int | None, refresh: bool) -> list[Event]:
@@ -423,7 +490,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
                 refresh = sub.handler.needs_refresh(event)
                 if (event.seq > sub.cursor + 1 or refresh) and not await self._fill(sub, event.seq, refresh):
                     continue
-                await self._send(sub, event)
+                await self._send(sub, event, message)
 
     async def job_event(self, message: dict[str, Any]) -> None:
         await self._live(message)
@@ -488,6 +555,18 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         with tenant_scope(sub.handler.tenant_id):
             return sub.handler.latest()
 
+    def _recheck_reads(self, subs: list[Subscription]) -> tuple[int, dict[str, int | None]]:
+        """The recheck's reads, in one thread hop: the principal's close code (0: it stands) and,
+        while it stands, each subscription's latest number (None: its access ended)."""
+        code = self._principal_state()
+        if code:
+            return code, {}
+        members: dict[tuple[str, str], int | None] = {}  # one membership look per tenant and permission
+        latest: dict[str, int | None] = {}
+        for sub in subs:
+            latest[sub.stream] = self._latest_scoped(sub) if self._allowed_scoped(sub, members) else None
+        return 0, latest
+
     def _principal_state(self) -> int:
         """0 while the principal stands, else the close code."""
         if self._is_key():
@@ -519,19 +598,20 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     async def recheck(self) -> None:
         """The backstop: the principal, every subscription's access, and what the channel layer
         may have dropped at a stream's tail."""
-        code = await _db(self._principal_state)()
-        if code:
-            await self._close(code)
-            return
         async with self._lock:
-            members: dict[tuple[str, str], int | None] = {}  # one membership look per tenant and permission
-            for sub in list(self.subs.values()):
-                if not await _db(self._allowed_scoped)(sub, members):
+            subs = list(self.subs.values())
+            code, latest = await _db(self._recheck_reads)(subs)
+            if code:
+                await self._close(code)
+                return
+            for sub in subs:
+                if self.subs.get(sub.stream) is not sub:
+                    continue  # ended meanwhile (a fill's resync)
+                last = latest[sub.stream]
+                if last is None:
                     await self._end(sub.stream, "forbidden")
-                    continue
-                latest = await _db(self._latest_scoped)(sub)
-                if latest > sub.cursor:
-                    await self._fill(sub, latest + 1)
+                elif last > sub.cursor:
+                    await self._fill(sub, last + 1)
 
 
 def _tenant_of_group(group: Any) -> int | None:

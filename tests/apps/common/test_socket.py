@@ -587,3 +587,137 @@ def test_session_live_follows_the_stored_session(tenant: Any, member: Any) -> No
     user.is_active = False
     user.save(update_fields=["is_active"])
     assert not session_live(key, user)
+
+
+# --- the hot path: one encoding per process, no thread hop per event, one per recheck -----------------
+@pytest.mark.django_db(transaction=False)
+@pytest.mark.parametrize(
+    ("event", "prev"),
+    [
+        (
+            {"seq": 7, "type": "job.log", "time": "2026-12-07T10:00:00+00:00", "payload": {"line": 'héllo "x" \u2028'}},
+            6,
+        ),
+        ({"seq": 1, "type": "activity.event", "time": "t", "payload": {"a": None, "b": [1, 2.5, True], "c": {}}}, 0),
+    ],
+)
+def test_a_spliced_frame_is_the_json_send_json_wrote(event: dict[str, Any], prev: int) -> None:
+    from apps.common.socket import Event, frame_parts
+
+    e = Event(**event)
+    head, tail = frame_parts("tenants/a/jobs/1", e)
+    expected = json.dumps({"type": e.type, "stream": "tenants/a/jobs/1", "seq": e.seq, "prev": prev,
+                           "time": e.time, "payload": e.payload})  # fmt: skip
+    assert f"{head}{json.dumps(prev)}{tail}" == expected
+
+
+@pytest.mark.django_db(transaction=False)
+def test_the_frame_cache_encodes_a_message_once_per_stream_and_never_trusts_a_reused_id() -> None:
+    from apps.common.socket import Event, _FrameCache, frame_parts
+
+    cache = _FrameCache()
+    message = {"type": "job.event", "event": {"seq": 3}}
+    event = Event(3, "job.log", "t", {"line": "x"})
+    with mock.patch("apps.common.socket.frame_parts", wraps=frame_parts) as encode:
+        first = cache.parts(message, "tenants/a/jobs/1", event)
+        assert cache.parts(message, "tenants/a/jobs/1", event) == first  # another socket: no encoding
+        assert encode.call_count == 1
+        cache.parts(message, "tenants/a/jobs/2", Event(3, "job.log", "t", {"line": "x"}))  # another stream
+        assert encode.call_count == 2
+        # An entry under this message's id whose message is another object (an id reused): encoded anew.
+        other = {"type": "job.event", "event": {"seq": 9}}
+        cache._frames[(id(other), "s")] = (message, "stale", "stale")
+        assert cache.parts(other, "s", Event(9, "job.log", "t", {})) == frame_parts("s", Event(9, "job.log", "t", {}))
+    for i in range(cache.SIZE + 10):  # bounded
+        cache.parts({"i": i}, "s", event)
+    assert len(cache._frames) == cache.SIZE
+
+
+async def _drain(comm: WebsocketCommunicator, quiet: float = 0.5) -> list[dict[str, Any]]:
+    """Every message until none comes for ``quiet`` seconds."""
+    out: list[dict[str, Any]] = []
+    while not await comm.receive_nothing(timeout=quiet):
+        out.append(json.loads((await comm.receive_output(timeout=1))["text"]))
+    return out
+
+
+@pytest.fixture
+def redis_asgi_app(settings: Any) -> Any:
+    """The app on the Redis channel layer (as served), under a prefix of its own: the in-memory
+    layer copies a message per channel, so only this one shows what sockets of a process share."""
+    import uuid
+
+    from channels.layers import channel_layers
+
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                                           "CONFIG": {"hosts": [settings.REDIS_URL],
+                                                      "prefix": f"test-{uuid.uuid4().hex[:8]}"}}}  # fmt: skip
+    channel_layers.backends.clear()
+    from config.asgi import application
+
+    yield application
+    channel_layers.backends.clear()
+
+
+async def test_sockets_of_one_process_get_one_encoding_of_an_event_with_their_own_prev(
+    redis_asgi_app: Any,
+    tenant: Any,
+    member: Any,
+    api_client_for: Any,
+) -> None:
+    """Two sockets on the activity stream, one resumed further back: the same frame but for
+    ``prev``, encoded once (the Redis layer hands both the same message); no thread hop for it."""
+    from apps.common import socket as live_socket
+
+    owner = await sync_to_async(member)(Role.OWNER, tenant=tenant)
+    client = await sync_to_async(api_client_for)(owner)
+    stream = f"tenants/{tenant.slug}/activity"
+    a, b = await _open(redis_asgi_app, owner), await _open(redis_asgi_app, owner)
+    head = (await _subscribe(a, stream))["seq"]
+    assert (await _subscribe(b, stream, after=head - 1))["seq"] == head
+    await _events(b, 1)  # its replay of ``head``
+    for comm in (a, b):  # the subscribes are done
+        await comm.send_json_to({"op": "ping", "id": "sync"})
+        assert await comm.receive_json_from(timeout=5) == {"type": "pong", "id": "sync"}
+    hits = live_socket._frames.hits
+    with mock.patch("channels.consumer.aclose_old_connections") as hop:
+        for name in ("hot-path-1", "hot-path-2"):
+            await sync_to_async(create_dataset)(client, tenant.slug, name)
+        got_a, got_b = await _drain(a), await _drain(b)
+    assert hop.call_count == 0  # channel-layer messages skip Channels' per-message thread hop
+    seqs = [m["seq"] for m in got_a]
+    assert len(seqs) >= 2 and seqs == list(range(head + 1, head + 1 + len(seqs))) == [m["seq"] for m in got_b]
+    assert [m["prev"] for m in got_a] == [s - 1 for s in seqs] == [m["prev"] for m in got_b]
+    assert [{**m, "prev": 0} for m in got_a] == [{**m, "prev": 0} for m in got_b]
+    assert live_socket._frames.hits >= hits + len(seqs)  # the second socket reused each event's frame
+    await a.disconnect()
+    await b.disconnect()
+
+
+async def test_the_recheck_reads_in_one_thread_hop(
+    asgi_app: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
+    tenant: Any,
+    member: Any,
+    api_client_for: Any,
+) -> None:
+    from apps.common import socket as live_socket
+
+    settings.COHORT_WS_RECHECK_SECONDS = 0.3
+    owner, job_id, _total = await _owner_and_job(member, tenant, api_client_for)
+    comm = await _open(asgi_app, owner)
+    for stream in (f"tenants/{tenant.slug}/jobs/{job_id}", f"tenants/{tenant.slug}/activity"):
+        assert (await _subscribe(comm, stream))["type"] == "subscribed"
+    calls: list[str] = []
+    real = live_socket._db
+
+    def counting(fn: Any) -> Any:
+        calls.append(getattr(fn, "__name__", repr(fn)))
+        return real(fn)
+
+    monkeypatch.setattr(live_socket, "_db", counting)
+    await comm.receive_nothing(timeout=1.0)  # at least two rechecks, nothing to send
+    # Two rechecks or more, each one hop (a fill of what the stream got meanwhile may add its own).
+    assert calls.count("_recheck_reads") >= 2 and set(calls) <= {"_recheck_reads", "_between_scoped"}, calls
+    await comm.disconnect()
