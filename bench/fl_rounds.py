@@ -549,25 +549,30 @@ def run_platform(w: Workload, *, workers: int = 2) -> dict[str, Any]:
 # --- the benchmark ---------------------------------------------------------------------------------
 
 
-def same_seeds(w: Workload, rerun: dict[str, Any], p: dict[str, Any], *, flower: bool) -> dict[str, Any]:
+def same_seeds(
+    w: Workload, rerun: dict[str, Any], p: dict[str, Any], *, flower: bool, flower_reason: str = ""
+) -> dict[str, Any]:
     """Test rows right for each system on the **hosted run's** seeds and splits: the platform draws a
     secret per federation, so the runs above (on the bench's fixed secret) train with other seeds.
     Here the plain loop and Flower train the hosted sites' rows under the hosted encoders with
     ``site_seed(hosted secret, federation id, hosted site id, round)``, the in-process run is the
-    hosted one's replay (``correct_inprocess_same_secret``), and all four are compared."""
+    hosted one's replay (``correct_inprocess_same_secret``), and all four are compared. When Flower
+    ran on the fixed seeds but not here, the bar is ``None`` (not judged), never passed without it."""
     hosted = Workload(w.dataset, rerun["schema"], rerun["sites"], w.test_table, w.fspec, w.frame_columns)
     encode_with(hosted, rerun["encoders"])
     seeds = {"secret": rerun["secret"], "federation_id": rerun["federation_id"]}
     correct = {"plain": run_plain(hosted, encoded=True, **seeds)["correct"],
                "inprocess": p["correct_inprocess_same_secret"], "platform": p["correct"]}  # fmt: skip
-    why = "" if flower else "Flower unavailable"
+    why = "" if flower else (flower_reason or "Flower unavailable")
     if flower:
         try:
             correct["flower"] = run_flower(hosted, **seeds)["correct"]
-        except (RuntimeError, OSError, subprocess.TimeoutExpired, ValueError, KeyError) as exc:
-            why = f"Flower run on the hosted seeds failed: {exc}"[:500]
-    return {"test_correct": correct, "flower_unavailable_reason": why,
-            "equal_within_1_sample": max(correct.values()) - min(correct.values()) <= 1}  # fmt: skip
+        except Exception as exc:  # any failure of the baseline's run is reported, not raised
+            why = f"Flower run on the hosted seeds failed: {type(exc).__name__}: {exc}"[:500]
+    equal: bool | None = max(correct.values()) - min(correct.values()) <= 1
+    if flower and "flower" not in correct:
+        equal = None  # a system compared on the fixed seeds is missing here: not judged
+    return {"test_correct": correct, "flower_unavailable_reason": why, "equal_within_1_sample": equal}
 
 
 def _r(v: float | None, nd: int = 3) -> float | None:
@@ -618,8 +623,15 @@ def measure(dataset: str, *, sites: int, rounds: int, flower: bool, platform: bo
                 p = run_platform(w)
                 p["steady_s"] = steady(p["round_s"])
                 p["accuracy"] = p["correct"] / n_test
-                out["same_seeds"] = same_seeds(w, p.pop("_rerun"), p, flower=flower and out["flower"] is not None)
+                rerun = p.pop("_rerun")
                 out["platform"] = p
+                try:  # a failed comparison costs the comparison, never the hosted run's figures
+                    out["same_seeds"] = same_seeds(w, rerun, p, flower=out["flower"] is not None,
+                                                   flower_reason=out["flower_unavailable_reason"])  # fmt: skip
+                except Exception as exc:
+                    out["same_seeds"] = {"test_correct": {}, "equal_within_1_sample": None,
+                                         "flower_unavailable_reason": "",
+                                         "error": f"{type(exc).__name__}: {exc}"[:500]}  # fmt: skip
             except Exception as exc:  # a broken platform run is a finding, not a crash of the whole bench
                 why = f"platform run failed: {type(exc).__name__}: {exc}"[:1500]
         out["platform_unavailable_reason"] = why
@@ -640,7 +652,7 @@ def _figures(m: dict[str, Any], command: str, *, write: bool) -> list[dict[str, 
     # The bar is "on the same seeds and splits": with the platform, its own seeds (same_seeds);
     # without it every run above already shares the bench's seeds.
     same = m.get("same_seeds")
-    acc_equal = same["equal_within_1_sample"] if same else max(correct.values()) - min(correct.values()) <= 1
+    acc_equal = bool(same["equal_within_1_sample"]) if same else max(correct.values()) - min(correct.values()) <= 1
     common = {
         "dataset": ds, "sites": m["sites"], "rounds": m["rounds"], "ours": ours_key, "ours_system": ours_label,
         "test_rows": m["test_rows"], "train_rows": m["train_rows"], "test_correct": correct,

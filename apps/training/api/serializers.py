@@ -62,13 +62,19 @@ class ModelOutput(serializers.ModelSerializer):
         source="job_id", allow_null=True, help_text="The job that trained it (null: a federation's model)"
     )
     federation = serializers.SerializerMethodField(help_text="The federation whose global model it is (null: a job's)")
+    exportable = serializers.SerializerMethodField(
+        help_text="Whether TorchScript/ONNX export (and online predict, within its size limit) can rebuild it"
+    )
 
     class Meta:
         model = ModelVersion
         fields = [
             "id", "name", "version", "source", "job", "federation", "spec", "metrics", "lineage", "input_info",
-            "sha256", "size_bytes", "created_at",
+            "sha256", "size_bytes", "exportable", "created_at",
         ]  # fmt: skip
+
+    def get_exportable(self, obj: ModelVersion) -> bool:
+        return bool(obj.input_info)  # what services.serving needs to rebuild it
 
     def get_federation(self, obj: ModelVersion) -> int | None:
         fid = (obj.lineage or {}).get("federation_id") if obj.source == "federation" else None

@@ -33,12 +33,31 @@ def job_create(
 ) -> TrainingJob:
     parsed = parse_spec(spec)
     version = _usable(tenant, dataset_version_id)
+    _check_model_reads(parsed, version)
     reserve = _privacy_reservation(tenant, parsed, version, name, created_by) if parsed.privacy else None
     return _create(
         tenant=tenant, created_by=created_by, name=name, version=version, parsed=parsed, spec_hash=parsed.spec_hash(),
         priority=priority, kind=TrainingJob.Kind.TRAIN, simulation={},
         details={"model": parsed.model.name, "dp": parsed.privacy is not None}, reserve=reserve,
     )  # fmt: skip
+
+
+def _check_model_reads(spec: TrainSpec, version: Any) -> None:
+    """A 400 on ``spec.model.name`` when the model reads another kind of input (text, image,
+    tabular) than the version holds: refused here, not on a worker after it was admitted."""
+    from workers.federated.stats import input_kind
+    from workers.schema import DatasetSchema
+    from workers.training.models import model_inputs
+
+    reads = model_inputs(spec.model.name)
+    try:
+        kind = input_kind(DatasetSchema.from_dict(version.schema or {}))
+    except (KeyError, TypeError, ValueError):  # a version without a usable schema fails at load, as before
+        return
+    if reads is not None and reads != kind:
+        raise Invalid(fields={"spec.model.name": [
+            f"The model {spec.model.name!r} reads {reads} input; this dataset version is {kind} data."
+        ]})  # fmt: skip
 
 
 def _privacy_reservation(tenant: Tenant, spec: TrainSpec, version: Any, name: str, created_by: Any) -> Any:

@@ -22,8 +22,22 @@ _SERVING_CACHE: OrderedDict[tuple[int, str], Any] = OrderedDict()
 SERVING_CACHE_SIZE = 8
 
 
+def servable(model: ModelVersion) -> bool:
+    """Whether the version carries the metadata (input info) that rebuilding it needs."""
+    return bool(model.input_info)
+
+
+def _rebuild(model: ModelVersion) -> Any:
+    if not servable(model):
+        raise Unprocessable("This model version predates serving metadata; retrain it.", code="model_not_servable")
+    from workers.training.inference import load_model
+
+    return load_model(model.spec, model.encoders, model.input_info, weights_bytes(model))
+
+
 def load_for_serving(model: ModelVersion) -> Any:
-    """The model rebuilt for serving, cached per process by (id, weights hash)."""
+    """The model rebuilt for online prediction, cached per process by (id, weights hash); models
+    over ``COHORT_PREDICT_MAX_MODEL_BYTES`` are refused (they are exported instead)."""
     if model.size_bytes > settings.COHORT_PREDICT_MAX_MODEL_BYTES:
         raise Unprocessable(
             f"Online prediction serves models up to {settings.COHORT_PREDICT_MAX_MODEL_BYTES} bytes; export this one "
@@ -31,14 +45,10 @@ def load_for_serving(model: ModelVersion) -> Any:
             code="model_too_large",
             details={"size_bytes": model.size_bytes, "limit": settings.COHORT_PREDICT_MAX_MODEL_BYTES},
         )
-    if not model.input_info:
-        raise Unprocessable("This model version predates serving metadata; retrain it.", code="model_not_servable")
-    from workers.training.inference import load_model
-
     key = (model.pk, model.sha256)
     loaded = _SERVING_CACHE.get(key)
     if loaded is None:
-        loaded = load_model(model.spec, model.encoders, model.input_info, weights_bytes(model))
+        loaded = _rebuild(model)
         _SERVING_CACHE[key] = loaded
         while len(_SERVING_CACHE) > SERVING_CACHE_SIZE:
             _SERVING_CACHE.popitem(last=False)
@@ -66,7 +76,10 @@ def model_export(*, tenant: Tenant, model: ModelVersion, fmt: str) -> bytes:
 
     if fmt not in EXPORT_FORMATS:
         raise Invalid(fields={"file_format": [f"One of {', '.join(EXPORT_FORMATS)}."]})
-    loaded = load_for_serving(model)
+    # The online-prediction size cap does not apply: a model too large to serve is the one to export
+    # (rebuilt for this call, never kept in the serving cache).
+    small = model.size_bytes <= settings.COHORT_PREDICT_MAX_MODEL_BYTES
+    loaded = load_for_serving(model) if small else _rebuild(model)
     data = export(loaded, fmt)
     audit_record(
         action="model.exported",

@@ -73,6 +73,19 @@ export interface Page<T> {
   next?: string | null;
 }
 
+/** Every item of a cursor-paginated list, following `next` (at most `limit` items). */
+export async function allPages<T>(path: string, limit = 5000): Promise<T[]> {
+  const out: T[] = [];
+  let page = await api<Page<T>>(path);
+  out.push(...page.results);
+  while (page.next && out.length < limit) {
+    const u = new URL(page.next, window.location.origin);
+    page = await api<Page<T>>(u.pathname.replace(/^\/api\/v1\//, "") + u.search);
+    out.push(...page.results);
+  }
+  return out;
+}
+
 /** A multipart upload with real progress (fetch reports none): ``onProgress(sent, total)``. */
 export async function upload<T>(
   path: string,

@@ -79,7 +79,9 @@ export function PolicyEditor({ base, versionId, versionNumber, columns, proposed
   }
 
   const set = (name: string, patch: Partial<Row>) => setRows((r) => ({ ...r, [name]: { ...r[name], ...patch } }));
-  const errs = (prefix: string) => Object.entries(fields).filter(([key]) => key === prefix || key.startsWith(`${prefix}.`))
+  // The server names list items too ("policy.quasi_identifiers[0]"): shown with their field.
+  const under = (key: string, prefix: string) => key === prefix || key.startsWith(`${prefix}.`) || key.startsWith(`${prefix}[`);
+  const errs = (prefix: string) => Object.entries(fields).filter(([key]) => under(key, prefix))
     .map(([key, msgs]) => <p key={key} className="field-error" role="alert">{msgs.join(" ")}</p>);
   return (
     <form className="policy" onSubmit={submit} noValidate aria-labelledby="policy-title">
@@ -110,7 +112,7 @@ export function PolicyEditor({ base, versionId, versionNumber, columns, proposed
       <label htmlFor="policy-k">k-anonymity over the quasi-identifiers (empty: none)</label>
       <input id="policy-k" inputMode="numeric" value={k} onChange={(e) => setK(e.target.value)} aria-invalid={!!fields["policy.k"]} />
       {errs("policy.k")}{errs("policy.quasi_identifiers")}
-      {Object.entries(fields).filter(([key]) => !key.startsWith("policy.columns.") && !key.startsWith("policy.k") && !key.startsWith("policy.quasi_identifiers"))
+      {Object.entries(fields).filter(([key]) => !key.startsWith("policy.columns.") && !under(key, "policy.k") && !under(key, "policy.quasi_identifiers"))
         .map(([key, msgs]) => <p key={key} className="field-error" role="alert">{key}: {msgs.join(" ")}</p>)}
       <button type="submit" disabled={busy}>Apply policy</button>
       {message ? <p className="error" role="alert">{message}</p> : null}

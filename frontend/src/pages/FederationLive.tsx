@@ -96,6 +96,7 @@ export function FederationLive({ slug, id }: { slug: string; id: number }) {
   const [rounds, setRounds] = useState<Round[]>([]);
   const [live, setLive] = useState<Record<number, SiteLive>>({});
   const [timeline, setTimeline] = useState<LiveEvent[]>([]);
+  const [received, setReceived] = useState(0); // every event delivered (the timeline keeps the last 500)
   const [error, setError] = useState<unknown>(null);
   const [ended, setEnded] = useState("");
   const [busy, setBusy] = useState(false);
@@ -115,6 +116,7 @@ export function FederationLive({ slug, id }: { slug: string; id: number }) {
   const apply = useCallback((ev: LiveEvent) => {
     setLive((prev) => siteState(prev, ev));
     setTimeline((prev) => [...prev.slice(-499), ev]);
+    setReceived((n) => n + 1);
     if (ev.type !== "federation.site") {
       // A round opened or closed, the state changed: the figures come from REST (debounced).
       if (refreshTimer.current) clearTimeout(refreshTimer.current);
@@ -125,7 +127,7 @@ export function FederationLive({ slug, id }: { slug: string; id: number }) {
   useEffect(() => {
     let cancelled = false;
     let unsubscribe = () => undefined as void;
-    setFed(null); setLive({}); setTimeline([]); setError(null); setEnded("");
+    setFed(null); setLive({}); setTimeline([]); setReceived(0); setError(null); setEnded("");
     (async () => {
       await refresh();
       const history = await eventsOf(slug, id, 0, stream);
@@ -256,7 +258,7 @@ export function FederationLive({ slug, id }: { slug: string; id: number }) {
         ))}
       </ol>
       <details>
-        <summary>Events ({timeline.length})</summary>
+        <summary>Events ({received})</summary>
         <ol className="events">
           {timeline.slice(-50).map((e) => (
             <li key={e.seq}>#{e.seq} {e.type.replace("federation.", "")} {e.payload.round != null ? `r${String(e.payload.round)}` : ""} {JSON.stringify(e.payload.data)}</li>

@@ -2,7 +2,7 @@
 // failure envelope), fed by the websocket stream with REST for history and gaps.
 import { type FormEvent, useCallback, useEffect, useMemo, useRef, useState } from "react";
 
-import { api, ApiError, type Page } from "../api/http";
+import { allPages, api, ApiError, type Page } from "../api/http";
 import { Chart } from "../Chart";
 import type { LiveEvent } from "../live/client";
 import { eventsAfter } from "../live/rest";
@@ -36,9 +36,10 @@ const CAN_CREATE = new Set(["owner", "admin", "analyst", "integrator"]);
 export function Jobs({ slug, role = "" }: { slug: string; role?: string }) {
   const [items, setItems] = useState<Job[] | null>(null);
   const [error, setError] = useState<unknown>(null);
+  const [formOpen, setFormOpen] = useState(false);
   useEffect(() => {
     setItems(null);
-    api<Page<Job>>(`tenants/${slug}/jobs/?page_size=100`).then((p) => setItems(p.results), setError);
+    api<Page<Job>>(`tenants/${slug}/jobs/?page_size=100`).then((p) => { setItems(p.results); setFormOpen(p.results.length === 0); }, setError);
   }, [slug]);
   if (error) return <ErrorPage error={error} />;
   if (!items) return <Loading what="training jobs" />;
@@ -46,9 +47,9 @@ export function Jobs({ slug, role = "" }: { slug: string; role?: string }) {
     <section>
       <h2>Training jobs</h2>
       {CAN_CREATE.has(role) ? (
-        <details className="new-job" open={items.length === 0}>
+        <details className="new-job" open={formOpen} onToggle={(e) => setFormOpen((e.target as HTMLDetailsElement).open)}>
           <summary>New training job</summary>
-          <JobCreate slug={slug} />
+          {formOpen ? <JobCreate slug={slug} /> : null /* its lists load only when opened */}
         </details>
       ) : null}
       {items.length === 0 ? (
@@ -113,16 +114,16 @@ function shown(v: unknown): string {
  * version of every dataset shared with it under `process`. */
 async function trainable(slug: string): Promise<Trainable[]> {
   const [own, shared] = await Promise.all([
-    api<Page<{ id: number; name: string }>>(`tenants/${slug}/datasets/?page_size=50`),
-    api<Page<{ id: number; name: string; owner: string; permissions: string[]; version: { id: number; number: number } | null }>>(
-      `tenants/${slug}/shared-datasets/?page_size=100`).catch(() => ({ results: [] })),
+    allPages<{ id: number; name: string }>(`tenants/${slug}/datasets/?page_size=500`),
+    allPages<{ id: number; name: string; owner: string; permissions: string[]; version: { id: number; number: number } | null }>(
+      `tenants/${slug}/shared-datasets/?page_size=500`).catch(() => []),
   ]);
-  const versions = await Promise.all(own.results.map((d) =>
-    api<Page<{ id: number; number: number; kind: string; status: string; rows: number }>>(`tenants/${slug}/datasets/${d.id}/versions/?page_size=20`)
-      .then((p) => p.results.filter((v) => v.kind === "deidentified" && v.status === "ready")
+  const versions = await Promise.all(own.map((d) =>
+    allPages<{ id: number; number: number; kind: string; status: string; rows: number }>(`tenants/${slug}/datasets/${d.id}/versions/?page_size=500`)
+      .then((vs) => vs.filter((v) => v.kind === "deidentified" && v.status === "ready")
         .map((v) => ({ version: v.id, label: `${d.name} v${v.number} (${v.rows} rows)` })))
       .catch(() => [] as Trainable[])));
-  const granted = shared.results.filter((d) => d.permissions.includes("process") && d.version)
+  const granted = shared.filter((d) => d.permissions.includes("process") && d.version)
     .map((d) => ({ version: d.version!.id, label: `${d.name} v${d.version!.number}, shared by ${d.owner}` }));
   return [...versions.flat(), ...granted];
 }
@@ -195,11 +196,13 @@ export function JobCreate({ slug }: { slug: string }) {
     }
   }
 
-  const err = (k: string) => (fields[k] ? <p className="field-error" role="alert">{fields[k].join(" ")}</p> : null);
+  const errId = (k: string) => `job-error-${k.replace(/[^a-z0-9_-]/gi, "-")}`;
+  const err = (k: string) => (fields[k] ? <p id={errId(k)} className="field-error" role="alert">{fields[k].join(" ")}</p> : null);
+  const described = (k: string) => (fields[k] ? errId(k) : undefined);
   // The server names list items too ("spec.model.params.hidden[0]"): shown under their parameter.
   const ofParam = (key: string, k: string) => key === `spec.model.params.${k}` || key.startsWith(`spec.model.params.${k}[`);
   const paramErrors = (k: string) => Object.entries(fields).filter(([key]) => ofParam(key, k)).map(([key, msgs]) => (
-    <p key={key} className="field-error" role="alert">{key === `spec.model.params.${k}` ? "" : `${key.slice(18)}: `}{msgs.join(" ")}</p>
+    <p key={key} id={errId(key)} className="field-error" role="alert">{key === `spec.model.params.${k}` ? "" : `${key.slice(18)}: `}{msgs.join(" ")}</p>
   ));
   const placed = new Set(["name", "dataset_version", "spec.epochs", "spec.batch_size", "spec.optimizer.lr", "spec.model", "spec.model.name"]);
   const unplaced = Object.entries(fields).filter(([key]) => !placed.has(key) && !Object.keys(schema?.params ?? {}).some((k) => ofParam(key, k)));
@@ -208,10 +211,10 @@ export function JobCreate({ slug }: { slug: string }) {
     <form className="job-create" onSubmit={submit} noValidate aria-label="New training job">
       {!hasData ? <p className="empty">No dataset is ready to train on: upload and de-identify one, or ask a partner for a <code>process</code> grant.</p> : null}
       <label htmlFor="job-name">Name</label>
-      <input id="job-name" value={name} onChange={(e) => { setName(e.target.value); setFields(({ name: _, ...rest }) => rest); }} aria-invalid={!!fields.name} />
+      <input id="job-name" aria-describedby={described("name")} value={name} onChange={(e) => { setName(e.target.value); setFields(({ name: _, ...rest }) => rest); }} aria-invalid={!!fields.name} />
       {err("name")}
       <label htmlFor="job-version">Dataset version</label>
-      <select id="job-version" value={version} onChange={(e) => setVersion(e.target.value)} aria-invalid={!!fields.dataset_version}>
+      <select id="job-version" aria-describedby={described("dataset_version")} value={version} onChange={(e) => setVersion(e.target.value)} aria-invalid={!!fields.dataset_version}>
         {versions.map((v) => <option key={v.version} value={v.version}>{v.label}</option>)}
       </select>
       {err("dataset_version")}
@@ -230,7 +233,8 @@ export function JobCreate({ slug }: { slug: string }) {
             </select>
           ) : (
             <input id={`param-${k}`} value={params[k] ?? ""} inputMode={p.type === "array" ? "text" : "decimal"}
-                   aria-invalid={!!fields[`spec.model.params.${k}`]} aria-describedby={`param-${k}-help`}
+                   aria-invalid={Object.keys(fields).some((key) => ofParam(key, k))}
+                   aria-describedby={[`param-${k}-help`, ...Object.keys(fields).filter((key) => ofParam(key, k)).map(errId)].join(" ")}
                    onChange={(e) => setParams({ ...params, [k]: e.target.value })} />
           )}
           <span id={`param-${k}-help`} className="help">
@@ -242,17 +246,17 @@ export function JobCreate({ slug }: { slug: string }) {
         </div>
       ))}
       <label htmlFor="job-epochs">Epochs</label>
-      <input id="job-epochs" inputMode="numeric" value={epochs} onChange={(e) => setEpochs(e.target.value)} aria-invalid={!!fields["spec.epochs"]} />
+      <input id="job-epochs" aria-describedby={described("spec.epochs")} inputMode="numeric" value={epochs} onChange={(e) => setEpochs(e.target.value)} aria-invalid={!!fields["spec.epochs"]} />
       {err("spec.epochs")}
       <label htmlFor="job-batch">Batch size</label>
-      <input id="job-batch" inputMode="numeric" value={batch} onChange={(e) => setBatch(e.target.value)} aria-invalid={!!fields["spec.batch_size"]} />
+      <input id="job-batch" aria-describedby={described("spec.batch_size")} inputMode="numeric" value={batch} onChange={(e) => setBatch(e.target.value)} aria-invalid={!!fields["spec.batch_size"]} />
       {err("spec.batch_size")}
       <label htmlFor="job-optimizer">Optimizer</label>
       <select id="job-optimizer" value={optimizer} onChange={(e) => setOptimizer(e.target.value)}>
         {cat.optimizers.map((o) => <option key={o} value={o}>{o}</option>)}
       </select>
       <label htmlFor="job-lr">Learning rate</label>
-      <input id="job-lr" inputMode="decimal" value={lr} onChange={(e) => setLr(e.target.value)} aria-invalid={!!fields["spec.optimizer.lr"]} />
+      <input id="job-lr" aria-describedby={described("spec.optimizer.lr")} inputMode="decimal" value={lr} onChange={(e) => setLr(e.target.value)} aria-invalid={!!fields["spec.optimizer.lr"]} />
       {err("spec.optimizer.lr")}
       {unplaced.map(([k, msgs]) => <p key={k} className="field-error" role="alert">{k.replace(/^spec\./, "")}: {msgs.join(" ")}</p>)}
       <button type="submit" disabled={busy || !hasData}>Start job</button>

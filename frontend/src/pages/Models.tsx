@@ -31,6 +31,7 @@ export interface ModelVersion {
   input_info: { kind?: string; problem?: string; n_features?: number; n_outputs?: number };
   sha256: string;
   size_bytes: number;
+  exportable?: boolean;
   created_at: string;
 }
 
@@ -171,8 +172,12 @@ export function ModelPage({ slug, id, role }: { slug: string; id: number; role: 
       {CAN_DOWNLOAD.has(role) ? (
         <ul className="downloads">
           <li><a href={`${base}download/`} download data-testid="download-weights">Weights (safetensors, {formatBytes(m.size_bytes)})</a></li>
-          <li><a href={`${base}export/?file_format=torchscript`} download>TorchScript (for edge inference)</a></li>
-          <li><a href={`${base}export/?file_format=onnx`} download>ONNX</a></li>
+          {m.exportable !== false ? (
+            <>
+              <li><a href={`${base}export/?file_format=torchscript`} download>TorchScript (for edge inference)</a></li>
+              <li><a href={`${base}export/?file_format=onnx`} download>ONNX</a></li>
+            </>
+          ) : <li>No TorchScript or ONNX export: this version predates the metadata a rebuild needs; retrain it.</li>}
         </ul>
       ) : <p className="empty">Your role ({role}) may see models but not download them.</p>}
       <p className="empty">Every download and export is recorded in the audit log.</p>

@@ -154,7 +154,8 @@ describe("JobCreate", () => {
     server((body) => {
       posted.push(body);
       return reply(400, { error: { code: "validation_error", message: "The request is invalid; see fields.",
-        fields: { "spec.model.params.hidden[0]": ["Expected an integer from 1 to 8192."], "spec.batch_size": ["Too large."] } } });
+        fields: { "spec.model.params.hidden[0]": ["Expected an integer from 1 to 8192."], "spec.batch_size": ["Too large."],
+          "spec.schedule.name": ["Unknown schedule."] } } });
     });
     const { JobCreate } = await import("./Jobs");
     render(<JobCreate slug="acme" />);
@@ -173,7 +174,10 @@ describe("JobCreate", () => {
     fireEvent.click(screen.getByRole("button", { name: "Start job" }));
     expect(await screen.findByText("The request is invalid; see fields.")).toBeTruthy();
     expect(screen.getByText("Too large.")).toBeTruthy();
-    expect(screen.getByText(/hidden\[0\]/)).toBeTruthy(); // a field the form has no input for is still shown
+    expect(screen.getByText(/hidden\[0\]: Expected an integer/)).toBeTruthy(); // a list item, under its parameter
+    expect(screen.getByText("schedule.name: Unknown schedule.")).toBeTruthy(); // a field the form has no input for
+    expect(screen.getByLabelText("hidden").getAttribute("aria-invalid")).toBe("true");
+    expect(screen.getByLabelText("Batch size").getAttribute("aria-describedby")).toBe("job-error-spec-batch_size");
     expect(posted[0]).toEqual({ name: "bc-mlp", dataset_version: 31, spec: {
       model: { name: "mlp", params: { hidden: [16], dropout: 0.1 } }, epochs: 10, batch_size: 32, optimizer: { name: "adamw", lr: 0.001 } } });
   });
@@ -247,7 +251,8 @@ describe("policy editor", () => {
   it("shows the server's field errors under the column they name", async () => {
     vi.stubGlobal("fetch", vi.fn((url: string) => url.endsWith("/auth/csrf/") ? reply(200, { csrf_token: "t" })
       : reply(400, { error: { code: "validation_error", message: "The request is invalid; see fields.",
-        fields: { "policy.columns.ssn": ["Identifier columns must be dropped, masked or pseudonymised, not kept."] } } })));
+        fields: { "policy.columns.ssn": ["Identifier columns must be dropped, masked or pseudonymised, not kept."],
+          "policy.quasi_identifiers[0]": ["Unknown column 'zip'."] } } })));
     const { PolicyEditor } = await import("./DatasetPolicy");
     const done = vi.fn();
     render(<PolicyEditor base="tenants/a/datasets/1/" versionId={2} versionNumber={1} columns={["ssn", "age"]}
@@ -255,6 +260,7 @@ describe("policy editor", () => {
     fireEvent.change(screen.getByLabelText("Action for ssn"), { target: { value: "keep" } });
     fireEvent.click(screen.getByRole("button", { name: "Apply policy" }));
     expect(await screen.findByText("Identifier columns must be dropped, masked or pseudonymised, not kept.")).toBeTruthy();
+    expect(screen.getByText("Unknown column 'zip'.")).toBeTruthy(); // a list item's error is shown too
     expect(done).not.toHaveBeenCalled();
   });
 });

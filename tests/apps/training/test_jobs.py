@@ -204,11 +204,19 @@ def test_grant_revocation_stops_a_partners_job(
     assert refused.value.audit["reason"] == "dataset_not_usable"
 
 
-def test_bad_spec_is_a_400_and_bad_data_fails_without_retry(world: dict[str, Any]) -> None:
+def test_bad_spec_is_a_400_and_bad_data_fails_without_retry(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(Invalid) as ei:
         _create(world, {**SPEC, "epochs": 0, "precision": "fp16", "device": "cpu"})
     assert ei.value.fields and all(k.startswith("spec.") for k in ei.value.fields), ei.value.fields
-    job = _create(world, {**SPEC, "model": {"name": "cnn_small", "params": {}}})
+    image_model = {**SPEC, "model": {"name": "cnn_small", "params": {}}}
+    with pytest.raises(Invalid) as ei:  # an image model on tabular rows: refused at creation
+        _create(world, image_model)
+    assert list(ei.value.fields) == ["spec.model.name"]
+    # The worker's own failure path, reached with the creation check bypassed: no retry, an envelope.
+    monkeypatch.setattr("apps.training.services.jobs._check_model_reads", lambda spec, version: None)
+    job = _create(world, image_model)
     assert services.run_job(job.tenant_id, job.pk) == "failed"
     done = _job(job)
     assert done.status == "failed" and done.attempts == 1

@@ -43,6 +43,13 @@ def test_jobs_and_models_over_http(
     assert bad.json()["error"]["code"] == "validation_error"
     assert bad.json()["error"]["message"] == "The request is invalid; see fields."
 
+    text_model = {**SPEC, "model": {"name": "text_bag"}}
+    bad = owner.post(base + "jobs/", {"name": "x", "dataset_version": deid["id"], "spec": text_model}, format="json")
+    assert bad.status_code == 400, bad.content  # a text model on tabular data: refused before any worker runs it
+    assert bad.json()["error"]["fields"] == {
+        "spec.model.name": ["The model 'text_bag' reads text input; this dataset version is tabular data."]
+    }
+
     r = owner.post(base + "jobs/", {"name": "bc-logreg", "dataset_version": deid["id"], "spec": SPEC}, format="json")
     assert r.status_code == 201 and r.json()["status"] == "queued", r.content
     job_id = r.json()["id"]
@@ -111,9 +118,11 @@ def test_the_catalogue_lists_the_registry_and_its_defaults_make_valid_specs(
     for m in body["models"]:  # what a client builds from the catalogue is a spec the API accepts
         params = {k: p["default"] for k, p in m["params"].items()}
         TrainSpec.from_dict({"model": {"name": m["name"], "params": params}}).validate()
-        bound = {k: p["max"] + 1 for k, p in m["params"].items() if p["type"] == "integer"}
-        if bound:  # and its bounds are the ones validation enforces
-            with pytest.raises(ValueError):
-                TrainSpec.from_dict({"model": {"name": m["name"], "params": bound}}).validate()
+        for k, p in m["params"].items():  # and its bounds, one parameter at a time, are the ones enforced
+            over = {"integer": p.get("max", 0) + 1, "number": p.get("max_exclusive"), "boolean": "yes",
+                    "array": [p.get("items", {}).get("max", 0) + 1]}[p["type"]]  # fmt: skip
+            with pytest.raises(ValueError) as bad:
+                TrainSpec.from_dict({"model": {"name": m["name"], "params": {**params, k: over}}}).validate()
+            assert any(f.startswith(f"model.params.{k}") for f in bad.value.fields), (m["name"], k, bad.value)
     outsider = api_client_for(member(Role.OWNER, tenant=other_tenant))
     assert outsider.get(f"/api/v1/tenants/{tenant.slug}/training/catalogue/").status_code == 404

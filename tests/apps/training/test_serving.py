@@ -127,3 +127,6 @@ def test_oversized_models_are_refused_for_online_predict(served: dict[str, Any],
     assert r.status_code == 422 and r.json()["error"]["code"] == "model_too_large"
     bad_b64 = served["owner"].post(served["base"] + "predict/", {"images": ["!!!"]}, format="json")
     assert bad_b64.status_code in (400, 422)
+    # What the refusal points to works: a model too large to serve is still exported.
+    ts = served["owner"].get(served["base"] + "export/", {"file_format": "torchscript"})
+    assert ts.status_code == 200 and len(ts.content) > 0
