@@ -179,6 +179,7 @@ PROBES: dict[str, RouteProbe] = {
     ),
     T + "models/<pk:model_id>/predict/": RouteProbe("tenant", ("POST",), {"POST": {"rows": [{"a": 1.0}]}}),
     T + "training/quota/": RouteProbe("tenant", ("GET",)),
+    T + "training/catalogue/": RouteProbe("tenant", ("GET",)),
     # federations
     T + "federations/": RouteProbe(
         "tenant",

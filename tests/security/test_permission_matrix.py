@@ -450,6 +450,7 @@ REQUESTS: dict[str, list[Req]] = {
         Req("GET", _job("events/")),
         Req("GET", _job("events/?after=2&kind=metrics")),
         Req("GET", _t("training/quota/")),
+        Req("GET", _t("training/catalogue/")),
     ],
     "job.create": [
         Req(
