@@ -29,6 +29,7 @@ BENCHMARKS = (
     "fl_aggregate",
     "fl_rounds",
     "ws_latency",
+    "ws_throughput",
 )
 # Benchmarks of pure worker code: a run made of these alone needs no scratch database (nor Django).
 PURE_BENCHMARKS = frozenset(
@@ -262,6 +263,22 @@ def _details_of(r: dict[str, Any]) -> str:
             f"(Redis pub/sub + bare websockets) p50 {r['baseline_p50_ms']} ms, p99 {r['baseline_p99_ms']} ms; burst "
             f"of {r['burst_events']}: {r['burst_deliveries_per_s']:,.0f} deliveries/s "
             f"(baseline {r['baseline_burst_deliveries_per_s']:,.0f}/s)"
+        )
+    if r["name"] == "ws_throughput":
+        alt = r.get("pubsub_layer")
+        alt_text = (
+            f"; channels_redis' pub/sub layer (not configured) {alt['events_per_s']:,.0f} events/s, p99 "
+            f"{alt['p99_ms']:.0f} ms, {alt['lost']:,} lost"
+            if alt
+            else ""
+        )
+        return (
+            f"{r['channels']} channels in {r['processes']} receiver processes, {r['events']:,} events sent back to "
+            f"back through `{r['backend'].rsplit('.', 1)[-1]}`: {r['deliveries_per_s']:,.0f} deliveries/s, sent at "
+            f"{r['send_events_per_s']:,.0f} events/s, {r['lost']:,} of {r['events'] * r['channels'] * r['rounds']:,} "
+            f"deliveries lost (over the layer's capacity), p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms; "
+            f"baseline {r['baseline_deliveries_per_s']:,.0f} deliveries/s, p99 {r['baseline_p99_ms']:.0f} ms, "
+            f"{r['baseline_lost']:,} lost{alt_text}; median of {r['rounds']} rounds in rotating order"
         )
     if r["name"] == "fl_rounds":
         parts = []
@@ -695,6 +712,43 @@ runner's process (242 ms with the recheck on, the clients then sharing the produ
 lock). Not yet tried: encoding an event once per worker for all its subscribers, a cheaper
 recheck (one query per socket), and more server workers on a larger machine.
 
+**`ws_throughput`**: events per second through the channel layer the platform is configured with
+(`settings.CHANNEL_LAYERS`: `channels_redis`' `RedisChannelLayer`, capacity 100, expiry 60 s),
+under a prefix of its own on the same Redis. Two receiver processes (as two server workers) each
+open 50 channels (`new_channel`), add them to one group and run one task per channel awaiting
+`receive`, as a consumer does; the runner's process calls `group_send` for 2,000 events back to
+back, one after the other, as the publisher's sender thread does. An event counts when it reached
+all 100 channels; the figure is events per second from the first send to the last receipt (a
+receiver stops 2 s after its last message, so what the layer dropped shows as lost, not as a
+hang). Baseline, the floor of the same fan-out: the producer `PUBLISH`es each event on a raw Redis
+pub/sub channel; each receiver process holds one subscription, decodes each message once and puts
+it on its 50 local queues, each read by its task. The details also give channels_redis' other
+layer, `RedisPubSubChannelLayer` (one `PUBLISH` per group send; not what the platform runs). Each
+side runs 3 rounds in rotating order; medians, the ratio a median of per-round ratios. `--quick`:
+20 channels, 200 events, one round. Target: at least 0.5× the pub/sub floor with every event
+delivered. What the product needs is far less than either: a 10-site federation round emits about
+42 federation events (the round's opening with its 10 selections in one transaction, each site's
+admission, training and submission, the close) and about as many audit rows on the activity
+stream, over seconds; the part that matters is a burst (a round's opening, 11 events at once)
+reaching every subscriber without loss. The ratio is the layer's own cost per event against what
+any fan-out over Redis must pay.
+
+Last run (2026-12-07, 2 CPUs, load 0.33 at start): 230 events/s to 100 channels against the
+floor's 6,401 (×0.03): **not met**, and 332,500 of 600,000 deliveries were lost. The producer
+sent 450–760 events/s, the receivers drained about 230; once a process's queue held 100 messages
+(`capacity`), `group_send` dropped the rest for it (channels_redis logs "over capacity"; with a
+capacity of 100,000 the same run loses nothing, at 285 events/s). Receiving is the bottleneck: for
+each message a process makes four Redis calls (the backup clean-up script, `BZPOPMIN`, the backup
+`ZADD`, the cleaner's `ZPOPMIN`) and wakes each of its 50 channel tasks through `receive`'s race
+between its lock and its buffer (two futures and an `asyncio.wait` per task per message): about
+70 µs per local delivery. channels_redis' `RedisPubSubChannelLayer` moved 2,786 events/s (×0.43
+of the floor) and lost none, but it keeps no message for a process that is not subscribed at that
+moment. For the product, 230 events/s to 100 subscribers is about five 10-site rounds' worth of
+events a second; a burst more than 100 events ahead of a slow process is dropped by the layer,
+and the socket then fills the gap from the database (see `ws_latency`), so clients lose nothing
+but the gap costs a query. Not yet tried: the pub/sub layer in the platform (its delivery
+semantics need a review of every control message), a larger `capacity`.
+
 ## Reproduce
 
 ```bash
@@ -704,7 +758,7 @@ make bench                                    # full run (a few minutes)
 .venv/bin/python scripts/cohort.py exec -- .venv/bin/python -m bench.run --only dataset_ingest encryption_stage
 .venv/bin/python scripts/cohort.py exec -- .venv/bin/python -m bench.run --only training_throughput checkpoint_overhead
 .venv/bin/python scripts/cohort.py exec -- .venv/bin/python -m bench.run --only fl_aggregate
-.venv/bin/python scripts/cohort.py exec -- .venv/bin/python -m bench.run --only ws_latency
+.venv/bin/python scripts/cohort.py exec -- .venv/bin/python -m bench.run --only ws_latency ws_throughput
 .venv/bin/python scripts/cohort.py exec -- .venv/bin/python -m bench.run --only fl_rounds
 ```
 
