@@ -731,16 +731,43 @@ Redis pub/sub channel relayed by a bare `websockets` server (no Django, no Chann
 100 clients: the floor of this fan-out on this machine. Target (issue 12): p99 ≤ 100 ms with every
 event delivered. `--quick`: 20 clients, 3 s.
 
-Last run (2026-12-07, 2 CPUs, the machine's PostgreSQL and Redis): every event reached every
-client (20,000 of 20,000) with p50 21 ms, but p99 160 ms: **not met** (baseline p99 13 ms). Over
-three runs p99 was 160–165 ms. The two uvicorn workers, the client process, PostgreSQL and Redis
-share the 2 CPUs. Each event costs each consumer a channel-layer receive, a dispatch and its own
-JSON encoding (50 per event per worker), where the baseline hands one frame to the library's
-broadcast. The socket's periodic recheck (every 4 s: session, membership, object, latest number)
-is part of the tail: with it pushed out to 10 minutes, p99 was 164 ms with the clients in the
-runner's process (242 ms with the recheck on, the clients then sharing the producer's interpreter
-lock). Not yet tried: encoding an event once per worker for all its subscribers, a cheaper
-recheck (one query per socket), and more server workers on a larger machine.
+Earlier run (2026-12-07 12:02, before the hot-path work below, load 0.8 at start): every event
+reached every client (20,000 of 20,000) with p50 21 ms, p99 160 ms (160–165 over three runs;
+baseline p99 13 ms).
+
+Hot path (commit 4c29b0e). A cProfile of one server worker with 50 clients at 10 events/s found,
+per delivered event, a thread hop in Channels' `dispatch` (`close_old_connections` through the
+one shared sync thread, for every message to every consumer: 16% of the worker's time, and a queue
+that serialises all its consumers), the websocket write with permessage-deflate (about 20%,
+inherent; the baseline pays it too), channels_redis' per-consumer `receive` (about 18%: two futures
+and an `asyncio.wait` per consumer per message) and a JSON encoding per socket; the recheck took
+three thread hops per socket. Now channel-layer messages skip that hop (the socket reads only
+through its own `_db` wrapper, which closes stale connections in its thread), an event's frame is
+encoded once per process and stream with each socket's `prev` spliced in, and a recheck is one
+hop. The same profiled workload went from 4.8 s to 3.3 s of server time, and the burst's server CPU
+per delivery from 285–318 µs to 194–238 µs.
+
+Last run: **not met**, every event delivered. Before and after side by side (the benchmark itself,
+the old socket from a copy of the previous commit, alternating, 2026-12-07 16:39–16:45, load 1.6 to
+4.1 from other work on the machine, PostgreSQL busy with another suite):
+
+| pair | load at start | before p50 / p99 | after p50 / p99 | baseline p99 |
+|---|---|---|---|---|
+| 1 | 1.6 / 1.8 | 23 / 237 ms | 19 / 143 ms | 16 / 14 ms |
+| 2 | 2.3 / 4.1 | 31 / 580 ms | 29 / 424 ms | 20 / 21 ms |
+| 3 | 1.7 / 3.3 | 114 / 1,050 ms | 24 / 202 ms | 20 / 19 ms |
+
+The row above is pair 3's after run. The tail moves with the machine far more than the baseline's
+does, and under this load even the first client's copy of an event (commit, publish, Redis, the
+first consumer) reached 134 ms at p99 in a diagnostic run, with the spread over the 100 clients
+adding up to 220 ms more: the commit itself is in the figure, and PostgreSQL was shared with a
+full test suite. The burst figure is bound by the producer (about 40 audit writes a second, each
+its own transaction with its chain-head lock), not by the fan-out: the baseline's producer is a bare
+`PUBLISH`. What remains per delivery is Channels' own machinery (each socket's channel-layer
+`receive` and dispatch; see `ws_throughput`), the websocket write and its deflate. Not yet tried:
+one channel-layer subscription per process fanned out to its sockets (what the baseline does),
+permessage-deflate off for these small frames, more server workers on a larger machine, a run on a
+quiet machine.
 
 **`ws_throughput`**: events per second through the channel layer the platform is configured with
 (`settings.CHANNEL_LAYERS`: `channels_redis`' `RedisChannelLayer`, capacity 100, expiry 60 s),
