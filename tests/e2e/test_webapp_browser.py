@@ -186,6 +186,7 @@ def test_an_analyst_watches_the_demo_federation_train_live(tmp_path: Path) -> No
             expect(opage.get_by_text("Name the job.")).to_be_visible(timeout=10_000)  # client validation first
             opage.get_by_label("Name", exact=True).fill("e2e readmission")
             opage.get_by_label("Dataset version").select_option(label="e2e admissions v2 (400 rows)")
+            v2_id = opage.get_by_label("Dataset version").input_value()
             opage.get_by_label("Model (from the registry)").select_option("mlp")
             opage.get_by_label("hidden", exact=True).fill("16")
             opage.get_by_label("Epochs", exact=True).fill("3")
@@ -197,7 +198,8 @@ def test_an_analyst_watches_the_demo_federation_train_live(tmp_path: Path) -> No
             opage.get_by_role("link", name="Models").click()
             opage.get_by_role("link", name="e2e readmission").click()
             expect(opage.get_by_test_id("lineage")).to_contain_text("Training job", timeout=10_000)
-            expect(opage.get_by_test_id("lineage-datasets")).to_contain_text("#")
+            expect(opage.get_by_test_id("lineage-datasets").locator("tbody tr")).to_have_count(1)
+            expect(opage.get_by_test_id("lineage-datasets")).to_contain_text(f"#{v2_id}")  # the version it trained on
             expect(opage.get_by_test_id("download-weights")).to_be_visible()
             with opage.expect_download() as dl:
                 opage.get_by_test_id("download-weights").click()

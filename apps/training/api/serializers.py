@@ -11,7 +11,7 @@ from rest_framework.exceptions import ValidationError
 from apps.common.api import StrictSerializer
 from apps.training import selectors
 from apps.training.models import JobEvent, ModelVersion, TrainingJob
-from apps.training.services import PREDICT_MAX_ROWS
+from apps.training.services import PREDICT_MAX_ROWS, servable
 
 
 class JobOutput(serializers.ModelSerializer):
@@ -74,7 +74,7 @@ class ModelOutput(serializers.ModelSerializer):
         ]  # fmt: skip
 
     def get_exportable(self, obj: ModelVersion) -> bool:
-        return bool(obj.input_info)  # what services.serving needs to rebuild it
+        return servable(obj)
 
     def get_federation(self, obj: ModelVersion) -> int | None:
         fid = (obj.lineage or {}).get("federation_id") if obj.source == "federation" else None

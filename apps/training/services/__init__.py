@@ -36,6 +36,7 @@ from apps.training.services.serving import (
     load_for_serving,
     model_export,
     model_predict,
+    servable,
 )
 from apps.training.services.sink import METRICS_MIN_INTERVAL, DjangoSink
 
@@ -82,6 +83,7 @@ __all__ = [
     "register_simulation_model",
     "run_job",
     "run_node_task",
+    "servable",
     "simulation_create",
     "torch_version",
     "train_distributed",
