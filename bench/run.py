@@ -286,7 +286,7 @@ def _details_of(r: dict[str, Any]) -> str:
             f"{r['channels']} channels in {r['processes']} receiver processes, {r['events']:,} events sent back to "
             f"back through `{r['backend'].rsplit('.', 1)[-1]}`: {r['deliveries_per_s']:,.0f} deliveries/s, sent at "
             f"{r['send_events_per_s']:,.0f} events/s, {r['lost']:,} of {r['events'] * r['channels'] * r['rounds']:,} "
-            f"deliveries lost (over the layer's capacity), p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms; "
+            f"deliveries lost, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms; "
             f"baseline {r['baseline_deliveries_per_s']:,.0f} deliveries/s, p99 {r['baseline_p99_ms']:.0f} ms, "
             f"{r['baseline_lost']:,} lost{alt_text}; median of {r['rounds']} rounds in rotating order"
         )
@@ -747,30 +747,23 @@ encoded once per process and stream with each socket's `prev` spliced in, and a 
 hop. The same profiled workload went from 4.8 s to 3.3 s of server time, and the burst's server CPU
 per delivery from 285–318 µs to 194–238 µs.
 
-Last run: **not met**, every event delivered. Before and after side by side (the benchmark itself,
-the old socket from a copy of the previous commit, alternating, 2026-12-07 16:39–16:45, load 1.6 to
-4.1 from other work on the machine, PostgreSQL busy with another suite):
+Earlier runs with `channels_redis`' `RedisChannelLayer` (before the platform's own layer, below),
+after the hot-path work: p99 143–424 ms under load from other work, 131 ms on a quiet machine
+(2026-12-07 18:13, load 0.0: p50 15 ms, max 330 ms; baseline p99 12 ms). Each event was a Redis
+pop per socket: 50 round trips per event in each server worker, one after the other.
 
-| pair | load at start | before p50 / p99 | after p50 / p99 | baseline p99 |
-|---|---|---|---|---|
-| 1 | 1.6 / 1.8 | 23 / 237 ms | 19 / 143 ms | 16 / 14 ms |
-| 2 | 2.3 / 4.1 | 31 / 580 ms | 29 / 424 ms | 20 / 21 ms |
-| 3 | 1.7 / 3.3 | 114 / 1,050 ms | 24 / 202 ms | 20 / 19 ms |
-
-The row above is pair 3's after run. The tail moves with the machine far more than the baseline's
-does, and under this load even the first client's copy of an event (commit, publish, Redis, the
-first consumer) reached 134 ms at p99 in a diagnostic run, with the spread over the 100 clients
-adding up to 220 ms more: the commit itself is in the figure, and PostgreSQL was shared with a
-full test suite. The burst figure is bound by the producer (about 40 audit writes a second, each
-its own transaction with its chain-head lock), not by the fan-out: the baseline's producer is a bare
-`PUBLISH`. What remains per delivery is Channels' own machinery (each socket's channel-layer
-`receive` and dispatch; see `ws_throughput`), the websocket write and its deflate. Not yet tried:
-one channel-layer subscription per process fanned out to its sockets (what the baseline does),
-permessage-deflate off for these small frames, more server workers on a larger machine, a run on a
-quiet machine.
+Since `apps.common.channel_layer.FanoutChannelLayer` (one pub/sub subscription per server worker
+for a group, each event decoded once and the same message handed to each of its sockets, which then
+also share its encoded frame): **met**. Same machine, quiet (2026-12-07 18:22, load 0.8): p50 14 ms,
+p99 27 ms, max 75 ms, 20,000 of 20,000 delivered; baseline p50 9 ms, p99 14 ms; the burst 6,528
+deliveries/s (was 4,128); again at 18:40 (the row above): p99 22 ms, burst 8,130/s (still bound by the producer's audit writes, about 65 a second, each its own
+transaction with its chain-head lock, while the baseline's producer is a bare `PUBLISH`). What remains
+per delivery is Channels' own machinery (each socket's `receive` and dispatch), the websocket
+write and its permessage-deflate. Under heavy load from other work the tail grows with the commit
+and PostgreSQL, which this figure includes and the baseline does not.
 
 **`ws_throughput`**: events per second through the channel layer the platform is configured with
-(`settings.CHANNEL_LAYERS`: `channels_redis`' `RedisChannelLayer`, capacity 100, expiry 60 s),
+(`settings.CHANNEL_LAYERS`: `apps.common.channel_layer.FanoutChannelLayer`, capacity 1,000),
 under a prefix of its own on the same Redis. Two receiver processes (as two server workers) each
 open 50 channels (`new_channel`), add them to one group and run one task per channel awaiting
 `receive`, as a consumer does; the runner's process calls `group_send` for 2,000 events back to
@@ -790,21 +783,26 @@ stream, over seconds; the part that matters is a burst (a round's opening, 11 ev
 reaching every subscriber without loss. The ratio is the layer's own cost per event against what
 any fan-out over Redis must pay.
 
-Last run (2026-12-07, 2 CPUs, load 0.33 at start): 230 events/s to 100 channels against the
-floor's 6,401 (×0.03): **not met**, and 332,500 of 600,000 deliveries were lost. The producer
-sent 450–760 events/s, the receivers drained about 230; once a process's queue held 100 messages
-(`capacity`), `group_send` dropped the rest for it (channels_redis logs "over capacity"; with a
-capacity of 100,000 the same run loses nothing, at 285 events/s). Receiving is the bottleneck: for
-each message a process makes four Redis calls (the backup clean-up script, `BZPOPMIN`, the backup
-`ZADD`, the cleaner's `ZPOPMIN`) and wakes each of its 50 channel tasks through `receive`'s race
-between its lock and its buffer (two futures and an `asyncio.wait` per task per message): about
-70 µs per local delivery. channels_redis' `RedisPubSubChannelLayer` moved 2,786 events/s (×0.43
-of the floor) and lost none, but it keeps no message for a process that is not subscribed at that
-moment. For the product, 230 events/s to 100 subscribers is about five 10-site rounds' worth of
-events a second; a burst more than 100 events ahead of a slow process is dropped by the layer,
-and the socket then fills the gap from the database (see `ws_latency`), so clients lose nothing
-but the gap costs a query. Not yet tried: the pub/sub layer in the platform (its delivery
-semantics need a review of every control message), a larger `capacity`.
+History. With `channels_redis`' `RedisChannelLayer` (capacity 100, expiry 60 s; 2026-12-07, 2 CPUs,
+load 0.0–0.3): 230–289 events/s against the floor's 6,401–7,010 (×0.03–0.04), **not met**, and over
+half of each burst lost (328,250–332,500 of 600,000 deliveries). Receiving was the bottleneck: for
+each message a process made four Redis calls (the backup clean-up script, `BZPOPMIN`, the backup
+`ZADD`, the cleaner's `ZPOPMIN`) and woke each of its 50 channel tasks through `receive`'s race
+between its lock and its buffer, about 70 µs per local delivery; once a process's queue held 100
+messages, `group_send` dropped the rest for it. `RedisPubSubChannelLayer` lost nothing but moved
+2,786–4,257 events/s (×0.43–0.6): it queues the raw bytes for every channel and decodes them once
+per channel, and its queues are unbounded.
+
+Now the platform runs its own layer, `apps.common.channel_layer.FanoutChannelLayer` (Redis pub/sub;
+each process subscribes once to a group its channels joined, decodes each message once and hands
+the same object to each local channel; an inbox holding 1,000 undelivered messages drops its
+oldest, so a stalled socket sees the gap at its next message and fills it from the database).
+Runs of 2026-12-07 18:24–18:41 (quiet machine): ×0.54, ×0.82, ×0.81, ×0.78 of the floor (4,174,
+4,977, 6,066 and 5,502 events/s against 8,378, 7,375, 6,850 and 7,397), nothing lost: **met**. The first of these ran
+before the name check on each `receive` and `group_send` was taken off the hot path (a channel
+name is checked once, when made; a group name once per name). What is left over the floor is the
+msgpack encoding and Channels' `receive` call per channel. For the product: a 10-site round's
+events reach 100 subscribers in well under a millisecond of layer time.
 
 **`webapp_bundle`** (pure): what a browser downloads before the web app can render. `frontend/` is
 built by its own Vite config (`vite build`, the step `scripts/frontend.py build` runs after `tsc`)

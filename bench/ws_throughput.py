@@ -2,7 +2,7 @@
 subscribed channels, against raw Redis pub/sub doing the same fan-out.
 
 * **ours**: the channel layer the platform is configured with (``settings.CHANNEL_LAYERS``:
-  ``channels_redis``' ``RedisChannelLayer``, its capacity and expiry), under a prefix of its own.
+  ``apps.common.channel_layer.FanoutChannelLayer`` and its capacity), under a prefix of its own.
   Two receiver processes (as two server workers) each open 50 channels (``new_channel``), add them
   to one group and run one task per channel that awaits ``receive`` in a loop, as a consumer does.
   A producer (this process, one event loop) calls ``group_send`` for each event, one after the

@@ -191,8 +191,8 @@ def frame_parts(stream: str, event: Event) -> tuple[str, str]:
 
 class _FrameCache:
     """The frames of live events already encoded in this process. The channel layer hands one
-    message object to every socket of the process in its group (``channels_redis`` buffers the same
-    dict for each local channel); each subscription builds its :class:`Event` from it
+    message object to every socket of the process in its group (``apps.common.channel_layer``
+    decodes each message once); each subscription builds its :class:`Event` from it
     (``from_message``: a function of the message, no database), so for a subscription that shows
     the event unchanged (``visible`` returned it as is) everything but ``prev`` is the same on every
     socket subscribed to that stream. Keyed by the message's identity and the stream; each entry

@@ -116,8 +116,9 @@ REDIS_URL = env.str("REDIS_URL")
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "capacity": 100, "expiry": 60},
+        # Redis pub/sub, one subscription per process fanned out to its sockets (see the module).
+        "BACKEND": "apps.common.channel_layer.FanoutChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": "cohort", "capacity": 1000},
     }
 }
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)

@@ -643,13 +643,13 @@ async def _drain(comm: WebsocketCommunicator, quiet: float = 0.5) -> list[dict[s
 
 @pytest.fixture
 def redis_asgi_app(settings: Any) -> Any:
-    """The app on the Redis channel layer (as served), under a prefix of its own: the in-memory
+    """The app on the Redis channel layer it is served with, under a prefix of its own: the in-memory
     layer copies a message per channel, so only this one shows what sockets of a process share."""
     import uuid
 
     from channels.layers import channel_layers
 
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "apps.common.channel_layer.FanoutChannelLayer",
                                            "CONFIG": {"hosts": [settings.REDIS_URL],
                                                       "prefix": f"test-{uuid.uuid4().hex[:8]}"}}}  # fmt: skip
     channel_layers.backends.clear()

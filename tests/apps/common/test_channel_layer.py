@@ -1,0 +1,244 @@
+"""The platform's channel layer (``apps.common.channel_layer``) on the real Redis of the settings:
+one subscription per loop for a group, the same decoded message to each local channel, bounded
+inboxes that drop the oldest, cleanup when a consumer's receive is cancelled, recovery from a
+killed pub/sub connection, and database numbers kept apart."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+
+from apps.common.channel_layer import FanoutChannelLayer
+
+
+def _url(db: int | None = None) -> str:
+    url: str = settings.REDIS_URL
+    if db is None:
+        return url
+    base = url.rsplit("/", 1)[0] if url.rsplit("/", 1)[-1].isdigit() else url.rstrip("/")
+    return f"{base}/{db}"
+
+
+def _layer(**config: Any) -> FanoutChannelLayer:
+    config.setdefault("hosts", [_url()])
+    config.setdefault("prefix", f"t{uuid.uuid4().hex[:10]}")
+    return FanoutChannelLayer(**config)
+
+
+def _numsub(key: str) -> int:
+    client = redis.Redis.from_url(_url())
+    try:
+        return int(dict(client.pubsub_numsub(key))[key.encode()])
+    finally:
+        client.close()
+
+
+class _OtherLoop:
+    """A second event loop in a thread: its layer state is another process's, as far as the
+    layer can tell (its own channels, groups and pub/sub connection)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any, timeout: float = 10.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture
+def other() -> Iterator[_OtherLoop]:
+    loop = _OtherLoop()
+    yield loop
+    loop.close()
+
+
+async def _receive(layer: FanoutChannelLayer, channel: str, timeout: float = 3.0) -> dict[str, Any]:
+    return await asyncio.wait_for(layer.receive(channel), timeout)
+
+
+async def _send_until_received(
+    layer: FanoutChannelLayer, group: str, channel: str, timeout: float = 10.0
+) -> dict[str, Any]:
+    """group_send until ``channel`` gets one (a fresh subscription takes a moment to be in place).
+    One receive waits throughout: cancelling a receive ends its channel, as a consumer's end does."""
+    end = time.monotonic() + timeout
+    waiting = asyncio.ensure_future(layer.receive(channel))
+    while not waiting.done():
+        assert time.monotonic() < end, "nothing arrived"
+        await layer.group_send(group, {"type": "t.ping"})
+        await asyncio.wait([waiting], timeout=0.2)
+    message: dict[str, Any] = waiting.result()
+    inbox = layer.local().inboxes[channel].queue
+    while not inbox.empty():  # the other pings
+        inbox.get_nowait()
+    return message
+
+
+async def _nothing(layer: FanoutChannelLayer, channel: str, wait: float = 0.3) -> None:
+    """Nothing arrives on ``channel`` within ``wait`` (looked at without a receive to cancel)."""
+    await asyncio.sleep(wait)
+    assert layer.local().inboxes[channel].queue.empty()
+
+
+async def test_a_group_message_is_decoded_once_and_each_local_channel_gets_the_same_object(other: _OtherLoop) -> None:
+    layer = _layer()
+    a, b, outsider = await layer.new_channel(), await layer.new_channel(), await layer.new_channel()
+    await layer.group_add("g1", a)
+    await layer.group_add("g1", b)
+    await _send_until_received(layer, "g1", a)
+    await _receive(layer, b)
+    local = layer.local()
+    before = local.received
+    assert _numsub(layer.group_key("g1")) == 1  # one subscription for both channels
+
+    sender = _layer(prefix=layer.prefix.rsplit(".db", 1)[0])  # same names, another loop: another process
+    other.run(sender.group_send("g1", {"type": "t.event", "n": 7, "blob": b"\x00\x01"}))
+    got_a, got_b = await _receive(layer, a), await _receive(layer, b)
+    assert got_a == {"type": "t.event", "n": 7, "blob": b"\x00\x01"}
+    assert got_a is got_b
+    assert local.received == before + 1
+    await _nothing(layer, outsider, 0.3)
+    other.run(sender.flush())
+    await layer.flush()
+
+
+async def test_send_reaches_one_channel_and_discard_unsubscribes_the_last_member() -> None:
+    layer = _layer()
+    a, b = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add("g2", a)
+    await layer.group_add("g2", b)
+    await _send_until_received(layer, "g2", a)
+    await _receive(layer, b)
+    await layer.send(b, {"type": "t.direct"})
+    assert (await _receive(layer, b))["type"] == "t.direct"
+    await _nothing(layer, a, 0.3)
+
+    await layer.group_discard("g2", a)
+    assert _numsub(layer.group_key("g2")) == 1  # b is still in it
+    await layer.group_send("g2", {"type": "t.after"})
+    assert (await _receive(layer, b))["type"] == "t.after"
+    await _nothing(layer, a, 0.3)
+    await layer.group_discard("g2", b)
+    assert _numsub(layer.group_key("g2")) == 0
+    await layer.group_discard("g2", b)  # again: nothing to do, no error
+    await layer.flush()
+
+
+async def test_a_full_inbox_drops_its_oldest_so_the_next_message_shows_the_gap() -> None:
+    layer = _layer(capacity=3)
+    slow, fast = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add("g3", slow)
+    await layer.group_add("g3", fast)
+    await _send_until_received(layer, "g3", slow)
+    await asyncio.sleep(0.2)  # the last pings are in
+    local = layer.local()
+    for channel in (slow, fast):
+        while not local.inboxes[channel].queue.empty():
+            local.inboxes[channel].queue.get_nowait()
+    dropped = local.dropped
+    fast_got = []
+    for i in range(5):  # the fast channel reads each as it comes; the slow one reads nothing
+        await layer.group_send("g3", {"type": "t.seq", "i": i})
+        fast_got.append((await _receive(layer, fast))["i"])
+    assert fast_got == [0, 1, 2, 3, 4]
+    got = [(await _receive(layer, slow))["i"] for _ in range(3)]
+    assert got == [2, 3, 4]  # 0 and 1 were dropped: the oldest go
+    assert local.dropped == dropped + 2
+    await layer.flush()
+
+
+async def test_a_cancelled_receive_forgets_the_channel_and_its_groups() -> None:
+    layer = _layer()
+    a = await layer.new_channel()
+    await layer.group_add("g4", a)
+    await _send_until_received(layer, "g4", a)
+    waiting = asyncio.ensure_future(layer.receive(a))
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    for _ in range(50):
+        if _numsub(layer.group_key("g4")) == 0 and _numsub(layer.channel_key(a)) == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert _numsub(layer.group_key("g4")) == 0
+    assert _numsub(layer.channel_key(a)) == 0
+    with pytest.raises(RuntimeError, match="not a channel"):
+        await layer.receive(a)
+    with pytest.raises(RuntimeError, match="not a channel"):
+        await layer.group_add("g4", a)
+    await layer.flush()
+
+
+async def test_messages_flow_again_after_the_pubsub_connection_is_killed() -> None:
+    layer = _layer()
+    a = await layer.new_channel()
+    await layer.group_add("g5", a)
+    await _send_until_received(layer, "g5", a)
+    admin = redis.Redis.from_url(_url())
+    try:
+        assert admin.client_kill_filter(_type="pubsub", skipme=True) >= 1
+    finally:
+        admin.close()
+    # Messages published while it is down are lost (at most once); once redis-py has reconnected and
+    # subscribed again, they arrive.
+    got = await _send_until_received(layer, "g5", a, timeout=15)
+    assert got["type"] == "t.ping"
+    await layer.flush()
+
+
+async def test_layers_on_different_databases_do_not_hear_each_other(other: _OtherLoop) -> None:
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    here, there = _layer(hosts=[_url(13)], prefix=prefix), _layer(hosts=[_url(14)], prefix=prefix)
+    a = await here.new_channel()
+    await here.group_add("g6", a)
+    await _send_until_received(here, "g6", a)
+    other.run(there.group_send("g6", {"type": "t.other-db"}))
+    await _nothing(here, a, 0.5)
+    other.run(there.flush())
+    await here.flush()
+
+
+def test_the_layer_refuses_a_config_it_cannot_serve() -> None:
+    with pytest.raises(ValueError, match="list of one Redis URL"):
+        FanoutChannelLayer(hosts="redis://127.0.0.1:6379/0")
+    with pytest.raises(ValueError, match="list of one Redis URL"):
+        FanoutChannelLayer(hosts=["redis://a:6379/0", "redis://b:6379/0"])
+    with pytest.raises(ValueError, match="redis:// URL"):
+        FanoutChannelLayer(hosts=["http://127.0.0.1:6379"])
+    with pytest.raises(ValueError, match="capacity"):
+        FanoutChannelLayer(hosts=[_url()], capacity=0)
+
+
+def test_a_loop_closes_its_layer_state_with_it() -> None:
+    layer = _layer()
+    loop = asyncio.new_event_loop()
+
+    async def use() -> str:
+        channel = await layer.new_channel()
+        await layer.group_add("g7", channel)
+        return channel
+
+    channel = loop.run_until_complete(use())
+    assert _numsub(layer.channel_key(channel)) == 1
+    loop.close()
+    assert loop not in layer._loops
+    for _ in range(50):
+        if _numsub(layer.channel_key(channel)) == 0:
+            break
+        time.sleep(0.05)
+    assert _numsub(layer.channel_key(channel)) == 0
