@@ -5,6 +5,7 @@
     python scripts/frontend.py test    # the Vitest unit tests
     python scripts/frontend.py npm ... # any npm command in frontend/ (e.g. `npm install --save-exact x`)
 
+Each built text asset also gets a gzip copy beside it (``<file>.gz``), which WhiteNoise serves.
 The build is cached: ``frontend/.build-hash`` holds the SHA-256 of the sources, the lock file and
 the Node.js version it was built from, and a build with the same hash does nothing. Every npm dependency is pinned
 exactly (``package.json``) and locked (``package-lock.json``, installed with ``npm ci``).
@@ -13,6 +14,7 @@ Exit codes: 0 done, 1 a step failed (its output above), 2 no Node.js found.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import subprocess
@@ -86,14 +88,45 @@ def ensure_modules() -> None:
     stamp.write_text(want + "\n")
 
 
+COMPRESSIBLE = (".js", ".css", ".svg", ".json", ".map", ".txt", ".html", ".wasm")
+COMPRESS_MIN_BYTES = 1024
+
+
+def precompress(folder: Path) -> list[Path]:
+    """Write ``<file>.gz`` (level 9, no timestamp: the same bytes every build) beside every text
+    asset of ``folder`` of at least :data:`COMPRESS_MIN_BYTES` that gzip makes smaller. WhiteNoise
+    serves such a file to a browser that accepts gzip, also when ``make run`` serves the app from
+    ``frontend/dist`` through Django's finders (``DEBUG``), where ``collectstatic``'s own
+    compressed copies are not used. Returns the files written (an unchanged copy is left alone)."""
+    written = []
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.suffix not in COMPRESSIBLE:
+            continue
+        raw = path.read_bytes()
+        if len(raw) < COMPRESS_MIN_BYTES:
+            continue
+        packed = gzip.compress(raw, compresslevel=9, mtime=0)
+        target = path.with_name(path.name + ".gz")
+        if len(packed) >= len(raw):
+            target.unlink(missing_ok=True)
+            continue
+        if target.is_file() and target.read_bytes() == packed:
+            continue
+        target.write_bytes(packed)
+        written.append(target)
+    return written
+
+
 def build() -> None:
     want = digest(SOURCES)
     stamp = STAMP
     if (DIST / "index.html").is_file() and stamp.is_file() and stamp.read_text().strip() == want:
+        precompress(DIST)  # a build made before the gzip copies existed gets them
         print("frontend: up to date (frontend/dist)")
         return
     ensure_modules()
     npm("run", "build", "--silent")
+    precompress(DIST)
     stamp.write_text(want + "\n")
     print("frontend: built frontend/dist")
 
