@@ -756,7 +756,8 @@ Since `apps.common.channel_layer.FanoutChannelLayer` (one pub/sub subscription p
 for a group, each event decoded once and the same message handed to each of its sockets, which then
 also share its encoded frame): **met**. Same machine, quiet (2026-12-07 18:22, load 0.8): p50 14 ms,
 p99 27 ms, max 75 ms, 20,000 of 20,000 delivered; baseline p50 9 ms, p99 14 ms; the burst 6,528
-deliveries/s (was 4,128); again at 18:40 (the row above): p99 22 ms, burst 8,130/s (still bound by the producer's audit writes, about 65 a second, each its own
+deliveries/s (was 4,128); again at 18:40 (the row above): p99 22 ms, burst 8,130/s (still bound
+by the producer's audit writes, about 65 a second, each its own
 transaction with its chain-head lock, while the baseline's producer is a bare `PUBLISH`). What remains
 per delivery is Channels' own machinery (each socket's `receive` and dispatch), the websocket
 write and its permessage-deflate. Under heavy load from other work the tail grows with the commit

@@ -8,7 +8,7 @@ import { DatasetPage, Datasets } from "./pages/Datasets";
 import { Federations } from "./pages/Federations";
 import { JobLive, Jobs } from "./pages/Jobs";
 import { ModelPage, Models } from "./pages/Models";
-import { Settings } from "./pages/Settings";
+import { AcceptInvitation, Settings } from "./pages/Settings";
 import { type Me, SignIn } from "./pages/SignIn";
 import { ErrorPage, Loading } from "./pages/Status";
 import { match, navigate, usePath } from "./router";
@@ -29,6 +29,8 @@ export function App() {
   useEffect(() => {
     if (me) api<Tenant[]>("tenants/").then(setTenants, setError);
   }, [me]);
+  // After accepting an invitation: the organisation switcher lists the new organisation.
+  const reloadTenants = () => { api<Tenant[]>("tenants/").then(setTenants, setError); };
   useEffect(() => {
     const out = () => { forgetCsrf(); resetLiveClient(); setMe(null); setTenants(null); };
     window.addEventListener("cohort:signed-out", out);
@@ -91,10 +93,15 @@ export function App() {
         <button type="button" onClick={() => void signOut()}>Sign out</button>
       </header>
       <main>
-        {tenants.length === 0 ? <p className="empty">You are not a member of any organisation yet.</p> : null}
+        {tenants.length === 0 ? (
+          <section>
+            <p className="empty">You are not a member of any organisation yet. Paste an invitation's token to join one.</p>
+            <AcceptInvitation onJoined={reloadTenants} />
+          </section>
+        ) : null}
         {route.page === "federations" ? <Federations slug={route.slug} /> : null}
         {route.page === "federation" ? <FederationLive key={`${route.slug}/${route.id}`} slug={route.slug} id={route.id} /> : null}
-        {route.page === "settings" ? <Settings key={route.slug} slug={route.slug} /> : null}
+        {route.page === "settings" ? <Settings key={route.slug} slug={route.slug} role={role} onJoined={reloadTenants} /> : null}
         {route.page === "audit" ? <Audit key={route.slug} slug={route.slug} /> : null}
         {route.page === "datasets" ? <Datasets slug={route.slug} /> : null}
         {route.page === "dataset" ? <DatasetPage key={`${route.slug}/${route.id}`} slug={route.slug} id={route.id} role={role} /> : null}

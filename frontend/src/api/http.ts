@@ -73,14 +73,19 @@ export interface Page<T> {
   next?: string | null;
 }
 
+/** The `api()` path of a page's `next` (or `previous`) link, which the server gives as a full URL. */
+export function pagePath(link: string): string {
+  const u = new URL(link, window.location.origin);
+  return u.pathname.replace(/^\/api\/v1\//, "") + u.search;
+}
+
 /** Every item of a cursor-paginated list, following `next` (at most `limit` items). */
 export async function allPages<T>(path: string, limit = 5000): Promise<T[]> {
   const out: T[] = [];
   let page = await api<Page<T>>(path);
   out.push(...page.results);
   while (page.next && out.length < limit) {
-    const u = new URL(page.next, window.location.origin);
-    page = await api<Page<T>>(u.pathname.replace(/^\/api\/v1\//, "") + u.search);
+    page = await api<Page<T>>(pagePath(page.next));
     out.push(...page.results);
   }
   return out;
