@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
-
-logger = logging.getLogger(__name__)
+from apps.common.publisher import publish
 
 
 def audit_group(tenant_id: int) -> str:
@@ -47,19 +43,12 @@ def has_listeners(tenant_id: int) -> bool:
 
 
 def publish_audit_event(tenant_id: int, event: dict[str, Any]) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        group = audit_group(tenant_id)
-        async_to_sync(layer.group_send)(group, {"type": "audit.event", "event": event, "group": group})
-    except Exception:  # live view is best effort; the event itself is already committed
-        logger.warning("could not publish audit event to the live channel", exc_info=True)
+    """The committed event's summary to the tenant's audit group, through the process's sender
+    thread (best effort: the live view resyncs from the log)."""
+    publish(audit_group(tenant_id), {"type": "audit.event", "event": event})
 
 
 def publish_tenant_control(tenant_id: int, message: dict[str, Any]) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    group = control_group(tenant_id)
-    async_to_sync(layer.group_send)(group, {"type": "tenant.control", **message, "group": group})
+    """Tell the tenant's sockets to check their principal again (a revoked session, key or
+    membership closes them); in order with the tenant's other live events."""
+    publish(control_group(tenant_id), {"type": "tenant.control", **message})

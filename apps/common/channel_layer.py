@@ -110,8 +110,11 @@ class FanoutChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         original = loop.close
 
         def close(this: asyncio.AbstractEventLoop) -> None:
+            if loop.is_running():  # refused by the loop itself; its state stays in use
+                original()
+                return
             layer = self._loops.pop(loop, None)
-            if layer is not None and not loop.is_running():
+            if layer is not None:
                 with contextlib.suppress(Exception):
                     loop.run_until_complete(layer.flush())
             this.close = original  # type: ignore[method-assign]
@@ -150,6 +153,13 @@ class FanoutChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             key = self._group_keys[group] = self.group_key(group)
         await self.local().publish(key, message)
 
+    async def discard_channel(self, channel: str) -> None:
+        """Release a channel ``new_channel`` made: its inbox, groups and subscriptions (consumers
+        call this when they end; see :class:`ReleasesChannel`). Unknown channels are ignored."""
+        layer = self._loops.get(asyncio.get_running_loop())
+        if layer is not None:
+            layer.forget(channel)
+
     async def flush(self) -> None:
         """Close this loop's connections and forget its channels and groups."""
         layer = self._loops.pop(asyncio.get_running_loop(), None)
@@ -175,32 +185,71 @@ class FanoutChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         return message
 
 
+class ReleasesChannel:
+    """A consumer mixin: when the consumer ends, however it ends, its channel is released.
+
+    Channels' consumers release nothing themselves; this layer frees a channel when its pending
+    receive is cancelled, but a consumer that ends while it handles a message has none pending."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)  # type: ignore[misc]
+        finally:
+            layer, channel = getattr(self, "channel_layer", None), getattr(self, "channel_name", None)
+            discard = getattr(layer, "discard_channel", None)
+            if channel and discard is not None:
+                with contextlib.suppress(Exception):
+                    await discard(channel)
+
+
 class _Inbox:
     """One channel's undelivered messages: a bounded queue that drops its oldest when full."""
 
-    __slots__ = ("groups", "queue")
+    __slots__ = ("groups", "idle_since", "queue", "waiting")
 
     def __init__(self, capacity: int) -> None:
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=capacity)
         self.groups: set[str] = set()  # the Redis keys of the groups it joined
+        self.waiting = 0  # receives now waiting on it
+        self.idle_since = time.monotonic()  # when the last receive ended (or the channel was made)
 
 
 class FanoutLoopLayer:
-    """One event loop's channels, groups and Redis connections."""
+    """One event loop's channels, groups and Redis connections.
+
+    Only the reader task and callers holding ``_lock`` touch the pub/sub connection, one at a time:
+    redis-py's pub/sub object is not safe for a command (which may reconnect and read the
+    handshake) while another coroutine reads. The reader holds the lock for one short read
+    (``POLL_S``), so a ``group_add`` waits at most that long. What the connection is subscribed to
+    is reconciled against the members every ``RECONCILE_S`` and after any failure (redis-py
+    resubscribes, on reconnect, to what it was subscribed to, including what was unsubscribed while
+    it was down). A connection quiet for ``HEALTH_S`` is pinged, and one that does not answer within
+    ``DEAD_S`` is replaced (a NAT or firewall that drops a connection without closing it)."""
+
+    POLL_S = 0.05
+    RECONCILE_S = 5.0
+    HEALTH_S = 15.0
+    DEAD_S = 10.0
+    ORPHAN_S = 600.0  # a channel nobody received on for this long is released (see ``sweep``)
 
     def __init__(self, parent: FanoutChannelLayer) -> None:
         self.parent = parent
-        self.redis = aioredis.Redis.from_url(parent.url)
+        self.redis = aioredis.Redis.from_url(parent.url, socket_keepalive=True)
         self.pubsub = self.redis.pubsub()
         self.inboxes: dict[str, _Inbox] = {}
         self.members: dict[str, set[str]] = {}  # Redis key -> local channels (a group's, or one channel's)
-        self.subscribed: set[str] = set()
+        self.subscribed: set[str] = set()  # keys this connection was told to subscribe to
         self.dropped = 0
         self.received = 0
-        self._lock = asyncio.Lock()  # subscribe / unsubscribe commands, one at a time
+        self.rebuilt = 0
+        self._lock = asyncio.Lock()  # the pub/sub connection: one user at a time
+        self._dirty = False  # subscriptions may differ from the members: reconcile soon
         self._reader: asyncio.Task[None] | None = None
         self._cleanup: set[asyncio.Task[None]] = set()
         self._warned_at = 0.0
+        self._last_seen = time.monotonic()  # the connection last said something
+        self._ping_sent: float | None = None
+        self._reconciled = self._swept = time.monotonic()
 
     # --- channels and groups ----------------------------------------------------------------------------
     async def new_channel(self, prefix: str) -> str:
@@ -213,12 +262,16 @@ class FanoutLoopLayer:
         inbox = self.inboxes.get(channel)
         if inbox is None:
             raise RuntimeError(f"{channel!r} is not a channel of this process's loop (make it with new_channel).")
+        inbox.waiting += 1
         try:
             return await inbox.queue.get()
         except asyncio.CancelledError:
             # Channels cancels a consumer's receive when the consumer ends: the channel goes with it.
-            self._forget(channel)
+            self.forget(channel)
             raise
+        finally:
+            inbox.waiting -= 1
+            inbox.idle_since = time.monotonic()
 
     async def group_add(self, group: str, channel: str) -> None:
         inbox = self.inboxes.get(channel)
@@ -240,14 +293,18 @@ class FanoutLoopLayer:
 
     async def _join(self, key: str, channel: str) -> None:
         self.members.setdefault(key, set()).add(channel)
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.ensure_future(self._read())
         if key in self.subscribed:
             return
         async with self._lock:
             if key not in self.subscribed and channel in self.members.get(key, ()):
-                await self.pubsub.subscribe(key)
-                self.subscribed.add(key)
-        if self._reader is None or self._reader.done():
-            self._reader = asyncio.ensure_future(self._read())
+                try:
+                    await self.pubsub.subscribe(key)
+                    self.subscribed.add(key)
+                except Exception:  # Redis is away: the reader subscribes when it is back
+                    self._dirty = True
+                    logger.warning("channel layer: could not subscribe to %s now; will retry", key, exc_info=True)
 
     async def _leave(self, key: str, channel: str) -> None:
         members = self.members.get(key)
@@ -260,37 +317,101 @@ class FanoutLoopLayer:
         async with self._lock:
             if key in self.subscribed and key not in self.members:
                 self.subscribed.discard(key)
-                with contextlib.suppress(Exception):  # a lost connection forgets it anyway
+                try:
                     await self.pubsub.unsubscribe(key)
+                except Exception:  # a reconnect would subscribe it again: reconcile then
+                    self._dirty = True
 
-    def _forget(self, channel: str) -> None:
+    def forget(self, channel: str) -> bool:
+        """Release ``channel``: its inbox, its groups and its own subscription (soon, in the
+        background). False when it was not a channel of this loop (or already released)."""
         inbox = self.inboxes.pop(channel, None)
         if inbox is None:
-            return
+            return False
         for key in (*inbox.groups, self.parent.channel_key(channel)):
             task = asyncio.ensure_future(self._leave(key, channel))
             self._cleanup.add(task)
             task.add_done_callback(self._cleanup.discard)
+        return True
+
+    def sweep(self, now: float | None = None) -> int:
+        """Release channels no receive waited on for ``ORPHAN_S``: a consumer that ended while it
+        was handling a message (so no receive was cancelled) and did not release its channel."""
+        now = time.monotonic() if now is None else now
+        orphans = [c for c, i in self.inboxes.items() if i.waiting == 0 and now - i.idle_since > self.ORPHAN_S]
+        for channel in orphans:
+            self.forget(channel)
+        if orphans:
+            logger.info("channel layer: released %d channels nobody received on", len(orphans))
+        return len(orphans)
 
     # --- the one reader -------------------------------------------------------------------------------
     async def _read(self) -> None:
         backoff = BACKOFF_MIN_S
         while True:
             try:
-                if not self.pubsub.subscribed:
-                    await asyncio.sleep(READ_TIMEOUT_S / 10)
+                await self._housekeeping()
+                if not self.subscribed:
+                    await asyncio.sleep(self.POLL_S)
                     continue
-                raw = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=READ_TIMEOUT_S)
+                async with self._lock:
+                    raw = await self.pubsub.get_message(ignore_subscribe_messages=False, timeout=self.POLL_S)
                 backoff = BACKOFF_MIN_S
             except asyncio.CancelledError:
                 raise
             except Exception:
+                self._dirty = True
                 logger.warning("channel layer: pub/sub read failed; trying again in %.1f s", backoff, exc_info=True)
                 await asyncio.sleep(backoff * (0.5 + random.random()))  # jitter: not every process at once
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
-            if raw is not None and raw.get("type") == "message":
+            if raw is None:
+                continue
+            self._last_seen, self._ping_sent = time.monotonic(), None
+            if raw.get("type") == "message":
                 self.deliver(raw["channel"], raw["data"])
+
+    async def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now - self._swept > min(60.0, self.ORPHAN_S / 2):
+            self._swept = now
+            self.sweep(now)
+        if self._ping_sent is not None and now - self._ping_sent > self.DEAD_S:
+            await self._rebuild()
+            return
+        if self.subscribed and self._ping_sent is None and now - self._last_seen > self.HEALTH_S:
+            async with self._lock:
+                self._ping_sent = now
+                await self.pubsub.ping(message="cohort-layer")
+        if self._dirty or now - self._reconciled > self.RECONCILE_S:
+            await self._reconcile()
+
+    async def _reconcile(self) -> None:
+        """Subscribe to what the members need and nothing else (on this connection's own view)."""
+        async with self._lock:
+            self._reconciled = time.monotonic()
+            self._dirty = True  # until it has gone through
+            want = set(self.members)
+            pending = {_name(k) for k in self.pubsub.pending_unsubscribe_channels}
+            have = {_name(k) for k in self.pubsub.channels} - pending
+            if want - have:
+                await self.pubsub.subscribe(*sorted(want - have))
+            if have - want:
+                await self.pubsub.unsubscribe(*sorted(have - want))
+            self.subscribed = want
+            self._dirty = False
+
+    async def _rebuild(self) -> None:
+        """Replace a connection that stopped answering with a new one, subscribed afresh."""
+        async with self._lock:
+            logger.warning("channel layer: the pub/sub connection did not answer for %.0f s; replacing it",
+                           self.DEAD_S)  # fmt: skip
+            old, self.pubsub = self.pubsub, self.redis.pubsub()
+            self.subscribed, self._dirty, self._ping_sent = set(), True, None
+            self._last_seen = time.monotonic()
+            self.rebuilt += 1
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(old.aclose(), 2.0)
 
     def deliver(self, key: bytes | str, data: bytes) -> int:
         """Hand one published message to this loop's channels on ``key``: decoded once, the same
@@ -339,3 +460,7 @@ class FanoutLoopLayer:
         self.inboxes.clear()
         self.members.clear()
         self.subscribed.clear()
+
+
+def _name(key: bytes | str) -> str:
+    return key.decode() if isinstance(key, bytes) else key

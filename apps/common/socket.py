@@ -59,6 +59,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from apps.audit.live import control_group
+from apps.common.channel_layer import ReleasesChannel
 from apps.common.stream import (
     CLOSE_FORBIDDEN,
     CLOSE_NOT_FOUND,
@@ -240,7 +241,7 @@ class SubscribeRefused(Exception):
         self.code, self.message = code, message
 
 
-class LiveConsumer(AsyncJsonWebsocketConsumer):
+class LiveConsumer(ReleasesChannel, AsyncJsonWebsocketConsumer):
     """``/ws/v1/``: see the module docstring."""
 
     user: Any = None

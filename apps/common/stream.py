@@ -32,6 +32,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.audit.live import control_group
+from apps.common.channel_layer import ReleasesChannel
 from apps.tenancy import policy
 from apps.tenancy.models import Tenant
 from apps.tenancy.scope import tenant_scope
@@ -116,7 +117,7 @@ def key_recheck_seconds() -> float:
     return float(getattr(settings, "COHORT_WS_KEY_RECHECK_SECONDS", 5.0))
 
 
-class TenantStreamConsumer(AsyncJsonWebsocketConsumer):
+class TenantStreamConsumer(ReleasesChannel, AsyncJsonWebsocketConsumer):
     """Read-only tenant stream; see the module docstring for the hooks."""
 
     permission = ""  # the role permission (apps.tenancy.policy) a member needs

@@ -11,16 +11,12 @@ group of the same name: its ``dataset.event`` messages (``services.events``).
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from apps.common.publisher import publish
 
 if TYPE_CHECKING:
     from apps.datasets.models import DatasetEvent
-
-logger = logging.getLogger(__name__)
 
 
 def dataset_group(tenant_id: int, dataset_id: int) -> str:
@@ -29,8 +25,6 @@ def dataset_group(tenant_id: int, dataset_id: int) -> str:
 
 def publish_dataset_event(event: DatasetEvent) -> None:
     """The owner's dataset stream: hand the committed event to the process's sender thread."""
-    from apps.common.publisher import publish
-
     publish(dataset_group(event.tenant_id, event.dataset_id), {"type": "dataset.event", "event": event_dict(event)})
 
 
@@ -45,16 +39,9 @@ def event_dict(e: DatasetEvent) -> dict[str, Any]:
 
 
 def publish_access_changed(tenant_id: int, dataset_id: int, *, grant_id: int, event: str) -> None:
-    """Tell ``tenant_id``'s streams about ``dataset_id`` to check their access again."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        group = dataset_group(tenant_id, dataset_id)
-        async_to_sync(layer.group_send)(
-            group,
-            {"type": "dataset.access_changed", "dataset_id": dataset_id, "grant_id": grant_id, "event": event,
-             "group": group},
-        )  # fmt: skip
-    except Exception:  # the gate refuses at once anyway; only the socket would stay open
-        logger.warning("could not publish a dataset access change to the live channel", exc_info=True)
+    """Tell ``tenant_id``'s streams about ``dataset_id`` to check their access again (the gate
+    refuses at once anyway; this closes the sockets)."""
+    publish(
+        dataset_group(tenant_id, dataset_id),
+        {"type": "dataset.access_changed", "dataset_id": dataset_id, "grant_id": grant_id, "event": event},
+    )

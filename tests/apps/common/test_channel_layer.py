@@ -1,22 +1,30 @@
 """The platform's channel layer (``apps.common.channel_layer``) on the real Redis of the settings:
 one subscription per loop for a group, the same decoded message to each local channel, bounded
 inboxes that drop the oldest, cleanup when a consumer's receive is cancelled, recovery from a
-killed pub/sub connection, and database numbers kept apart."""
+killed pub/sub connection, database numbers kept apart; through a proxy that fails: an outage that
+neither undoes an unsubscribe nor fails a group_add, a silent connection replaced; channels released
+when a consumer ends mid-message, and swept when nobody receives on them."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 import redis
+from channels.exceptions import StopConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
 from django.conf import settings
 
-from apps.common.channel_layer import FanoutChannelLayer
+from apps.common.channel_layer import FanoutChannelLayer, ReleasesChannel
 
 
 def _url(db: int | None = None) -> str:
@@ -244,3 +252,198 @@ def test_a_loop_closes_its_layer_state_with_it() -> None:
             break
         time.sleep(0.05)
     assert _numsub(layer.channel_key(channel)) == 0
+
+
+class _Proxy:
+    """A TCP proxy to the settings' Redis, in the test's loop, that can fail the ways networks do:
+    ``down()`` closes every connection and refuses new ones; ``blackhole()`` keeps the connections
+    open but stops passing their bytes either way (a NAT that forgot them); new ones pass."""
+
+    def __init__(self) -> None:
+        parsed = urlparse(_url())
+        self.target = (parsed.hostname or "127.0.0.1", parsed.port or 6379)
+        self.db = parsed.path.strip("/") or "0"
+        self.refusing = False
+        self.conns: list[dict[str, Any]] = []
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}/{self.db}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        conn: dict[str, Any] = {"passing": True, "writers": (writer, up_writer)}
+        self.conns.append(conn)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    if conn["passing"]:
+                        dst.write(data)
+                        await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def down(self) -> None:
+        self.refusing = True
+        for conn in self.conns:
+            for w in conn["writers"]:
+                w.close()
+        self.conns.clear()
+
+    def up(self) -> None:
+        self.refusing = False
+
+    def blackhole(self) -> None:
+        for conn in self.conns:
+            conn["passing"] = False
+
+    async def close(self) -> None:
+        self.down()
+        if self.server is not None:
+            self.server.close()
+
+
+def _publish_direct(layer: FanoutChannelLayer, group: str, message: dict[str, Any]) -> None:
+    """Publish to the group past the proxy (the Redis server itself), as another process would."""
+    client = redis.Redis.from_url(_url())
+    try:
+        client.publish(layer.group_key(group), layer.encode(message))
+    finally:
+        client.close()
+
+
+async def _until(check: Any, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < end, "the condition never held"
+        await asyncio.sleep(0.05)
+
+
+async def _receive_published(layer: FanoutChannelLayer, group: str, channel: str, timeout: float = 15.0) -> None:
+    """Publish past the proxy until ``channel`` gets one (the layer is reconnecting meanwhile)."""
+    end = time.monotonic() + timeout
+    waiting = asyncio.ensure_future(layer.receive(channel))
+    while not waiting.done():
+        assert time.monotonic() < end, "nothing arrived"
+        _publish_direct(layer, group, {"type": "t.ping"})
+        await asyncio.wait([waiting], timeout=0.2)
+
+
+async def test_an_outage_neither_undoes_an_unsubscribe_nor_fails_a_group_add() -> None:
+    proxy = _Proxy()
+    layer = _layer(hosts=[await proxy.start()])
+    a, b = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add("g8", a)
+    await _receive_published(layer, "g8", a)
+    assert _numsub(layer.group_key("g8")) == 1
+
+    proxy.down()  # Redis is unreachable: the leave and the join happen meanwhile
+    await asyncio.sleep(0.3)
+    await layer.group_discard("g8", a)
+    await asyncio.wait_for(layer.group_add("g9", b), 5)  # returns; it is subscribed once Redis is back
+    proxy.up()
+
+    await _receive_published(layer, "g9", b)
+    await _until(lambda: _numsub(layer.group_key("g8")) == 0)  # redis-py had resubscribed it
+    assert _numsub(layer.group_key("g9")) == 1
+    await layer.flush()
+    await proxy.close()
+
+
+async def test_a_connection_that_goes_silent_is_pinged_and_replaced() -> None:
+    proxy = _Proxy()
+    layer = _layer(hosts=[await proxy.start()])
+    a = await layer.new_channel()
+    await layer.group_add("g10", a)
+    await _receive_published(layer, "g10", a)
+    local = layer.local()
+    local.HEALTH_S, local.DEAD_S = 0.5, 1.0
+    proxy.blackhole()  # open but mute: nothing tells the layer
+    started = time.monotonic()
+    await _receive_published(layer, "g10", a, timeout=20)
+    assert local.rebuilt == 1
+    assert time.monotonic() - started < 10
+    await layer.flush()
+    await proxy.close()
+
+
+def test_channels_nobody_receives_on_are_swept() -> None:
+    layer = _layer()
+
+    async def run() -> None:
+        local_channel = await layer.new_channel()
+        busy = await layer.new_channel()
+        local = layer.local()
+        waiting = asyncio.ensure_future(layer.receive(busy))
+        await asyncio.sleep(0.05)
+        assert local.sweep(time.monotonic() + local.ORPHAN_S / 2) == 0  # not idle long enough
+        assert local.sweep(time.monotonic() + local.ORPHAN_S + 1) == 1  # only the one nobody waits on
+        assert local_channel not in local.inboxes
+        assert busy in local.inboxes
+        await _until(lambda: _numsub(layer.channel_key(local_channel)) == 0)
+        waiting.cancel()
+        await layer.flush()
+
+    asyncio.run(run())
+
+
+class _Stops(AsyncWebsocketConsumer):
+    """Joins a group and ends while handling its message (no receive of its channel pending)."""
+
+    async def connect(self) -> None:
+        await self.channel_layer.group_add("g11", self.channel_name)
+        await self.accept()
+        await self.send(text_data=self.channel_name)
+
+    async def t_stop(self, message: dict[str, Any]) -> None:
+        raise StopConsumer()
+
+
+class _Releases(ReleasesChannel, _Stops):
+    pass
+
+
+@pytest.mark.parametrize("consumer", [_Stops, _Releases])
+async def test_a_consumer_that_ends_mid_message_releases_its_channel(consumer: type, settings: Any) -> None:
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "apps.common.channel_layer.FanoutChannelLayer",
+                    "CONFIG": {"hosts": [_url()], "prefix": f"t{uuid.uuid4().hex[:10]}"}}
+    }  # fmt: skip
+    layer = get_channel_layer()
+    client = WebsocketCommunicator(consumer.as_asgi(), "/ws/")
+    assert (await client.connect())[0]
+    channel = await client.receive_from()
+    local = layer.local()
+    assert channel in local.inboxes
+    await layer.group_send("g11", {"type": "t.stop"})
+    await client.wait(5)  # the consumer has ended
+    if consumer is _Releases:
+        assert channel not in local.inboxes
+        await _until(lambda: _numsub(layer.group_key("g11")) == 0 and _numsub(layer.channel_key(channel)) == 0)
+    else:  # Channels' own consumer leaves it behind: the sweep is what frees it
+        assert channel in local.inboxes
+        assert local.sweep(time.monotonic() + local.ORPHAN_S + 1) == 1
+        await _until(lambda: _numsub(layer.group_key("g11")) == 0)
+    await layer.flush()
+
+
+def test_closing_a_running_loop_keeps_its_layer_state() -> None:
+    layer = _layer()
+
+    async def run() -> None:
+        channel = await layer.new_channel()
+        loop = asyncio.get_running_loop()
+        with pytest.raises(RuntimeError, match="running"):
+            loop.close()
+        assert loop in layer._loops
+        assert channel in layer.local().inboxes
+        await layer.flush()
+
+    asyncio.run(run())
