@@ -52,7 +52,6 @@ from redis import asyncio as aioredis
 logger = logging.getLogger(__name__)
 
 DEFAULT_CAPACITY = 1000
-READ_TIMEOUT_S = 1.0
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0
 
 
@@ -390,7 +389,6 @@ class FanoutLoopLayer:
         """Subscribe to what the members need and nothing else (on this connection's own view)."""
         async with self._lock:
             self._reconciled = time.monotonic()
-            self._dirty = True  # until it has gone through
             want = set(self.members)
             pending = {_name(k) for k in self.pubsub.pending_unsubscribe_channels}
             have = {_name(k) for k in self.pubsub.channels} - pending
@@ -416,7 +414,7 @@ class FanoutLoopLayer:
     def deliver(self, key: bytes | str, data: bytes) -> int:
         """Hand one published message to this loop's channels on ``key``: decoded once, the same
         object to each. Returns how many channels got it."""
-        name = key.decode() if isinstance(key, bytes) else key
+        name = _name(key)
         channels = self.members.get(name)
         if not channels:
             return 0
